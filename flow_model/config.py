@@ -1,0 +1,98 @@
+"""Model configuration: one dataclass, serialised to JSON next to the weights."""
+from __future__ import annotations
+
+import dataclasses
+import json
+from dataclasses import dataclass
+from pathlib import Path
+
+COUPLINGS = ("affine", "additive", "mixlogistic")
+PERMUTATIONS = ("lu", "conv", "shuffle", "reverse")
+COND_NETS = ("conv", "attention")
+DEQUANTS = ("uniform", "variational")
+
+
+@dataclass
+class GlowConfig:
+    """Architecture of a multi-scale Glow; Flow++ pieces are selected by `coupling`, `cond_net`, `dequant`."""
+
+    image_size: int = 64
+    n_bits: int = 5
+    in_channels: int = 3
+    levels: int = 3
+    depth: int = 16
+    hidden: int = 128
+    coupling: str = "affine"
+    permutation: str = "lu"
+    cond_net: str = "conv"
+    dequant: str = "uniform"
+    mixture_components: int = 8
+    attention_heads: int = 4
+    cond_blocks: int = 2
+    dropout: float = 0.0
+    dequant_depth: int = 4
+    dequant_hidden: int = 32
+
+    def __post_init__(self) -> None:
+        self.validate()
+
+    def validate(self) -> None:
+        def need(ok: bool, message: str) -> None:
+            if not ok:
+                raise ValueError(f"invalid GlowConfig: {message}")
+
+        need(isinstance(self.levels, int) and self.levels >= 1, f"levels must be an integer >= 1, got {self.levels!r}")
+        need(isinstance(self.depth, int) and self.depth >= 1, f"depth must be an integer >= 1, got {self.depth!r}")
+        need(isinstance(self.hidden, int) and self.hidden >= 1, f"hidden must be an integer >= 1, got {self.hidden!r}")
+        need(1 <= self.n_bits <= 8, f"n_bits must be in 1..8, got {self.n_bits!r}")
+        need(self.in_channels >= 1, f"in_channels must be >= 1, got {self.in_channels!r}")
+        step = 2**self.levels
+        need(
+            isinstance(self.image_size, int) and self.image_size >= step and self.image_size % step == 0,
+            f"image_size must be a positive multiple of 2**levels={step}, got {self.image_size!r}",
+        )
+        need(self.coupling in COUPLINGS, f"coupling must be one of {COUPLINGS}, got {self.coupling!r}")
+        need(self.permutation in PERMUTATIONS, f"permutation must be one of {PERMUTATIONS}, got {self.permutation!r}")
+        need(self.cond_net in COND_NETS, f"cond_net must be one of {COND_NETS}, got {self.cond_net!r}")
+        need(self.dequant in DEQUANTS, f"dequant must be one of {DEQUANTS}, got {self.dequant!r}")
+        need(self.mixture_components >= 1, "mixture_components must be >= 1")
+        need(self.attention_heads >= 1 and self.hidden % self.attention_heads == 0,
+             f"hidden ({self.hidden}) must be divisible by attention_heads ({self.attention_heads})")
+        need(self.cond_blocks >= 1, "cond_blocks must be >= 1")
+        need(0.0 <= self.dropout < 1.0, f"dropout must be in [0, 1), got {self.dropout!r}")
+        need(self.dequant_depth >= 1 and self.dequant_hidden >= 1, "dequant_depth and dequant_hidden must be >= 1")
+
+    @property
+    def n_bins(self) -> int:
+        return 2**self.n_bits
+
+    @property
+    def dims(self) -> int:
+        return self.in_channels * self.image_size**2
+
+    def to_dict(self) -> dict:
+        return dataclasses.asdict(self)
+
+    @classmethod
+    def from_dict(cls, data: dict) -> "GlowConfig":
+        known = {f.name for f in dataclasses.fields(cls)}
+        unknown = sorted(set(data) - known)
+        if unknown:
+            raise ValueError(f"invalid GlowConfig: unknown field(s) {unknown}")
+        return cls(**data)
+
+    def save(self, path: str | Path) -> None:
+        Path(path).write_text(json.dumps(self.to_dict(), indent=2) + "\n")
+
+    @classmethod
+    def load(cls, path: str | Path) -> "GlowConfig":
+        path = Path(path)
+        try:
+            data = json.loads(path.read_text())
+        except FileNotFoundError:
+            raise FileNotFoundError(f"model config not found: {path}") from None
+        except json.JSONDecodeError as err:
+            raise ValueError(f"model config {path} is not valid JSON: {err}") from None
+        if not isinstance(data, dict):
+            raise ValueError(f"model config {path} must hold a JSON object")
+        return cls.from_dict(data)

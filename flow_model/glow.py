@@ -1,0 +1,277 @@
+"""Glow (Kingma & Dhariwal 2018): multi-scale flow of ActNorm -> 1x1 conv -> coupling steps, Figure 2 of the paper."""
+from __future__ import annotations
+
+import math
+from functools import partial
+from pathlib import Path
+
+import torch
+from safetensors import SafetensorError
+from safetensors.torch import load_file
+from torch import nn
+
+from .config import GlowConfig
+from .fileio import save_safetensors
+from .layers import (
+    ActNorm,
+    AdditiveCoupling,
+    AffineCoupling,
+    FlowSequential,
+    Split,
+    Squeeze,
+    TopPrior,
+    UniformDequantizer,
+    gaussian_log_prob,
+    make_cond_net,
+    make_permutation,
+)
+
+CONFIG_NAME = "config.json"
+WEIGHTS_NAME = "model.safetensors"
+
+
+def to_bins(x: torch.Tensor, n_bits: int) -> torch.Tensor:
+    """uint8 pixels -> integer bins in [0, 2**n_bits), as float."""
+    return torch.div(x, 2 ** (8 - n_bits), rounding_mode="floor").float()
+
+
+def from_bins(bins: torch.Tensor, n_bits: int) -> torch.Tensor:
+    return (bins.clamp(0, 2**n_bits - 1) * 2 ** (8 - n_bits)).to(torch.uint8)
+
+
+def reduce_bits(x: torch.Tensor, n_bits: int) -> torch.Tensor:
+    """The n-bit version of a uint8 image, back in uint8 pixel scale: what decode(encode(x)) returns."""
+    return from_bins(to_bins(x, n_bits), n_bits)
+
+
+def make_coupling(config: GlowConfig, channels: int) -> nn.Module:
+    make_net = partial(make_cond_net, config)
+    if config.coupling == "affine":
+        return AffineCoupling(channels, make_net)
+    if config.coupling == "additive":
+        return AdditiveCoupling(channels, make_net)
+    from .layers.mixture import MixLogisticCoupling
+
+    return MixLogisticCoupling(channels, make_net, components=config.mixture_components)
+
+
+def make_dequantizer(config: GlowConfig) -> nn.Module:
+    if config.dequant == "uniform":
+        return UniformDequantizer()
+    from .layers.variational import VariationalDequantizer
+
+    return VariationalDequantizer(config)
+
+
+class FlowStep(FlowSequential):
+    """One step of flow: ActNorm -> invertible 1x1 conv (or permutation) -> coupling."""
+
+    def __init__(self, config: GlowConfig, channels: int, generator: torch.Generator) -> None:
+        super().__init__(
+            ActNorm(channels),
+            make_permutation(config.permutation, channels, generator),
+            make_coupling(config, channels),
+        )
+
+
+class Level(nn.Module):
+    """squeeze -> K steps of flow -> split (except at the top level, which feeds the top prior)."""
+
+    def __init__(self, config: GlowConfig, channels: int, last: bool, generator: torch.Generator) -> None:
+        super().__init__()
+        c = channels * 4
+        self.flow = FlowSequential(Squeeze(), *[FlowStep(config, c, generator) for _ in range(config.depth)])
+        self.split = None if last else Split(c)
+
+
+class Glow(nn.Module):
+    """Exact-likelihood image model; `forward(x)` is the training objective in bits/dim."""
+
+    def __init__(self, config: GlowConfig, seed: int = 0) -> None:
+        super().__init__()
+        self.config = config
+        generator = torch.Generator().manual_seed(seed)
+        self.levels = nn.ModuleList()
+        self.latent_shapes: list[tuple[int, int, int]] = []
+        channels, size = config.in_channels, config.image_size
+        for i in range(config.levels):
+            last = i == config.levels - 1
+            self.levels.append(Level(config, channels, last, generator))
+            channels, size = channels * 4, size // 2
+            if last:
+                self.latent_shapes.append((channels, size, size))
+            else:
+                self.latent_shapes.append((channels // 2, size, size))
+                channels -= channels // 2
+        self.top_prior = TopPrior(self.latent_shapes[-1])
+        self.dequantizer = make_dequantizer(config)
+
+    # -- the flow itself ---------------------------------------------------------------------------
+    def _check_images(self, x: torch.Tensor) -> None:
+        c = self.config
+        expected = (c.in_channels, c.image_size, c.image_size)
+        if not isinstance(x, torch.Tensor) or x.dtype != torch.uint8:
+            raise TypeError(f"images must be a uint8 tensor (B, {c.in_channels}, H, W), got {getattr(x, 'dtype', type(x))}")
+        if x.dim() != 4 or tuple(x.shape[1:]) != expected:
+            raise ValueError(f"images must have shape (B, {', '.join(map(str, expected))}), got {tuple(x.shape)}")
+
+    def _continuous(self, bins: torch.Tensor, u: torch.Tensor) -> torch.Tensor:
+        return (bins + u) / self.config.n_bins - 0.5
+
+    def flow_forward(self, x: torch.Tensor) -> tuple[list[torch.Tensor], list[torch.Tensor], torch.Tensor]:
+        """x in [-0.5, 0.5] -> (latents per level, standardised latents, log p(x) per sample)."""
+        logp = x.new_zeros(x.shape[0])
+        latents, standardized = [], []
+        h = x
+        for level in self.levels:
+            h, logdet = level.flow(h)
+            logp = logp + logdet
+            if level.split is not None:
+                h, z = level.split.split(h)
+                mean, log_std = level.split.prior_params(h)
+            else:
+                z = h
+                mean, log_std = self.top_prior.prior_params(h.shape[0])
+            eps = (z - mean) * torch.exp(-log_std)
+            logp = logp + gaussian_log_prob(eps, log_std)
+            latents.append(z)
+            standardized.append(eps)
+        return latents, standardized, logp
+
+    def flow_inverse(self, latents: list[torch.Tensor], standardized: bool = False) -> torch.Tensor:
+        """Top-down inverse; standardised latents are scaled by the prior of the level they belong to."""
+        if len(latents) != len(self.levels):
+            raise ValueError(f"expected {len(self.levels)} latent tensors, got {len(latents)}")
+        h = None
+        for i in reversed(range(len(self.levels))):
+            level = self.levels[i]
+            z = latents[i]
+            if standardized:
+                mean, log_std = (
+                    self.top_prior.prior_params(z.shape[0]) if level.split is None else level.split.prior_params(h)
+                )
+                z = mean + torch.exp(log_std) * z
+            h = z if level.split is None else level.split.merge(h, z)
+            h = level.flow.inverse(h)
+        return h
+
+    # -- public API ----------------------------------------------------------------------------------
+    def forward(self, x: torch.Tensor, generator: torch.Generator | None = None) -> torch.Tensor:
+        return self.bits_per_dim(x, generator=generator)
+
+    def log_likelihood(self, x: torch.Tensor, generator: torch.Generator | None = None,
+                       importance_samples: int = 1) -> torch.Tensor:
+        """Lower bound on log P(x) of the discrete n-bit image, in nats, per sample; K > 1 tightens it."""
+        self._check_images(x)
+        if importance_samples < 1:
+            raise ValueError(f"importance_samples must be >= 1, got {importance_samples}")
+        device = next(self.parameters()).device
+        bins = to_bins(x.to(device), self.config.n_bits)
+        estimates = []
+        for _ in range(importance_samples):
+            u, log_q = self.dequantizer(bins, generator)
+            _, _, logp = self.flow_forward(self._continuous(bins, u))
+            estimates.append(logp - log_q)
+        ll = torch.stack(estimates).logsumexp(0) - math.log(importance_samples)
+        return ll - self.config.dims * math.log(self.config.n_bins)
+
+    def bits_per_dim(self, x: torch.Tensor, generator: torch.Generator | None = None,
+                     importance_samples: int = 1) -> torch.Tensor:
+        """-log2 P(x) / D at n_bits: an upper bound on the discrete NLL (uniform or variational dequantisation)."""
+        ll = self.log_likelihood(x, generator, importance_samples)
+        return -ll / (self.config.dims * math.log(2))
+
+    @torch.no_grad()
+    def initialize(self, x: torch.Tensor) -> None:
+        """Data-dependent ActNorm initialisation from a batch (run it once, before training)."""
+        self.bits_per_dim(x)
+
+    def encode(self, x: torch.Tensor, standardized: bool = False) -> list[torch.Tensor]:
+        """Exact latents of every level, with each pixel at its bin centre (no noise)."""
+        self._check_images(x)
+        device = next(self.parameters()).device
+        bins = to_bins(x.to(device), self.config.n_bits)
+        latents, eps, _ = self.flow_forward(self._continuous(bins, torch.full_like(bins, 0.5)))
+        return eps if standardized else latents
+
+    def decode(self, latents: list[torch.Tensor], standardized: bool = False) -> torch.Tensor:
+        """uint8 images; decode(encode(x)) == reduce_bits(x) exactly."""
+        x = self.flow_inverse(latents, standardized)
+        bins = torch.floor((x + 0.5) * self.config.n_bins)
+        return from_bins(bins, self.config.n_bits)
+
+    def sample(self, n: int, temperature: float = 0.7, generator: torch.Generator | None = None) -> torch.Tensor:
+        """n uint8 images with standardised latents ~ N(0, T^2); T = 0 gives the prior-mean image."""
+        if n < 1 or temperature < 0:
+            raise ValueError(f"need n >= 1 and temperature >= 0, got n={n}, temperature={temperature}")
+        device = next(self.parameters()).device
+        eps = [torch.randn((n, *shape), generator=generator).to(device) * temperature for shape in self.latent_shapes]
+        return self.decode(eps, standardized=True)
+
+    # -- flat latent vectors -----------------------------------------------------------------------
+    @property
+    def latent_dim(self) -> int:
+        return sum(math.prod(s) for s in self.latent_shapes)
+
+    def flatten_latents(self, latents: list[torch.Tensor]) -> torch.Tensor:
+        return torch.cat([z.reshape(z.shape[0], -1) for z in latents], dim=1)
+
+    def unflatten_latents(self, flat: torch.Tensor) -> list[torch.Tensor]:
+        if flat.dim() == 1:
+            flat = flat.unsqueeze(0)
+        if flat.shape[1] != self.latent_dim:
+            raise ValueError(f"flat latents must have {self.latent_dim} values per image, got {flat.shape[1]}")
+        sizes = [math.prod(s) for s in self.latent_shapes]
+        parts = torch.split(flat, sizes, dim=1)
+        return [p.reshape(flat.shape[0], *s) for p, s in zip(parts, self.latent_shapes)]
+
+    def level_slices(self) -> list[slice]:
+        """Where each level's latents sit in the flat vector (level 0 is the finest)."""
+        slices, start = [], 0
+        for shape in self.latent_shapes:
+            slices.append(slice(start, start + math.prod(shape)))
+            start += math.prod(shape)
+        return slices
+
+    def num_parameters(self) -> int:
+        return sum(p.numel() for p in self.parameters())
+
+    # -- persistence ---------------------------------------------------------------------------------
+    def save_pretrained(self, path: str | Path, dtype: torch.dtype | None = None) -> None:
+        """config.json + model.safetensors; fp16 storage halves the file."""
+        path = Path(path)
+        path.mkdir(parents=True, exist_ok=True)
+        state = self.state_dict()
+        if dtype is not None:
+            state = {k: v.to(dtype) if v.is_floating_point() else v for k, v in state.items()}
+        save_safetensors(state, path / WEIGHTS_NAME, metadata={"format": "pt"})
+        self.config.save(path / CONFIG_NAME)
+
+    @classmethod
+    def from_pretrained(cls, path: str | Path, device: str | torch.device = "cpu") -> "Glow":
+        path = Path(path)
+        if not (path / CONFIG_NAME).is_file() or not (path / WEIGHTS_NAME).is_file():
+            raise FileNotFoundError(f"{path} is not a pretrained model directory (needs {CONFIG_NAME} and {WEIGHTS_NAME})")
+        model = cls(GlowConfig.load(path / CONFIG_NAME))
+        try:
+            state = load_file(str(path / WEIGHTS_NAME))
+        except (SafetensorError, OSError) as err:
+            raise ValueError(f"cannot read weights {path / WEIGHTS_NAME}: {err}") from None
+        model.load_weights(state, source=str(path / WEIGHTS_NAME))
+        return model.to(device).eval()
+
+    def load_weights(self, state: dict[str, torch.Tensor], source: str = "state dict") -> None:
+        """Strict load that names missing, unexpected and mis-shaped tensors; casts fp16 storage back up."""
+        own = self.state_dict()
+        missing = sorted(set(own) - set(state))
+        unexpected = sorted(set(state) - set(own))
+        wrong = sorted(k for k in set(own) & set(state) if own[k].shape != state[k].shape)
+        if missing or unexpected or wrong:
+            raise ValueError(
+                f"{source} does not match the config: missing {missing[:5]}, unexpected {unexpected[:5]}, "
+                f"wrong shape {wrong[:5]}"
+            )
+        bad = sorted(k for k, v in state.items() if v.is_floating_point() and not torch.isfinite(v).all())
+        if bad:
+            raise ValueError(f"{source} holds non-finite values in {bad[:5]}")
+        self.load_state_dict({k: v.to(own[k].dtype) for k, v in state.items()})

@@ -1,0 +1,130 @@
+"""Channel mixing between couplings: invertible 1x1 convolutions (Glow section 3.2) and fixed permutations."""
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from .base import FlowLayer
+
+
+def random_rotation(channels: int, generator: torch.Generator | None = None) -> torch.Tensor:
+    q, _ = torch.linalg.qr(torch.randn(channels, channels, generator=generator, dtype=torch.float64))
+    return q.float()
+
+
+class _EvalCache:
+    """Holds (W, W^-1, log|det W|) computed once in eval mode; invalid as soon as a parameter moves or changes."""
+
+    def __init__(self) -> None:
+        self.key: tuple | None = None
+        self.value: tuple[torch.Tensor, torch.Tensor, torch.Tensor] | None = None
+
+    def get(self, params: list[torch.Tensor], compute):
+        key = tuple((p.data_ptr(), p._version, p.dtype) for p in params)
+        if key != self.key:
+            with torch.no_grad():
+                self.value = compute()
+            self.key = key
+        return self.value
+
+
+class _InvertibleConv(FlowLayer):
+    """Shared 1x1-convolution mechanics; subclasses say how W and log|det W| come from their parameters."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self._cache = _EvalCache()
+
+    def _weight(self) -> torch.Tensor:  # pragma: no cover - abstract
+        raise NotImplementedError
+
+    def _logabsdet(self) -> torch.Tensor:  # pragma: no cover - abstract
+        raise NotImplementedError
+
+    def _all(self) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        weight = self._weight()
+        return weight, torch.linalg.inv(weight.double()).to(weight.dtype), self._logabsdet()
+
+    def _parts(self) -> tuple[torch.Tensor, torch.Tensor | None, torch.Tensor]:
+        if self.training:
+            return self._weight(), None, self._logabsdet()
+        return self._cache.get(list(self.parameters()), self._all)
+
+    def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        weight, _, logabsdet = self._parts()
+        c = weight.shape[0]
+        y = F.conv2d(x, weight.view(c, c, 1, 1))
+        return y, (logabsdet * (x.shape[2] * x.shape[3])).expand(x.shape[0])
+
+    def inverse(self, y: torch.Tensor) -> torch.Tensor:
+        inverse = self._parts()[1] if not self.training else self._all()[1]
+        c = inverse.shape[0]
+        return F.conv2d(y, inverse.view(c, c, 1, 1))
+
+
+class InvConv1x1(_InvertibleConv):
+    """Plain invertible 1x1 convolution; log|det W| in float64 via slogdet."""
+
+    def __init__(self, channels: int, generator: torch.Generator | None = None) -> None:
+        super().__init__()
+        self.weight = nn.Parameter(random_rotation(channels, generator))
+
+    def _weight(self) -> torch.Tensor:
+        return self.weight
+
+    def _logabsdet(self) -> torch.Tensor:
+        return torch.linalg.slogdet(self.weight.double())[1].to(self.weight.dtype)
+
+
+class InvConv1x1LU(_InvertibleConv):
+    """LU-decomposed 1x1 convolution, W = P L (U + diag(s)): logdet is H*W*sum(log|s|), O(C) instead of O(C^3)."""
+
+    def __init__(self, channels: int, generator: torch.Generator | None = None) -> None:
+        super().__init__()
+        p, lower, upper = torch.linalg.lu(random_rotation(channels, generator))
+        s = torch.diagonal(upper)
+        self.register_buffer("perm", p)
+        self.register_buffer("sign_s", torch.sign(s))
+        self.register_buffer("lower_mask", torch.tril(torch.ones(channels, channels), -1), persistent=False)
+        self.register_buffer("eye", torch.eye(channels), persistent=False)
+        self.lower = nn.Parameter(lower)
+        self.upper = nn.Parameter(torch.triu(upper, 1))
+        self.log_s = nn.Parameter(torch.log(torch.abs(s)))
+
+    def _weight(self) -> torch.Tensor:
+        lower = self.lower * self.lower_mask + self.eye
+        upper = self.upper * self.lower_mask.T + torch.diag(self.sign_s * torch.exp(self.log_s))
+        return self.perm @ lower @ upper
+
+    def _logabsdet(self) -> torch.Tensor:
+        return self.log_s.sum()
+
+
+class Permutation(FlowLayer):
+    """A fixed channel permutation (Glow's 'reverse' and 'shuffle' baselines); volume preserving."""
+
+    def __init__(self, channels: int, kind: str = "reverse", generator: torch.Generator | None = None) -> None:
+        super().__init__()
+        if kind == "reverse":
+            perm = torch.arange(channels - 1, -1, -1)
+        elif kind == "shuffle":
+            perm = torch.randperm(channels, generator=generator)
+        else:
+            raise ValueError(f"unknown permutation kind {kind!r}; expected 'reverse' or 'shuffle'")
+        self.register_buffer("perm", perm)
+        self.register_buffer("inverse_perm", torch.argsort(perm))
+
+    def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        return x[:, self.perm], x.new_zeros(x.shape[0])
+
+    def inverse(self, y: torch.Tensor) -> torch.Tensor:
+        return y[:, self.inverse_perm]
+
+
+def make_permutation(kind: str, channels: int, generator: torch.Generator | None = None) -> FlowLayer:
+    if kind == "lu":
+        return InvConv1x1LU(channels, generator)
+    if kind == "conv":
+        return InvConv1x1(channels, generator)
+    return Permutation(channels, kind, generator)
