@@ -317,7 +317,8 @@ class Trainer:
         try:
             while reason is None:
                 self.sampler.set_position(self.epoch, self.batch_in_epoch)
-                tick, seen = time.time(), 0
+                tick = window = time.time()
+                seen = 0
                 for _, batch, _ in self.loader:
                     if batch is None:
                         self.batch_in_epoch += 1
@@ -327,10 +328,11 @@ class Trainer:
                     seen += batch.shape[0] * self.world
                     now = time.time()
                     self.elapsed += now - tick
+                    tick = now
                     if self.step % cfg.log_every == 0 or row["skipped"]:
-                        row.update(epoch=self.epoch, img_per_s=seen / max(now - tick, 1e-9), minutes=self.elapsed / 60)
+                        row.update(epoch=self.epoch, img_per_s=seen / max(now - window, 1e-9), minutes=self.elapsed / 60)
                         self._log(row)
-                    tick, seen = now, 0 if self.step % cfg.log_every == 0 else seen
+                        window, seen = now, 0
                     bar.update(1)
                     bar.set_postfix(bpd=f"{row['train_bpd']:.3f}", epoch=self.epoch)
                     if self.step % cfg.ckpt_every == 0:
