@@ -10,6 +10,8 @@ COUPLINGS = ("affine", "additive", "mixlogistic")
 PERMUTATIONS = ("lu", "conv", "shuffle", "reverse")
 COND_NETS = ("conv", "attention")
 DEQUANTS = ("uniform", "variational")
+INT_FIELDS = ("image_size", "n_bits", "in_channels", "levels", "depth", "hidden", "mixture_components",
+              "attention_heads", "cond_blocks", "dequant_depth", "dequant_hidden")
 
 
 @dataclass
@@ -41,6 +43,11 @@ class GlowConfig:
             if not ok:
                 raise ValueError(f"invalid GlowConfig: {message}")
 
+        for name in INT_FIELDS:  # types first, so a "5" from hand-written JSON gets this message, not a TypeError
+            value = getattr(self, name)
+            need(isinstance(value, int) and not isinstance(value, bool), f"{name} must be an integer, got {value!r}")
+        need(isinstance(self.dropout, (int, float)) and not isinstance(self.dropout, bool),
+             f"dropout must be a number, got {self.dropout!r}")
         need(isinstance(self.levels, int) and self.levels >= 1, f"levels must be an integer >= 1, got {self.levels!r}")
         need(isinstance(self.depth, int) and self.depth >= 1, f"depth must be an integer >= 1, got {self.depth!r}")
         need(isinstance(self.hidden, int) and self.hidden >= 1, f"hidden must be an integer >= 1, got {self.hidden!r}")
