@@ -8,6 +8,11 @@ from torch import nn
 from .base import FlowLayer
 
 
+def net_input(xa: torch.Tensor, context: torch.Tensor | None) -> torch.Tensor:
+    """What a coupling net sees: the conditioning half, plus context channels in a conditional flow."""
+    return xa if context is None else torch.cat([xa, context], dim=1)
+
+
 class AffineCoupling(FlowLayer):
     """y_b = (x_b + shift) * sigmoid(raw + 2); the +2 starts scales near 0.88, which keeps early training stable."""
 
@@ -16,20 +21,20 @@ class AffineCoupling(FlowLayer):
         self.split = channels // 2
         self.net: nn.Module = make_net(self.split, 2 * (channels - self.split))
 
-    def _shift_scale(self, xa: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        shift, raw = self.net(xa).chunk(2, dim=1)
+    def _shift_scale(self, xa: torch.Tensor, context: torch.Tensor | None) -> tuple[torch.Tensor, torch.Tensor]:
+        shift, raw = self.net(net_input(xa, context)).chunk(2, dim=1)
         return shift, raw + 2.0
 
-    def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    def forward(self, x: torch.Tensor, context: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
         xa, xb = x[:, : self.split], x[:, self.split :]
-        shift, raw = self._shift_scale(xa)
+        shift, raw = self._shift_scale(xa, context)
         yb = (xb + shift) * torch.sigmoid(raw)
         logdet = F.logsigmoid(raw).flatten(1).sum(1)
         return torch.cat([xa, yb], dim=1), logdet
 
-    def inverse(self, y: torch.Tensor) -> torch.Tensor:
+    def inverse(self, y: torch.Tensor, context: torch.Tensor | None = None) -> torch.Tensor:
         ya, yb = y[:, : self.split], y[:, self.split :]
-        shift, raw = self._shift_scale(ya)
+        shift, raw = self._shift_scale(ya, context)
         return torch.cat([ya, yb / torch.sigmoid(raw) - shift], dim=1)
 
 
@@ -41,10 +46,10 @@ class AdditiveCoupling(FlowLayer):
         self.split = channels // 2
         self.net: nn.Module = make_net(self.split, channels - self.split)
 
-    def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    def forward(self, x: torch.Tensor, context: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
         xa, xb = x[:, : self.split], x[:, self.split :]
-        return torch.cat([xa, xb + self.net(xa)], dim=1), x.new_zeros(x.shape[0])
+        return torch.cat([xa, xb + self.net(net_input(xa, context))], dim=1), x.new_zeros(x.shape[0])
 
-    def inverse(self, y: torch.Tensor) -> torch.Tensor:
+    def inverse(self, y: torch.Tensor, context: torch.Tensor | None = None) -> torch.Tensor:
         ya, yb = y[:, : self.split], y[:, self.split :]
-        return torch.cat([ya, yb - self.net(ya)], dim=1)
+        return torch.cat([ya, yb - self.net(net_input(ya, context))], dim=1)
