@@ -55,6 +55,8 @@ def load_image(source: str | Path | bytes | Image.Image, max_bytes: int = MAX_FI
             img = Image.open(io.BytesIO(data))
         except UnidentifiedImageError:
             raise ImageError("the file is not an image (or not a format Pillow can read)") from None
+        except Image.DecompressionBombError as err:  # Pillow's own size guard fires in open(), before ours
+            raise ImageError(f"the image is too large: {err}") from None
     w, h = img.size
     if w * h > max_pixels:
         raise ImageError(f"the image is {w}x{h} ({w * h / 1e6:.0f} megapixels); the limit is {max_pixels / 1e6:.0f} megapixels")
