@@ -1,0 +1,54 @@
+"""Load a model into an EditorService, draw the example faces and serve the UI, offline."""
+from __future__ import annotations
+
+import logging
+import tempfile
+from dataclasses import dataclass
+from pathlib import Path
+
+from flow_model.editing import EditorService
+from flow_model.imaging import to_pil
+from flow_model.train import resolve_device
+
+from .ui import EditorUI
+
+log = logging.getLogger(__name__)
+
+EXAMPLE_TEMPERATURE = 0.6  # typical-looking faces; T = 1 samples are noisier
+EXAMPLE_SEED = 0
+
+
+@dataclass
+class ServerOptions:
+    model: str = "assets/celeba64"
+    device: str = "cpu"
+    host: str = "127.0.0.1"
+    port: int = 7860
+    share: bool = False
+    examples: int = 6
+
+
+def example_faces(service: EditorService, n: int, folder: Path) -> list[str]:
+    """Model samples as model-size PNGs: one-click faces with no licence question (no dataset images shipped),
+    and always from the model being served."""
+    if n == 0:
+        return []
+    paths = []
+    for i, x in enumerate(service.sample(n, EXAMPLE_TEMPERATURE, EXAMPLE_SEED)):
+        path = folder / f"example_{i}.png"
+        to_pil(x).save(path)
+        paths.append(str(path))
+    return paths
+
+
+def serve(options: ServerOptions) -> None:
+    device = resolve_device(options.device)
+    service = EditorService.load(options.model, device=str(device))
+    log.info("model %s on %s: %d parameters, %d directions", options.model, device,
+             service.model.num_parameters(), len(service.attributes))
+    with tempfile.TemporaryDirectory(prefix="face-editor-") as folder:
+        examples = example_faces(service, options.examples, Path(folder))
+        demo = EditorUI(service, examples).build()
+        demo.queue(default_concurrency_limit=2)
+        demo.launch(server_name=options.host, server_port=options.port, share=options.share,
+                    footer_links=["api", "settings"], allowed_paths=[folder])

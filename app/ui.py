@@ -1,0 +1,367 @@
+"""The editor's Gradio UI: thin handlers over EditorService. Each browser session's face, custom sliders and frames
+live in gr.State, so concurrent users never see each other's faces."""
+from __future__ import annotations
+
+import base64
+import binascii
+import io
+from pathlib import Path
+from typing import Any, Sequence
+
+import gradio as gr
+import torch
+from gradio import processing_utils
+from gradio.utils import get_upload_folder
+from PIL import Image
+
+from flow_model.editing import METHOD_LABELS, EditorService, Face, animated_gif
+from flow_model.imaging import ImageError, to_pil
+
+EXTRA_SLOTS = 6  # sliders that "Add attribute" and custom directions can fill
+SLIDER_LIMIT = 2.0
+SLIDER_STEP = 0.05
+MAX_UI_FRAMES = 32
+
+INTRO = """# Glow face editor
+Upload a photo (or paste one, or use the webcam): the face is found, aligned like the training faces and encoded
+**exactly** by the flow, then the sliders move its latent code along attribute directions (Glow paper, Figure 6).
+A slider at ±1 moves a face by the typical difference between faces with and without the attribute."""
+
+
+class FaceImage(gr.Image):
+    """gr.Image that hands the uploaded file over untouched. Gradio's own preprocessing opens it with PIL first,
+    which fails with an unhelpful error on non-images and decompression bombs before the service can name the
+    problem."""
+
+    is_template = True
+
+    def preprocess(self, payload: Any) -> str | bytes | None:
+        if payload is None:
+            return None
+        if payload.path is None and payload.url and payload.url.startswith("data:"):
+            try:
+                return base64.b64decode(payload.url.split(",", 1)[-1])
+            except (binascii.Error, ValueError):
+                return b""
+        return payload.path
+
+
+def save_output(data: bytes, name: str) -> str:
+    """A file for a download or file output, in Gradio's upload cache (cleaned up with it)."""
+    return processing_utils.save_bytes_to_cache(data, name, get_upload_folder())
+
+
+def png_bytes(img: Image.Image) -> bytes:
+    buffer = io.BytesIO()
+    img.save(buffer, format="PNG")
+    return buffer.getvalue()
+
+
+def user_error(err: Exception) -> gr.Error:
+    """A message for the UI: what was wrong with the input, not a stack trace."""
+    return gr.Error(str(err.args[0]) if isinstance(err, KeyError) and err.args else str(err), duration=None)
+
+
+class EditorUI:
+    """Builds the Blocks app; handler methods translate between components and EditorService calls."""
+
+    def __init__(self, service: EditorService, examples: Sequence[str] = ()) -> None:
+        self.service = service
+        self.examples = list(examples)
+        self.labels = [s.label for s in service.sliders]
+        covered = {s.attribute for s in service.sliders}
+        self.other_attributes = [a for a in service.attributes if a not in covered]
+        self.level_choices = service.level_choices()
+
+    # -- helpers ---------------------------------------------------------------------------------
+    def _face(self, source: str | bytes | Image.Image) -> Face:
+        try:
+            return self.service.face_from_image(source)
+        except (ImageError, ValueError) as err:
+            raise user_error(err) from None
+
+    def _levels(self, choice: str | None) -> tuple[int, ...] | None:
+        if choice in (None, ""):
+            return None
+        if choice not in self.level_choices:
+            raise gr.Error(f"unknown level choice {choice!r}; valid: {list(self.level_choices)}")
+        return self.level_choices[choice]
+
+    def _edits(self, slots: list[str], values: Sequence[float]) -> dict[str, float]:
+        edits = dict(zip(self.labels, values[: len(self.labels)]))
+        edits.update(zip(slots, values[len(self.labels):]))
+        return {k: float(v or 0.0) for k, v in edits.items()}
+
+    def _render(self, face: Face, edits: dict[str, float], method: str, keep: Sequence[str], level_choice: str | None,
+                custom: dict[str, torch.Tensor]) -> torch.Tensor:
+        try:
+            return self.service.edit(face, edits, method or "classifier", list(keep or []), self._levels(level_choice),
+                                     custom)
+        except (KeyError, ValueError) as err:
+            raise user_error(err) from None
+
+    def describe(self, face: Face) -> str:
+        config = self.service.model.config
+        text = f"**{face.bpd:.2f} bits/dim** ({config.n_bits}-bit {config.image_size}x{config.image_size})"
+        r = self.service.bpd_range
+        if r is not None:
+            text += f"; validation faces: {r.p01:.2f}-{r.p99:.2f} (median {r.p50:.2f})"
+        return "\n\n".join([text, *(f"⚠ {note}" for note in face.notes)])
+
+    # -- edit tab ----------------------------------------------------------------------------------
+    def encode(self, photo: str | bytes | None):
+        """Align + encode an upload once; the latent stays in the session's state for every slider move."""
+        if photo is None:
+            return None, None, None, ""
+        face = self._face(photo)
+        return face, face.crop, self.service.display(face.image), self.describe(face)
+
+    def render(self, face: Face | None, custom: dict, slots: list[str], method: str, disentangle: bool,
+               keep: list[str], levels: str, *values: float) -> Image.Image | None:
+        if face is None:
+            return None
+        edits = self._edits(slots, values)
+        return self.service.display(self._render(face, edits, method, keep if disentangle else [], levels, custom))
+
+    def api_edit(self, face: Face | None, custom: dict, edits: dict | None, method: str, keep: list[str] | None,
+                 levels: str) -> Image.Image:
+        """API: edit the session's encoded face by {slider label or attribute: value}; keep = attributes to hold."""
+        if face is None:
+            raise gr.Error("no face yet: call /encode with a photo first (in the same client session)")
+        if not isinstance(edits, dict) or not all(isinstance(v, (int, float)) for v in edits.values()):
+            raise gr.Error('edits must be a JSON object of numbers, e.g. {"Smiling": 1.0, "Age": -0.5}')
+        return self.service.display(self._render(face, edits, method, keep or [], levels, custom))
+
+    def reset(self, face: Face | None):
+        image = self.service.display(face.image) if face is not None else None
+        return [0.0] * (len(self.labels) + EXTRA_SLOTS) + [image]
+
+    def download(self, face: Face | None, custom: dict, slots: list[str], method: str, disentangle: bool,
+                 keep: list[str], levels: str, *values: float) -> list[str]:
+        if face is None:
+            raise gr.Error("upload a photo first")
+        edited = self._render(face, self._edits(slots, values), method, keep if disentangle else [], levels, custom)
+        size, model_size = self.service.display_size, self.service.image_size
+        return [save_output(png_bytes(self.service.display(edited)), f"edit_{size}px.png"),
+                save_output(png_bytes(to_pil(edited)), f"edit_{model_size}px.png")]
+
+    def _slot_updates(self, slots: list[str], fresh: str | None = None) -> list[dict]:
+        updates = []
+        for i in range(EXTRA_SLOTS):
+            if i < len(slots):
+                update = {"visible": True, "label": slots[i]}
+                if slots[i] == fresh:
+                    update["value"] = 0.0
+                updates.append(gr.update(**update))
+            else:
+                updates.append(gr.update(visible=False, value=0.0))
+        return updates
+
+    def add_attribute(self, attribute: str | None, slots: list[str]):
+        if not attribute:
+            raise gr.Error("choose an attribute to add")
+        if attribute not in self.other_attributes:
+            raise gr.Error(f"{attribute!r} is not one of the other attributes: {self.other_attributes}")
+        if attribute in slots:
+            gr.Info(f"{attribute} already has a slider")
+            return [slots, *self._slot_updates(slots)]
+        if len(slots) >= EXTRA_SLOTS:
+            raise gr.Error(f"all {EXTRA_SLOTS} extra sliders are in use")
+        slots = [*slots, attribute]
+        return [slots, *self._slot_updates(slots, fresh=attribute)]
+
+    def custom_slider(self, name: str, with_files: list[str] | None, without_files: list[str] | None,
+                      custom: dict | None, slots: list[str] | None, keep: list[str] | None):
+        """Encode two small sets of photos, fit a direction with scikit-learn and offer it as a new slider."""
+        custom, slots = dict(custom or {}), list(slots or [])
+        name = (name or "").strip()
+        if not name:
+            raise gr.Error("give the new slider a name, e.g. 'Freckles'")
+        if name in self.labels or name in self.service.attributes:
+            raise gr.Error(f"{name!r} is already a built-in slider or attribute; choose another name")
+        if name not in slots and len(slots) >= EXTRA_SLOTS:
+            raise gr.Error(f"all {EXTRA_SLOTS} extra sliders are in use")
+        groups, skipped = [], []
+        for files in (with_files or [], without_files or []):
+            latents = []
+            for path in files:
+                try:
+                    latents.append(self.service.face_from_image(path).latent)
+                except (ImageError, ValueError) as err:
+                    skipped.append(f"{Path(path).name}: {err}")
+            groups.append(torch.stack(latents) if latents else torch.zeros(0, self.service.model.latent_dim))
+        try:
+            custom[name] = self.service.fit_direction(*groups)
+        except ValueError as err:
+            raise gr.Error(f"{err}" + (f" ({len(skipped)} photos were skipped: {'; '.join(skipped)})" if skipped
+                                       else "")) from None
+        if name not in slots:
+            slots.append(name)
+        message = (f"Slider **{name}** fitted on {len(groups[0])} faces with and {len(groups[1])} without; it is "
+                   "in the extra sliders.")
+        if skipped:
+            message += "\n\nSkipped: " + "; ".join(skipped)
+        keep_update = gr.update(choices=self._keep_choices(custom), value=[k for k in (keep or [])])
+        return [custom, slots, message, keep_update, *self._slot_updates(slots, fresh=name)]
+
+    def _keep_choices(self, custom: dict) -> list[str]:
+        return [*self.labels, *self.other_attributes, *custom]
+
+    # -- interpolate and sample tabs -------------------------------------------------------------
+    def interpolate(self, a: str | bytes | None, b: str | bytes | None, frames: float, spherical: bool):
+        if a is None or b is None:
+            raise gr.Error("choose two faces (A and B) first")
+        n = int(frames)
+        if not 2 <= n <= MAX_UI_FRAMES:
+            raise gr.Error(f"the number of frames must be in 2..{MAX_UI_FRAMES}, got {n}")
+        face_a, face_b = self._face(a), self._face(b)
+        images = [self.service.display(x) for x in self.service.interpolate(face_a.latent, face_b.latent, n,
+                                                                              spherical)]
+        gif = save_output(animated_gif(images), "interpolation.gif")
+        return images, gr.update(maximum=n - 1, value=0, visible=True), images[0], gif, images
+
+    def scrub(self, frames: list[Image.Image] | None, index: float) -> Image.Image | None:
+        if not frames:
+            return None
+        return frames[min(max(int(index), 0), len(frames) - 1)]
+
+    def sample(self, temperature: float, seed: float, count: float):
+        try:
+            images = self.service.sample(int(count), float(temperature), int(seed))
+        except ValueError as err:
+            raise user_error(err) from None
+        return [self.service.display(x) for x in images], list(images), None
+
+    def select(self, evt: gr.SelectData) -> int:
+        return evt.index
+
+    def pick(self, samples: list[torch.Tensor] | None, index: int | None) -> Image.Image:
+        if not samples or index is None:
+            raise gr.Error("click a sample first")
+        return to_pil(samples[index])
+
+    # -- layout ------------------------------------------------------------------------------------
+    def _slider(self, label: str, visible: bool = True) -> gr.Slider:
+        return gr.Slider(-SLIDER_LIMIT, SLIDER_LIMIT, value=0.0, step=SLIDER_STEP, label=label, visible=visible,
+                         min_width=160, elem_id="slider-" + "-".join(label.lower().split()))
+
+    def build(self) -> gr.Blocks:
+        service = self.service
+        size = service.image_size
+        with gr.Blocks(title="Glow face editor", analytics_enabled=False, delete_cache=(3600, 3600)) as demo:
+            face = gr.State(None)
+            custom = gr.State({})
+            slots = gr.State([])
+            frames_state = gr.State([])
+            samples_state = gr.State([])
+            selected = gr.State(None)
+            gr.Markdown(INTRO)
+            with gr.Tabs() as tabs:
+                with gr.Tab("Edit", id="edit"):
+                    with gr.Row():
+                        with gr.Column(scale=1, min_width=240):
+                            photo = FaceImage(label="Your photo", sources=["upload", "clipboard", "webcam"],
+                                              type="filepath", elem_id="photo")
+                            if self.examples:
+                                gr.Examples(self.examples, inputs=photo, label="Examples (samples of this model)")
+                            info = gr.Markdown(label="info", elem_id="info")
+                        aligned = gr.Image(label="Aligned crop", interactive=False, format="png", elem_id="aligned")
+                        recon = gr.Image(label=f"Reconstruction ({size}x{size})", interactive=False, format="png",
+                                         elem_id="reconstruction")
+                        edited = gr.Image(label="Edit", interactive=False, format="png", elem_id="edited")
+                    if not self.labels:
+                        gr.Markdown("This model has no attribute directions (directions.safetensors): only custom "
+                                    "sliders are available.")
+                    with gr.Row():
+                        with gr.Column(scale=3):
+                            base = []
+                            for start in range(0, len(self.labels), 5):
+                                with gr.Row():
+                                    base += [self._slider(label) for label in self.labels[start:start + 5]]
+                            with gr.Row():
+                                extra = [self._slider(f"extra {i + 1}", visible=False) for i in range(EXTRA_SLOTS)]
+                        with gr.Column(scale=1, min_width=260):
+                            method = gr.Radio([(label, key) for key, label in METHOD_LABELS.items()],
+                                              value="classifier", label="Directions")
+                            disentangle = gr.Checkbox(label="Disentangle: hold these attributes fixed", value=False)
+                            keep = gr.Dropdown(self._keep_choices({}), value=[], multiselect=True,
+                                               label="Attributes to keep fixed")
+                            levels = gr.Radio(list(self.level_choices), value="all levels",
+                                              label="Latent levels an edit touches (coarse only keeps identity)")
+                            with gr.Row():
+                                reset = gr.Button("Reset")
+                                save = gr.Button("Download edit")
+                            files = gr.File(label="Edit as PNG (display size and model size)", file_count="multiple",
+                                            interactive=False, height=140)
+                    with gr.Accordion("More attributes", open=False):
+                        with gr.Row():
+                            other = gr.Dropdown(self.other_attributes, label="Attribute", value=None)
+                            add = gr.Button("Add slider")
+                    with gr.Accordion("Custom slider from your own photos", open=False):
+                        gr.Markdown("Upload photos of faces **with** and **without** some property (5 or more of "
+                                    "each work best); a logistic regression on their latents gives a new slider.")
+                        with gr.Row():
+                            custom_name = gr.Textbox(label="Slider name", placeholder="e.g. Freckles")
+                            with_files = gr.File(label="Faces with it", file_count="multiple", type="filepath")
+                            without_files = gr.File(label="Faces without it", file_count="multiple", type="filepath")
+                        fit = gr.Button("Fit slider")
+                        fit_message = gr.Markdown(label="message")
+                    api_edits = gr.JSON(visible=False)
+                    api_button = gr.Button(visible=False)
+                with gr.Tab("Interpolate", id="interpolate"):
+                    with gr.Row():
+                        face_a = FaceImage(label="Face A", sources=["upload", "clipboard", "webcam"], type="filepath")
+                        face_b = FaceImage(label="Face B", sources=["upload", "clipboard", "webcam"], type="filepath")
+                    if self.examples:
+                        with gr.Row():
+                            gr.Examples(self.examples, inputs=face_a, label="Examples for A")
+                            gr.Examples(self.examples, inputs=face_b, label="Examples for B")
+                    with gr.Row():
+                        n_frames = gr.Slider(2, MAX_UI_FRAMES, value=8, step=1, label="Frames")
+                        spherical = gr.Checkbox(label="Spherical (slerp) instead of linear", value=False)
+                        go = gr.Button("Interpolate", variant="primary")
+                    strip = gr.Gallery(label="Frames", columns=8, height="auto", format="png")
+                    with gr.Row():
+                        scrubber = gr.Slider(0, 7, value=0, step=1, label="Scrub", visible=False)
+                        frame = gr.Image(label="Frame", interactive=False, format="png")
+                        gif = gr.File(label="Animated GIF")
+                with gr.Tab("Sample", id="sample"):
+                    with gr.Row():
+                        temperature = gr.Slider(0.0, 1.0, value=0.7, step=0.05, label="Temperature")
+                        seed = gr.Number(value=0, precision=0, label="Seed")
+                        count = gr.Slider(1, 32, value=8, step=1, label="Samples")
+                        draw = gr.Button("Sample", variant="primary")
+                    gallery = gr.Gallery(label="Samples (click one to pick it)", columns=8, height="auto",
+                                         format="png")
+                    with gr.Row():
+                        to_edit = gr.Button("Edit this face")
+                        to_a = gr.Button("Use as face A")
+                        to_b = gr.Button("Use as face B")
+
+            controls = [face, custom, slots, method, disentangle, keep, levels, *base, *extra]
+            render = dict(fn=self.render, inputs=controls, outputs=edited, show_progress="hidden",
+                          api_visibility="private", concurrency_id="render", concurrency_limit=2)
+            photo.change(self.encode, photo, [face, aligned, recon, info], api_name="encode").then(**render)
+            gr.on([s.input for s in (*base, *extra)] + [c.change for c in (method, disentangle, keep, levels)],
+                  trigger_mode="always_last", **render)
+            api_button.click(self.api_edit, [face, custom, api_edits, method, keep, levels], edited,
+                             api_name="edit", concurrency_id="render")
+            reset.click(self.reset, face, [*base, *extra, edited], api_visibility="private")
+            save.click(self.download, controls, files, api_visibility="private")
+            add.click(self.add_attribute, [other, slots], [slots, *extra], api_visibility="private")
+            fit.click(self.custom_slider, [custom_name, with_files, without_files, custom, slots, keep],
+                      [custom, slots, fit_message, keep, *extra], api_name="custom_slider")
+            go.click(self.interpolate, [face_a, face_b, n_frames, spherical],
+                     [strip, scrubber, frame, gif, frames_state], api_name="interpolate")
+            scrubber.input(self.scrub, [frames_state, scrubber], frame, trigger_mode="always_last",
+                           show_progress="hidden", api_visibility="private")
+            draw.click(self.sample, [temperature, seed, count], [gallery, samples_state, selected],
+                       api_name="sample")
+            gallery.select(self.select, None, selected, api_visibility="private")
+            to_edit.click(self.pick, [samples_state, selected], photo, api_visibility="private").success(
+                lambda: gr.Tabs(selected="edit"), None, tabs, api_visibility="private")
+            to_a.click(self.pick, [samples_state, selected], face_a, api_visibility="private").success(
+                lambda: gr.Tabs(selected="interpolate"), None, tabs, api_visibility="private")
+            to_b.click(self.pick, [samples_state, selected], face_b, api_visibility="private").success(
+                lambda: gr.Tabs(selected="interpolate"), None, tabs, api_visibility="private")
+        return demo
