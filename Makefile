@@ -16,7 +16,7 @@ $(VENV)/.installed: requirements.txt
 setup: $(VENV)/.installed
 
 demo: setup
-	$(PY) -m flow_model sample --model assets/celeba64 --out samples.png --n 16 --temperature 0.7
+	$(PY) app.py
 
 test: setup
 	$(PY) -m pytest -q tests
