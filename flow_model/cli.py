@@ -10,6 +10,7 @@ from pathlib import Path
 
 import torch
 
+from . import ablation_command
 from .config import COND_NETS, COUPLINGS, DEQUANTS, PERMUTATIONS, GlowConfig
 
 MODEL_FIELDS = ("image_size", "n_bits", "levels", "depth", "hidden", "coupling", "permutation", "cond_net", "dequant",
@@ -224,10 +225,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--out", required=True)
     p.add_argument("--no-ema", action="store_true", help="export the raw weights even if the run kept an EMA")
     p.add_argument("--fp16", action="store_true", help="store the weights in float16")
+    ablation_command.add_parser(sub)
     return parser
 
 
-COMMANDS = {"train": _train, "eval": _eval, "sample": _sample, "encode": _encode, "decode": _decode, "export": _export}
+COMMANDS = {"train": _train, "eval": _eval, "sample": _sample, "encode": _encode, "decode": _decode, "export": _export,
+            "ablation": ablation_command.run}
 
 
 def main(argv: list[str] | None = None) -> int:
