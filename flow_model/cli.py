@@ -86,9 +86,9 @@ def _train(args: argparse.Namespace) -> int:
         model_config = None
     else:
         if "data" not in given:
-            raise SystemExit("error: --data is required for a new run")
+            raise ValueError("--data is required for a new run")
         if (Path(args.out) / CHECKPOINT_NAME).exists():
-            raise SystemExit(f"error: {args.out} already holds a run; pass --resume to continue it or pick another --out")
+            raise ValueError(f"{args.out} already holds a run; pass --resume to continue it or pick another --out")
         train = TrainConfig(**{k: v for k, v in given.items() if k in train_fields})
         model_config = GlowConfig(**{k: v for k, v in given.items() if k in MODEL_FIELDS})
     trainer = Trainer(train, model_config, resume=resume)
@@ -151,15 +151,18 @@ def _encode(args: argparse.Namespace) -> int:
 
 
 def _decode(args: argparse.Namespace) -> int:
-    from safetensors import safe_open
+    from safetensors import SafetensorError, safe_open
 
     from .imaging import to_pil
     from .train import load_model
 
     model = load_model(args.model, args.device)
-    with safe_open(args.latents, framework="pt") as f:
-        meta = f.metadata() or {}
-        flat = f.get_tensor("latents")
+    try:
+        with safe_open(args.latents, framework="pt") as f:
+            meta = f.metadata() or {}
+            flat = f.get_tensor("latents")
+    except SafetensorError as err:
+        raise ValueError(f"cannot read latents from {args.latents}: {err}") from None
     names = json.loads(meta.get("files", "[]")) or [f"{i:04d}.png" for i in range(len(flat))]
     with torch.no_grad():
         images = model.decode(model.unflatten_latents(flat), standardized=meta.get("standardized") == "true")
