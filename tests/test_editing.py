@@ -1,6 +1,7 @@
 """The editing service on its own (no Gradio): exact originals, linear edits, disentangling, interpolation."""
 from __future__ import annotations
 
+import io
 from pathlib import Path
 
 import pytest
@@ -10,7 +11,7 @@ from PIL import Image
 from editor_support import build_assets, full_size_faces, random_directions
 from flow_model.editing import SLIDERS, EditorService, animated_gif, lerp, orthogonalize, slerp
 from flow_model.glow import reduce_bits
-from flow_model.imaging import ImageError, to_tensor
+from flow_model.imaging import ImageError
 
 
 @pytest.fixture(scope="module")
@@ -164,5 +165,5 @@ def test_an_unusual_image_gets_an_out_of_distribution_note(service, faces):
 
 def test_gif_plays_forward_and_back():
     frames = [Image.new("RGB", (8, 8), (i * 60, 0, 0)) for i in range(4)]
-    gif = Image.open(__import__("io").BytesIO(animated_gif(frames)))
+    gif = Image.open(io.BytesIO(animated_gif(frames)))
     assert gif.n_frames == 6 and gif.info["loop"] == 0
