@@ -1,0 +1,183 @@
+"""Editor latency on this machine's CPU: slider updates, align + encode of a photo, interpolation, app start-up.
+
+    python bench/editor.py [--model assets/celeba64] [--updates 100] [--startup]
+
+- slider update: what the server does per slider event: edit the latent (three sliders, two kept fixed),
+  decode, upscale to display size and encode the image for the browser (Gradio's own gr.Image postprocess, which
+  also hashes and writes it to the cache); p50/p95 over --updates updates with changing values.
+- align + encode: a 1024x1024 JPEG photo with one face -> decode the file, detect, landmarks, warp, one flow pass
+  (latent + bits/dim); plus the full upload handler, which also decodes the reconstruction.
+- interpolation: 8 frames (one batched decode), upscaled, plus the animated GIF.
+- start-up (--startup): `python app.py` until it answers HTTP 200.
+A missing model directory falls back to the shipped architecture with random weights (speed does not depend on
+the weights) and random directions, and says so.
+"""
+from __future__ import annotations
+
+import argparse
+import io
+import json
+import os
+import platform
+import subprocess
+import sys
+import time
+import urllib.request
+from pathlib import Path
+
+os.environ["GRADIO_ANALYTICS_ENABLED"] = "False"
+os.environ["HF_HUB_OFFLINE"] = "1"
+
+import numpy as np  # noqa: E402
+import torch  # noqa: E402
+from PIL import Image  # noqa: E402
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+
+from app.ui import DISPLAY_FORMAT  # noqa: E402
+from flow_model.align import FaceAligner  # noqa: E402
+from flow_model.config import GlowConfig  # noqa: E402
+from flow_model.directions import Directions, cosine_gram  # noqa: E402
+from flow_model.editing import EditorService, animated_gif  # noqa: E402
+from flow_model.glow import Glow  # noqa: E402
+
+CELEBA = ROOT.parent / "shared" / "data" / "celeba"
+SHIPPED = GlowConfig(image_size=64, n_bits=5, levels=3, depth=16, hidden=128)
+
+
+def percentile(values: list[float], q: float) -> float:
+    return float(np.percentile(values, q * 100))
+
+
+def summary(times: list[float]) -> dict:
+    ms = [t * 1000 for t in times]
+    return {"p50_ms": round(percentile(ms, 0.5), 1), "p95_ms": round(percentile(ms, 0.95), 1),
+            "best_ms": round(min(ms), 1), "n": len(ms)}
+
+
+def load_service(model: Path, device: str) -> tuple[EditorService, str]:
+    if model.is_dir():
+        return EditorService.load(model, device=device), str(model)
+    glow = Glow(SHIPPED, seed=0)
+    noise = torch.Generator().manual_seed(0)
+    glow.initialize(torch.randint(0, 256, (16, 3, 64, 64), dtype=torch.uint8, generator=noise))
+    names = [f"attribute_{i}" for i in range(40)]
+    names[:15] = ["Smiling", "Young", "Blond_Hair", "Black_Hair", "Brown_Hair", "Gray_Hair", "Bald", "Bangs",
+                  "No_Beard", "Eyeglasses", "Male", "Pale_Skin", "Narrow_Eyes", "Heavy_Makeup", "Mouth_Slightly_Open"]
+    g = torch.Generator().manual_seed(0)
+    vectors = {m: torch.randn(40, glow.latent_dim, generator=g) for m in ("mean_diff", "classifier")}
+    directions = Directions(names, vectors, {m: cosine_gram(v) for m, v in vectors.items()},
+                            {n: {} for n in names}, glow.latent_dim)
+    service = EditorService(glow.to(device).eval(), directions, FaceAligner())
+    return service, f"{model} is missing: the shipped architecture with random weights and random directions"
+
+
+def test_photo(size: int = 1024) -> bytes:
+    """A 1024x1024 JPEG with one face about 40% of its width (a CelebA face when ../shared has one)."""
+    faces = sorted((CELEBA / "img_align_celeba").glob("*.jpg")) if CELEBA.is_dir() else []
+    big = [f for f in faces[:200] if Image.open(f).size == (178, 218)]
+    if not big:
+        raise SystemExit(f"need a face photo: the CelebA subset is not at {CELEBA}")
+    face = Image.open(big[0]).convert("RGB").resize((round(size * 0.55), round(size * 0.55 * 218 / 178)))
+    photo = Image.new("RGB", (size, size), (180, 170, 160))
+    photo.paste(face, ((size - face.width) // 2, (size - face.height) // 3))
+    buffer = io.BytesIO()
+    photo.save(buffer, format="JPEG", quality=92)
+    return buffer.getvalue()
+
+
+def bench_slider(service: EditorService, face, updates: int) -> dict:
+    import gradio as gr
+
+    output = gr.Image(format=DISPLAY_FORMAT)
+    rng = np.random.default_rng(0)
+    labels = ["Smiling", "Age", "Blond hair"]
+    values = np.cumsum(rng.normal(0, 0.1, (updates + 5, len(labels))), axis=0).clip(-2, 2)
+    times = []
+    for i, row in enumerate(values):
+        start = time.perf_counter()
+        edited = service.edit(face, dict(zip(labels, row)), keep=["Male", "Eyeglasses"])
+        output.postprocess(service.display(edited))
+        if i >= 5:  # warm-up updates are not timed
+            times.append(time.perf_counter() - start)
+    return summary(times)
+
+
+def bench_align_encode(service: EditorService, photo: bytes, repeats: int) -> tuple[dict, dict]:
+    service.face_from_image(photo)  # warm-up (and the landmark predictor's background load)
+    align_encode, full = [], []
+    for _ in range(repeats):
+        start = time.perf_counter()
+        x, _, _ = service.prepare(photo)
+        service._forward(x.unsqueeze(0))
+        align_encode.append(time.perf_counter() - start)
+        start = time.perf_counter()
+        service.face_from_image(photo)
+        full.append(time.perf_counter() - start)
+    return summary(align_encode), summary(full)
+
+
+def bench_interpolate(service: EditorService, a, b, repeats: int) -> tuple[dict, dict]:
+    frames_only, with_gif = [], []
+    for _ in range(repeats + 1):
+        start = time.perf_counter()
+        images = [service.display(x) for x in service.interpolate(a.latent, b.latent, 8)]
+        middle = time.perf_counter()
+        animated_gif(images)
+        frames_only.append(middle - start)
+        with_gif.append(time.perf_counter() - start)
+    return summary(frames_only[1:]), summary(with_gif[1:])
+
+
+def bench_startup(model: Path) -> float:
+    port = 7900 + os.getpid() % 50
+    start = time.perf_counter()
+    proc = subprocess.Popen([sys.executable, "app.py", "--model", str(model), "--port", str(port)], cwd=ROOT,
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    try:
+        while proc.poll() is None:
+            try:
+                with urllib.request.urlopen(f"http://127.0.0.1:{port}/", timeout=1) as response:
+                    if response.status == 200:
+                        return time.perf_counter() - start
+            except OSError:
+                time.sleep(0.2)
+        raise SystemExit(f"app.py exited with {proc.returncode} before serving")
+    finally:
+        proc.terminate()
+        proc.wait()
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--model", type=Path, default=ROOT / "assets" / "celeba64")
+    parser.add_argument("--device", default="cpu")
+    parser.add_argument("--updates", type=int, default=100)
+    parser.add_argument("--repeats", type=int, default=20, help="timed align + encode and interpolation runs")
+    parser.add_argument("--startup", action="store_true", help="also time `python app.py` until it serves")
+    args = parser.parse_args(argv)
+
+    service, source = load_service(args.model, args.device)
+    photo = test_photo()
+    with torch.inference_mode():
+        face = service.face_from_image(photo)
+        other = service.encode(service.sample(1, 0.7, seed=1)[0])
+    load = os.getloadavg()
+    results = {
+        "machine": f"{platform.processor() or platform.machine()}, {os.cpu_count()} cores, torch "
+                   f"{torch.__version__}, {torch.get_num_threads()} threads, load average {load[0]:.1f} at start",
+        "model": source,
+        "slider_update": bench_slider(service, face, args.updates),
+    }
+    results["align_encode_1024"], results["upload_handler_1024"] = bench_align_encode(service, photo, args.repeats)
+    results["interpolate_8_frames"], results["interpolate_8_frames_with_gif"] = bench_interpolate(
+        service, face, other, args.repeats)
+    if args.startup:
+        results["startup_s"] = round(bench_startup(args.model), 1)
+    results["load_average_at_end"] = round(os.getloadavg()[0], 1)
+    print(json.dumps(results, indent=2))
+
+
+if __name__ == "__main__":
+    main()
