@@ -1,4 +1,4 @@
-"""`python -m flow_model COMMAND ...`: train, eval, sample, encode, decode, export."""
+"""`python -m flow_model COMMAND ...`: train, eval, sample, encode, decode, export, directions."""
 from __future__ import annotations
 
 import argparse
@@ -10,6 +10,7 @@ from pathlib import Path
 
 import torch
 
+from . import directions_command
 from . import ablation_command
 from .config import COND_NETS, COUPLINGS, DEQUANTS, PERMUTATIONS, GlowConfig
 
@@ -228,11 +229,14 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--out", required=True)
     p.add_argument("--no-ema", action="store_true", help="export the raw weights even if the run kept an EMA")
     p.add_argument("--fp16", action="store_true", help="store the weights in float16")
+
+    directions_command.add_parser(sub)
     ablation_command.add_parser(sub)
     return parser
 
 
 COMMANDS = {"train": _train, "eval": _eval, "sample": _sample, "encode": _encode, "decode": _decode, "export": _export,
+            "directions": directions_command.run,
             "ablation": ablation_command.run}
 
 
