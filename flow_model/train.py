@@ -303,8 +303,13 @@ class Trainer:
             return "max_steps"
         if cfg.epochs is not None and self.epoch >= cfg.epochs:
             return "epochs"
-        if cfg.max_minutes is not None and (time.time() - started) / 60 >= cfg.max_minutes:
-            return "max_minutes"
+        if cfg.max_minutes is not None:
+            # rank 0's clock decides for every rank: ranks stopping at different steps deadlock in the next collective
+            late = torch.tensor(float((time.time() - started) / 60 >= cfg.max_minutes), device=self.device)
+            if self.world > 1:
+                dist.broadcast(late, src=0)
+            if late.item():
+                return "max_minutes"
         return None
 
     def run(self) -> dict:
