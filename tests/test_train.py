@@ -13,6 +13,7 @@ from pathlib import Path
 import pytest
 import torch
 from conftest import ROOT, tiny_config, train_config
+from safetensors import safe_open
 from safetensors.torch import load_file
 
 from flow_model import Glow
@@ -176,18 +177,25 @@ def test_ddp_ranks_hold_identical_weights(faces_dir, tmp_path):
     out = tmp_path / "run"
     cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nnodes=1", "--nproc_per_node=2",
            str(ROOT / "tests" / "ddp_worker.py"), str(faces_dir), str(out)]
-    done = subprocess.run(cmd, cwd=ROOT, capture_output=True, timeout=240, env={**os.environ, "OMP_NUM_THREADS": "1"})
+    try:
+        done = subprocess.run(cmd, cwd=ROOT, capture_output=True, timeout=180,
+                              env={**os.environ, "OMP_NUM_THREADS": "1"})
+    except subprocess.TimeoutExpired:
+        pytest.fail("the DDP run hung: its ranks stopped at different steps")
     assert done.returncode == 0, done.stderr.decode()[-3000:]
-    ranks = [load_file(str(tmp_path / f"rank{r}.safetensors")) for r in range(2)]
+    files = [tmp_path / f"rank{r}.safetensors" for r in range(2)]
+    steps = [int(safe_open(str(f), framework="pt").metadata()["step"]) for f in files]
+    ranks = [load_file(str(f)) for f in files]
     checkpoint = load_checkpoint(out / CHECKPOINT_NAME)
-    assert checkpoint["meta"]["step"] == 4
+    rows = [r for r in metrics(out) if "train_bpd" in r]
+    assert steps[0] == steps[1] == checkpoint["meta"]["step"] >= 2
+    assert [r["step"] for r in rows] == list(range(1, steps[0] + 1)), "rank 0 alone logs, once per step"
+    assert not any(r["skipped"] for r in rows) and metrics(out)[-1]["reason"] == "max_minutes"
     init = Glow(tiny_config(), seed=0).state_dict()
     assert any(not torch.equal(init[k], v) for k, v in ranks[0].items())
     for k, v in ranks[0].items():
         assert torch.equal(v, ranks[1][k]), f"ranks disagree on {k}"
         assert torch.equal(v, checkpoint["model"][k]), f"the checkpoint differs from the ranks on {k}"
-    rows = [r for r in metrics(out) if "train_bpd" in r]
-    assert [r["step"] for r in rows] == [1, 2, 3, 4] and not any(r["skipped"] for r in rows), "rank 0 logs once"
     assert sorted(p.name for p in out.iterdir() if p.name.startswith("checkpoint")) == [CHECKPOINT_NAME]
     assert temp_files(tmp_path) == []
 
