@@ -112,6 +112,8 @@ def _eval(args: argparse.Namespace) -> int:
     data = open_dataset(args.data, limit=args.limit)
     if args.split:
         split = json.loads(Path(args.split).read_text())
+        if not isinstance(split, dict) or args.subset not in split:
+            raise ValueError(f"{args.split} has no {args.subset!r} list; pass the split.json of a run")
         data = select(data, split[args.subset])
     images, used = load_images(data, model.config.image_size, None, args.workers)
     mean, se = evaluate_bpd(model, images, args.batch_size, args.seed, args.importance_samples, progress=True)
@@ -247,6 +249,6 @@ def main(argv: list[str] | None = None) -> int:
     del args.command
     try:
         return COMMANDS[command](args)
-    except (ValueError, FileNotFoundError, RuntimeError) as err:
+    except (ValueError, OSError, RuntimeError) as err:
         print(f"error: {err}", file=sys.stderr)
         return 2
