@@ -166,6 +166,20 @@ def test_bad_latents_and_images(pretrained, tmp_path, capsys):
         assert code == 2 and message in err, (args, code, err)
 
 
+def test_wrong_kinds_of_file(pretrained, tiny_run, faces_dir, tmp_path, capsys):
+    (tmp_path / "a_dir.png").mkdir()
+    (tmp_path / "a_file").write_text("x")
+    cases = [
+        (["eval", "--model", pretrained, "--data", faces_dir, "--split", pretrained / "config.json"],
+         "has no 'val' list"),
+        (["sample", "--model", pretrained, "--out", tmp_path / "a_dir.png"], "a_dir.png"),
+        (["export", "--run", tiny_run, "--out", tmp_path / "a_file"], "a_file"),
+    ]
+    for args, message in cases:
+        code, _, err = run_cli(capsys, *args)
+        assert code == 2 and message in err and err.startswith("error:"), (args, code, err)
+
+
 def test_train_argument_errors(tiny_run, faces_dir, tmp_path, capsys):
     cases = [
         (["train", "--out", tmp_path / "new"], "--data is required"),
