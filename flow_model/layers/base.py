@@ -15,6 +15,23 @@ class FlowLayer(nn.Module):
         raise NotImplementedError
 
 
+class EvalCache:
+    """Tensors derived from parameters, computed once for inference; invalid as soon as a parameter moves or changes."""
+
+    def __init__(self) -> None:
+        self.key: tuple | None = None
+        self.value = None
+
+    def get(self, params: list[torch.Tensor], compute, tag=None):
+        """`compute()`, recomputed only when a parameter or `tag` (anything else the value depends on) changed."""
+        key = (tag, *((p.data_ptr(), p._version, p.dtype) for p in params))
+        if key != self.key:
+            with torch.no_grad():
+                self.value = compute()
+            self.key = key
+        return self.value
+
+
 class FlowSequential(FlowLayer):
     """Composition: log-determinants add, inverses run in reverse order."""
 

@@ -1,11 +1,15 @@
 """Conditioning networks: the non-invertible nets inside couplings and priors."""
 from __future__ import annotations
 
+from functools import partial
+
 import torch
 import torch.nn.functional as F
 from torch import nn
 
 from .actnorm import ActNorm
+from .base import EvalCache
+from .conv import conv1x1, is_channels_last
 
 
 class ZeroConv2d(nn.Module):
@@ -19,12 +23,22 @@ class ZeroConv2d(nn.Module):
         self.log_scale = nn.Parameter(torch.zeros(1, out_channels, 1, 1))
         self.logscale_factor = logscale_factor
 
+    def folded(self) -> tuple[torch.Tensor, torch.Tensor]:
+        """(weight, bias) of the plain conv equal to conv(x) * exp(log_scale * factor): one op instead of three."""
+        scale = torch.exp(self.log_scale * self.logscale_factor).reshape(-1)
+        return self.conv.weight * scale.view(-1, 1, 1, 1), self.conv.bias * scale
+
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.conv(x) * torch.exp(self.log_scale * self.logscale_factor)
+        weight, bias = self.folded()
+        return F.conv2d(x, weight, bias, padding=self.conv.padding)
 
 
 class ConvNet(nn.Module):
-    """Glow's coupling net: conv3x3 -> ActNorm -> ReLU -> conv1x1 -> ActNorm -> ReLU -> zero-initialised conv3x3."""
+    """Glow's coupling net: conv3x3 -> ActNorm -> ReLU -> conv1x1 -> ActNorm -> ReLU -> zero-initialised conv3x3.
+
+    Once its ActNorms are initialised it runs as three biased convs with each ActNorm folded into the conv before
+    it; in inference (eval mode, autograd off) the folded weights are computed once and reused.
+    """
 
     def __init__(self, in_channels: int, out_channels: int, hidden: int) -> None:
         super().__init__()
@@ -35,11 +49,29 @@ class ConvNet(nn.Module):
         self.out = ZeroConv2d(hidden, out_channels)
         nn.init.normal_(self.conv1.weight, std=0.05)
         nn.init.normal_(self.conv2.weight, std=0.05)
+        self._cache = EvalCache()
+
+    def _folded(self, memory_format: torch.memory_format | None = None) -> tuple[torch.Tensor, ...]:
+        w1, b1, w2, b2, w3, b3 = (*self.norm1.fold(self.conv1.weight), *self.norm2.fold(self.conv2.weight),
+                                  *self.out.folded())
+        if memory_format is not None:
+            w1, w3 = w1.contiguous(memory_format=memory_format), w3.contiguous(memory_format=memory_format)
+        return w1, b1, w2, b2, w3, b3
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        h = F.relu(self.norm1.normalize(self.conv1(x)))
-        h = F.relu(self.norm2.normalize(self.conv2(h)))
-        return self.out(h)
+        if not (self.norm1.initialized and self.norm2.initialized):  # data-dependent init sees the raw conv outputs
+            h = F.relu(self.norm1.normalize(self.conv1(x)))
+            h = F.relu(self.norm2.normalize(self.conv2(h)))
+            return self.out(h)
+        if self.training or torch.is_grad_enabled():
+            w1, b1, w2, b2, w3, b3 = self._folded()
+        else:
+            # Weights in the input's layout: a conv whose weight layout differs reorders the weight on every call.
+            layout = torch.channels_last if is_channels_last(x) else torch.contiguous_format
+            w1, b1, w2, b2, w3, b3 = self._cache.get(list(self.parameters()), partial(self._folded, layout), layout)
+        h = F.relu(F.conv2d(x, w1, b1, padding=1), inplace=True)
+        h = F.relu(conv1x1(h, w2, b2), inplace=True)
+        return F.conv2d(h, w3, b3, padding=self.out.conv.padding)
 
 
 def make_cond_net(config, in_channels: int, out_channels: int) -> nn.Module:

@@ -2,10 +2,10 @@
 from __future__ import annotations
 
 import torch
-import torch.nn.functional as F
 from torch import nn
 
-from .base import FlowLayer
+from .base import EvalCache, FlowLayer
+from .conv import conv1x1
 
 
 def random_rotation(channels: int, generator: torch.Generator | None = None) -> torch.Tensor:
@@ -13,28 +13,12 @@ def random_rotation(channels: int, generator: torch.Generator | None = None) -> 
     return q.float()
 
 
-class _EvalCache:
-    """Holds (W, W^-1, log|det W|) computed once in eval mode; invalid as soon as a parameter moves or changes."""
-
-    def __init__(self) -> None:
-        self.key: tuple | None = None
-        self.value: tuple[torch.Tensor, torch.Tensor, torch.Tensor] | None = None
-
-    def get(self, params: list[torch.Tensor], compute):
-        key = tuple((p.data_ptr(), p._version, p.dtype) for p in params)
-        if key != self.key:
-            with torch.no_grad():
-                self.value = compute()
-            self.key = key
-        return self.value
-
-
 class _InvertibleConv(FlowLayer):
     """Shared 1x1-convolution mechanics; subclasses say how W and log|det W| come from their parameters."""
 
     def __init__(self) -> None:
         super().__init__()
-        self._cache = _EvalCache()
+        self._cache = EvalCache()
 
     def _weight(self) -> torch.Tensor:  # pragma: no cover - abstract
         raise NotImplementedError
@@ -53,14 +37,12 @@ class _InvertibleConv(FlowLayer):
 
     def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         weight, _, logabsdet = self._parts()
-        c = weight.shape[0]
-        y = F.conv2d(x, weight.view(c, c, 1, 1))
+        y = conv1x1(x, weight)
         return y, (logabsdet * (x.shape[2] * x.shape[3])).expand(x.shape[0])
 
     def inverse(self, y: torch.Tensor) -> torch.Tensor:
         inverse = self._parts()[1] if not self.training else self._all()[1]
-        c = inverse.shape[0]
-        return F.conv2d(y, inverse.view(c, c, 1, 1))
+        return conv1x1(y, inverse)
 
 
 class InvConv1x1(_InvertibleConv):
