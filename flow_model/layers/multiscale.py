@@ -7,19 +7,27 @@ import torch
 from torch import nn
 
 from .base import FlowLayer
+from .conv import is_channels_last
 from .nets import ZeroConv2d
 
 LOG_2PI = math.log(2 * math.pi)
 
 
 def squeeze2d(x: torch.Tensor) -> torch.Tensor:
+    """Channel c of the input becomes channels 4c..4c+3 (row-major 2x2 block); keeps a channels_last input so."""
     b, c, h, w = x.shape
+    if is_channels_last(x):
+        x = x.permute(0, 2, 3, 1).reshape(b, h // 2, 2, w // 2, 2, c).permute(0, 1, 3, 5, 2, 4)
+        return x.reshape(b, h // 2, w // 2, c * 4).permute(0, 3, 1, 2)
     x = x.reshape(b, c, h // 2, 2, w // 2, 2).permute(0, 1, 3, 5, 2, 4)
     return x.reshape(b, c * 4, h // 2, w // 2)
 
 
 def unsqueeze2d(x: torch.Tensor) -> torch.Tensor:
     b, c, h, w = x.shape
+    if is_channels_last(x):
+        x = x.permute(0, 2, 3, 1).reshape(b, h, w, c // 4, 2, 2).permute(0, 1, 4, 2, 5, 3)
+        return x.reshape(b, h * 2, w * 2, c // 4).permute(0, 3, 1, 2)
     x = x.reshape(b, c // 4, 2, 2, h, w).permute(0, 1, 4, 2, 5, 3)
     return x.reshape(b, c // 4, h * 2, w * 2)
 
