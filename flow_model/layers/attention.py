@@ -52,7 +52,7 @@ class GatedAttention(nn.Module):
     def attend(self, x: torch.Tensor) -> torch.Tensor:
         """softmax(QKᵀ/√d)V per head, heads concatenated back on the channels."""
         b, c, h, w = x.shape
-        qkv = self.qkv(x).view(b, 3, self.heads, c // self.heads, h * w).transpose(-1, -2)
+        qkv = self.qkv(x).reshape(b, 3, self.heads, c // self.heads, h * w).transpose(-1, -2)
         q, k, v = qkv.unbind(1)  # each (B, heads, H*W, d)
         out = F.scaled_dot_product_attention(q, k, v)
         return out.transpose(-1, -2).reshape(b, c, h, w)

@@ -51,7 +51,7 @@ class MixLogisticCoupling(FlowLayer):
         h = self.net(net_input(xa, context))
         b, _, height, width = h.shape
         k = self.components
-        h = h.view(b, 3 * k + 2, self.transformed, height, width).transpose(1, 2)
+        h = h.reshape(b, 3 * k + 2, self.transformed, height, width).transpose(1, 2)
         logits, means, log_scales, a, shift = h.split([k, k, k, 1, 1], dim=2)
         a = torch.tanh(a.squeeze(2)) * self.a_scale  # bounded log-scale: exp(a) cannot blow up early in training
         return logits, means, log_scales.clamp(-LOG_SCALE_BOUND, LOG_SCALE_BOUND), a, shift.squeeze(2)
