@@ -73,7 +73,7 @@ def load_image(source: str | Path | bytes | Image.Image, max_bytes: int = MAX_FI
 def celeba_crop(img: Image.Image, image_size: int) -> Image.Image:
     """The CelebA-standard centred face square, sized relative to the image so any resolution frames alike."""
     w, h = img.size
-    side = max(1, round(CELEBA_CROP * w))
+    side = max(1, min(round(CELEBA_CROP * w), h))  # a landscape photo gets its full height, not a box off the image
     left, top = (w - side) / 2, (h - side) / 2
     return img.resize((image_size, image_size), Image.Resampling.LANCZOS, box=(left, top, left + side, top + side))
 
