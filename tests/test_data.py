@@ -199,6 +199,16 @@ def test_celeba_crop_frames_both_resolutions_alike(celeba_dir):
     assert off > 10 * same, (same, off)  # a framing shift of a few pixels is visible to this measure
 
 
+@pytest.mark.parametrize("size", [(300, 150), (200, 160), (100, 100)])
+def test_celeba_crop_of_a_wide_photo_stays_on_the_image(size):
+    """A landscape photo is wider than its CelebA face square is tall: the square must shrink to fit, not fail."""
+    img = Image.new("RGB", size, (0, 0, 0))
+    img.paste((255, 255, 255), (size[0] // 2 - 5, 0, size[0] // 2 + 5, size[1]))  # a white stripe down the middle
+    crop = to_tensor(celeba_crop(img, 8)).float()
+    assert crop.shape == (3, 8, 8)
+    assert crop[:, :, 3:5].mean() > crop[:, :, 0].mean() + 30  # still centred on the middle
+
+
 def test_real_celeba_layout(celeba_dir):
     data = open_dataset(celeba_dir)
     assert len(data) == 14_523 and len(data.attributes) == 40
