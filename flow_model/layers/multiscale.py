@@ -46,6 +46,9 @@ class Squeeze(FlowLayer):
 
 def gaussian_log_prob(eps: torch.Tensor, log_std: torch.Tensor) -> torch.Tensor:
     """log N(z; mean, std) per sample, given the standardised residual eps = (z - mean) / std."""
+    # Channels moved last first: the backward of a sum broadcasts its gradient, and elementwise ops on broadcast
+    # gradients allocate NCHW results, which would turn the whole backward pass away from channels_last.
+    eps, log_std = eps.movedim(1, -1), log_std.movedim(1, -1)
     return (-0.5 * (LOG_2PI + eps**2) - log_std).flatten(1).sum(1)
 
 
@@ -59,7 +62,7 @@ class Split(nn.Module):
         self.prior = ZeroConv2d(self.keep_channels, 2 * self.out_channels)
 
     def split(self, h: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        return h[:, : self.keep_channels], h[:, self.keep_channels :]
+        return h.split([self.keep_channels, self.out_channels], dim=1)  # one op: see coupling.halves
 
     def merge(self, kept: torch.Tensor, z: torch.Tensor) -> torch.Tensor:
         return torch.cat([kept, z], dim=1)
