@@ -8,6 +8,12 @@ from torch import nn
 from .base import FlowLayer
 
 
+def halves(x: torch.Tensor, split: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """Channels [:split] and [split:]. One split op rather than two slices: the backward of a slice allocates a
+    zero-filled tensor of the whole input (in NCHW, whatever the input's layout) and the two then get added."""
+    return x.split([split, x.shape[1] - split], dim=1)
+
+
 def net_input(xa: torch.Tensor, context: torch.Tensor | None) -> torch.Tensor:
     """What a coupling net sees: the conditioning half, plus context channels in a conditional flow."""
     return xa if context is None else torch.cat([xa, context], dim=1)
@@ -26,14 +32,15 @@ class AffineCoupling(FlowLayer):
         return shift, raw + 2.0
 
     def forward(self, x: torch.Tensor, context: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
-        xa, xb = x[:, : self.split], x[:, self.split :]
+        xa, xb = halves(x, self.split)
         shift, raw = self._shift_scale(xa, context)
         yb = (xb + shift) * torch.sigmoid(raw)
-        logdet = F.logsigmoid(raw).flatten(1).sum(1)
+        # Channels last before the sum, so its broadcast gradient comes back channels_last (see gaussian_log_prob).
+        logdet = F.logsigmoid(raw.movedim(1, -1)).flatten(1).sum(1)
         return torch.cat([xa, yb], dim=1), logdet
 
     def inverse(self, y: torch.Tensor, context: torch.Tensor | None = None) -> torch.Tensor:
-        ya, yb = y[:, : self.split], y[:, self.split :]
+        ya, yb = halves(y, self.split)
         shift, raw = self._shift_scale(ya, context)
         return torch.cat([ya, yb / torch.sigmoid(raw) - shift], dim=1)
 
@@ -47,9 +54,9 @@ class AdditiveCoupling(FlowLayer):
         self.net: nn.Module = make_net(self.split, channels - self.split)
 
     def forward(self, x: torch.Tensor, context: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
-        xa, xb = x[:, : self.split], x[:, self.split :]
+        xa, xb = halves(x, self.split)
         return torch.cat([xa, xb + self.net(net_input(xa, context))], dim=1), x.new_zeros(x.shape[0])
 
     def inverse(self, y: torch.Tensor, context: torch.Tensor | None = None) -> torch.Tensor:
-        ya, yb = y[:, : self.split], y[:, self.split :]
+        ya, yb = halves(y, self.split)
         return torch.cat([ya, yb - self.net(net_input(ya, context))], dim=1)
