@@ -69,8 +69,9 @@ class ConvNet(nn.Module):
             # Weights in the input's layout: a conv whose weight layout differs reorders the weight on every call.
             layout = torch.channels_last if is_channels_last(x) else torch.contiguous_format
             w1, b1, w2, b2, w3, b3 = self._cache.get(list(self.parameters()), partial(self._folded, layout), layout)
-        h = F.relu(F.conv2d(x, w1, b1, padding=1))
-        h = F.relu(conv1x1(h, w2, b2))
+        inplace = not torch.is_grad_enabled()  # with autograd on, ReLU on conv1x1's permuted view must not be in place
+        h = F.relu(F.conv2d(x, w1, b1, padding=1), inplace=inplace)
+        h = F.relu(conv1x1(h, w2, b2), inplace=inplace)
         return F.conv2d(h, w3, b3, padding=self.out.conv.padding)
 
 
