@@ -20,9 +20,12 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--host", default="127.0.0.1", help="address to serve on; 0.0.0.0 for the local network")
     parser.add_argument("--port", type=int, default=7860)
     parser.add_argument("--share", action="store_true", help="also open a public Gradio share link (off by default)")
+    parser.add_argument("--threads", type=int, default=1, help="torch CPU threads per request (default 1)")
     args = parser.parse_args(argv)
     if not 0 < args.port < 65536:
         parser.error(f"--port must be in 1..65535, got {args.port}")
+    if args.threads < 1:
+        parser.error(f"--threads must be >= 1, got {args.threads}")
     return args
 
 
@@ -32,7 +35,8 @@ def main(argv: list[str] | None = None) -> int:
     from app.server import ServerOptions, serve
 
     try:
-        serve(ServerOptions(model=args.model, device=args.device, host=args.host, port=args.port, share=args.share))
+        serve(ServerOptions(model=args.model, device=args.device, host=args.host, port=args.port, share=args.share,
+                            threads=args.threads))
     except (FileNotFoundError, ValueError) as err:
         print(f"error: {err}", file=sys.stderr)
         return 2

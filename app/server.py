@@ -6,6 +6,8 @@ import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 
+import torch
+
 from flow_model.editing import EditorService
 from flow_model.imaging import to_pil
 from flow_model.train import resolve_device
@@ -16,6 +18,7 @@ log = logging.getLogger(__name__)
 
 EXAMPLE_TEMPERATURE = 0.6  # typical-looking faces; T = 1 samples are noisier
 EXAMPLE_SEED = 0
+RENDERS_AT_ONCE = 2
 
 
 @dataclass
@@ -25,6 +28,7 @@ class ServerOptions:
     host: str = "127.0.0.1"
     port: int = 7860
     share: bool = False
+    threads: int = 1
     examples: int = 6
 
 
@@ -42,6 +46,9 @@ def example_faces(service: EditorService, n: int, folder: Path) -> list[str]:
 
 
 def serve(options: ServerOptions) -> None:
+    # One intra-op thread per request: up to RENDERS_AT_ONCE requests run side by side, and on a busy machine two
+    # OpenMP threads per decode wait on each other (bench/editor.py: slider p50 77 ms with 1 thread, 690 ms with 2).
+    torch.set_num_threads(options.threads)
     device = resolve_device(options.device)
     service = EditorService.load(options.model, device=str(device))
     log.info("model %s on %s: %d parameters, %d directions", options.model, device,
@@ -49,6 +56,6 @@ def serve(options: ServerOptions) -> None:
     with tempfile.TemporaryDirectory(prefix="face-editor-") as folder:
         examples = example_faces(service, options.examples, Path(folder))
         demo = EditorUI(service, examples).build()
-        demo.queue(default_concurrency_limit=2)
+        demo.queue(default_concurrency_limit=RENDERS_AT_ONCE)
         demo.launch(server_name=options.host, server_port=options.port, share=options.share,
                     footer_links=["api", "settings"], allowed_paths=[folder])

@@ -343,7 +343,7 @@ class EditorUI:
 
             controls = [face, custom, slots, method, disentangle, keep, levels, *base, *extra]
             render = dict(fn=self.render, inputs=controls, outputs=edited, show_progress="hidden",
-                          api_visibility="private", concurrency_id="render", concurrency_limit=2)
+                          api_visibility="private", concurrency_id="render")
             photo.change(self.encode, photo, [face, aligned, recon, info], api_name="encode").then(**render)
             gr.on([s.input for s in (*base, *extra)] + [c.change for c in (method, disentangle, keep, levels)],
                   trigger_mode="always_last", **render)
