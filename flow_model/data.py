@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import hashlib
+import io
 import json
 import logging
 import math
@@ -36,12 +37,18 @@ def read_celeba_attributes(path: str | Path) -> tuple[list[str], dict[str, np.nd
     except ValueError:
         raise ValueError(f"{path}: first line should be the image count, got {lines[0][:40]!r}") from None
     names = lines[1].split()
-    rows: dict[str, np.ndarray] = {}
-    for number, line in enumerate(lines[2:], start=3):
-        parts = line.split()
-        if len(parts) != len(names) + 1:
-            raise ValueError(f"{path}:{number}: expected {len(names) + 1} fields, got {len(parts)}")
-        rows[parts[0]] = np.array([int(v) for v in parts[1:]], dtype=np.int8)
+    body = "\n".join(lines[2:])
+    if not body:
+        return names, {}
+    try:
+        ids = np.loadtxt(io.StringIO(body), dtype=str, usecols=0, ndmin=1)
+        table = np.loadtxt(io.StringIO(body), dtype=np.int8, usecols=range(1, len(names) + 1), ndmin=2)
+    except ValueError as err:
+        for number, line in enumerate(lines[2:], start=3):
+            if len(line.split()) != len(names) + 1:
+                raise ValueError(f"{path}:{number}: expected {len(names) + 1} fields, got {len(line.split())}") from None
+        raise ValueError(f"{path}: attribute values must be integers such as 1 and -1 ({err})") from None
+    rows = dict(zip(ids, table))
     if count != len(rows):
         log.warning("%s announces %d rows but holds %d", path, count, len(rows))
     return names, rows
