@@ -99,6 +99,18 @@ def resolve_device(name: str, local_rank: int = 0) -> torch.device:
     return torch.device("cpu")
 
 
+def _rows_up_to(text: str, step: int) -> list[str]:
+    """Metrics lines logged at or before `step`; a line cut short by a kill is dropped too."""
+    kept = []
+    for line in text.splitlines():
+        try:
+            if json.loads(line).get("step", 0) <= step:
+                kept.append(line)
+        except json.JSONDecodeError:
+            continue
+    return kept
+
+
 class Trainer:
     """Owns the model, optimiser, data order and RNGs of one run; everything needed to resume goes in its checkpoint."""
 
@@ -123,6 +135,8 @@ class Trainer:
         self.is_main = self.rank == 0
         if self.is_main:
             self.out.mkdir(parents=True, exist_ok=True)
+            for stale in self.out.glob(f".{CHECKPOINT_NAME}.*.tmp"):  # left by a kill during a checkpoint write
+                stale.unlink()
 
         self._load_data(state)
         torch.manual_seed(train.seed)
@@ -206,6 +220,9 @@ class Trainer:
                 self.ema.n_averaged.fill_(meta.get("ema_n_averaged", 1))
         self.step, self.epoch, self.batch_in_epoch = meta["step"], meta["epoch"], meta["batch_in_epoch"]
         self.bad_steps, self.elapsed = meta.get("bad_steps", 0), meta.get("elapsed", 0.0)
+        metrics = self.out / "metrics.jsonl"
+        if self.is_main and metrics.exists():  # drop rows a killed run logged after its last checkpoint
+            write_text(metrics, "".join(line + "\n" for line in _rows_up_to(metrics.read_text(), self.step)))
         rng = state["rng"]
         if self.rank == 0:
             torch.set_rng_state(rng["torch"])
@@ -245,13 +262,15 @@ class Trainer:
         self.optimizer.zero_grad(set_to_none=True)
         self.scheduler.step()
         self.step += 1
+        row = {"step": self.step, "train_bpd": loss.item(), "grad_norm": grad_norm.item(),
+               "lr": self.scheduler.get_last_lr()[0], "skipped": not finite}
         if self.bad_steps >= self.cfg.max_bad_steps:
+            self._log({**row, "epoch": self.epoch})
             raise TrainingError(
                 f"{self.bad_steps} consecutive steps had a non-finite loss or gradient; stopping at step {self.step}. "
                 f"The last good checkpoint is {self.checkpoint_path}. Try a lower --lr or --grad-clip."
             )
-        return {"step": self.step, "train_bpd": loss.item(), "grad_norm": grad_norm.item(),
-                "lr": self.scheduler.get_last_lr()[0], "skipped": not finite}
+        return row
 
     # -- outputs -------------------------------------------------------------------------------------
     @property

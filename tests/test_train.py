@@ -87,7 +87,7 @@ def test_consecutive_nan_steps_stop_training_with_finite_checkpoint(faces_dir, t
     state = load_checkpoint(out / CHECKPOINT_NAME)
     assert state["meta"]["step"] == 5
     assert all(torch.isfinite(v).all() for v in state["model"].values() if v.is_floating_point())
-    assert [r["skipped"] for r in metrics(out) if "train_bpd" in r] == [False, False, True, True]  # the 3rd raises
+    assert [r["skipped"] for r in metrics(out) if "train_bpd" in r] == [False, False, True, True, True]
     assert temp_files(tmp_path) == []
 
 
@@ -183,10 +183,16 @@ def test_sigkill_and_resume_matches_an_uninterrupted_run(faces_dir, tmp_path):
     reference = [r for r in before if r["step"] == step + 1]
     assert len(reference) == 1
 
+    stale = out / f".{CHECKPOINT_NAME}.killed.tmp"  # what a kill during a checkpoint write leaves behind
+    stale.write_bytes(b"partial")
     resumed = subprocess.run(train_command(faces_dir, out, "--resume", "--max-steps", str(step + 1)), cwd=ROOT,
                              capture_output=True, timeout=240)
     assert resumed.returncode == 0, resumed.stderr.decode()[-2000:]
-    after = train_rows(out)[len(before):]
+    assert not stale.exists()
+    rows = train_rows(out)
+    assert [r["step"] for r in rows] == sorted({r["step"] for r in rows}), "rows logged after the checkpoint by the killed run are dropped"
+    assert rows[: len(rows) - 1] == [r for r in before if r["step"] <= step]
+    after = rows[-1:]
     assert [r["step"] for r in after] == [step + 1]
     assert after[0]["train_bpd"] == pytest.approx(reference[0]["train_bpd"], abs=1e-6), (step, after, reference)
     assert after[0]["train_bpd"] != next(r["train_bpd"] for r in before if r["step"] == step)
