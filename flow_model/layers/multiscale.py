@@ -48,7 +48,7 @@ def gaussian_log_prob(eps: torch.Tensor, log_std: torch.Tensor) -> torch.Tensor:
     """log N(z; mean, std) per sample, given the standardised residual eps = (z - mean) / std."""
     # Channels moved last first: the backward of a sum broadcasts its gradient, and elementwise ops on broadcast
     # gradients allocate NCHW results, which would turn the whole backward pass away from channels_last.
-    eps, log_std = eps.movedim(1, -1), log_std.movedim(1, -1)
+    eps, log_std = eps.movedim(1, -1), log_std.expand_as(eps).movedim(1, -1)
     return (-0.5 * (LOG_2PI + eps**2) - log_std).flatten(1).sum(1)
 
 
