@@ -128,12 +128,14 @@ def test_lu_and_plain_conv_agree_for_the_same_weight():
 def test_eval_cache_follows_load_state_dict(cls):
     layer, other = cls(4, gen(12)).eval(), randomize(cls(4, gen(13)), gen(14), scale=0.3).eval()
     x = torch.randn(2, 4, 3, 3, generator=gen(15))
-    stale = layer(x)[0]
-    layer.load_state_dict(other.state_dict())
-    y, logdet = layer(x)
-    assert not torch.allclose(stale, y)
-    assert torch.allclose(y, other(x)[0]) and torch.allclose(logdet, other(x)[1])
-    assert torch.allclose(layer.inverse(y), x, atol=1e-5)
+    with torch.no_grad():  # the cache is used only without autograd
+        stale = layer(x)[0]
+        layer.load_state_dict(other.state_dict())
+        y, logdet = layer(x)
+        assert layer._cache.key is not None
+        assert not torch.allclose(stale, y)
+        assert torch.allclose(y, other(x)[0]) and torch.allclose(logdet, other(x)[1])
+        assert torch.allclose(layer.inverse(y), x, atol=1e-5)
 
 
 @pytest.mark.parametrize("cls", [InvConv1x1LU, InvConv1x1])
@@ -141,7 +143,8 @@ def test_eval_cache_follows_optimizer_step(cls):
     layer = cls(4, gen(16))
     x = torch.randn(2, 4, 3, 3, generator=gen(17))
     layer.eval()
-    stale_y, stale_logdet = layer(x)
+    with torch.no_grad():
+        stale_y, stale_logdet = layer(x)
     layer.train()
     optimizer = torch.optim.Adam(layer.parameters(), lr=0.1)
     y, logdet = layer(x)
@@ -149,10 +152,22 @@ def test_eval_cache_follows_optimizer_step(cls):
     optimizer.step()
     fresh_y, fresh_logdet = layer(x)  # training mode: computed from the parameters, no cache
     layer.eval()
+    with torch.no_grad():
+        y, logdet = layer(x)
+        assert not torch.allclose(stale_y, fresh_y)
+        assert torch.allclose(y, fresh_y) and torch.allclose(logdet, fresh_logdet)
+        assert torch.allclose(layer.inverse(y), x, atol=1e-5)
+
+
+@pytest.mark.parametrize("cls", [InvConv1x1LU, InvConv1x1])
+def test_eval_mode_with_autograd_still_gives_weight_gradients(cls):
+    layer = cls(4, gen(18)).eval()
+    x = torch.randn(2, 4, 3, 3, generator=gen(19))
+    with torch.no_grad():
+        layer(x)  # fills the cache
     y, logdet = layer(x)
-    assert not torch.allclose(stale_y, fresh_y)
-    assert torch.allclose(y, fresh_y) and torch.allclose(logdet, fresh_logdet)
-    assert torch.allclose(layer.inverse(y), x, atol=1e-5)
+    (y.pow(2).sum() + logdet.sum()).backward()
+    assert all(p.grad is not None and p.grad.abs().sum() > 0 for p in layer.parameters())
 
 
 def test_permutation_rejects_unknown_kind():

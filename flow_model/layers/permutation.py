@@ -31,7 +31,7 @@ class _InvertibleConv(FlowLayer):
         return weight, torch.linalg.inv(weight.double()).to(weight.dtype), self._logabsdet()
 
     def _parts(self) -> tuple[torch.Tensor, torch.Tensor | None, torch.Tensor]:
-        if self.training:
+        if self.training or torch.is_grad_enabled():  # cached tensors carry no gradient
             return self._weight(), None, self._logabsdet()
         return self._cache.get(list(self.parameters()), self._all)
 
@@ -41,7 +41,9 @@ class _InvertibleConv(FlowLayer):
         return y, (logabsdet * (x.shape[2] * x.shape[3])).expand(x.shape[0])
 
     def inverse(self, y: torch.Tensor) -> torch.Tensor:
-        inverse = self._parts()[1] if not self.training else self._all()[1]
+        inverse = self._parts()[1]
+        if inverse is None:
+            inverse = self._all()[1]
         return conv1x1(y, inverse)
 
 
