@@ -142,7 +142,7 @@ class Trainer:
         torch.manual_seed(train.seed)
         self.model = Glow(model_config, seed=train.seed).to(self.device)
         self.optimizer = (torch.optim.Adamax if train.optimizer == "adamax" else torch.optim.Adam)(
-            self.model.parameters(), lr=train.lr
+            self.model.parameters(), lr=train.lr, foreach=True
         )
         warmup = max(1, train.warmup_steps)
         self.scheduler = torch.optim.lr_scheduler.LambdaLR(self.optimizer, lambda s: min(1.0, (s + 1) / warmup))
