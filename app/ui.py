@@ -6,7 +6,7 @@ import base64
 import binascii
 import io
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Sequence
 
 import gradio as gr
 import torch
@@ -31,22 +31,21 @@ Upload a photo (or paste one, or use the webcam): the face is found, aligned lik
 A slider at ±1 moves a face by the typical difference between faces with and without the attribute."""
 
 
-class FaceImage(gr.Image):
-    """gr.Image that hands the uploaded file over untouched. Gradio's own preprocessing opens it with PIL first,
-    which fails with an unhelpful error on non-images and decompression bombs before the service can name the
-    problem."""
-
-    is_template = True
-
-    def preprocess(self, payload: Any) -> str | bytes | None:
-        if payload is None:
-            return None
-        if payload.path is None and payload.url and payload.url.startswith("data:"):
-            try:
-                return base64.b64decode(payload.url.split(",", 1)[-1])
-            except (binascii.Error, ValueError):
-                return b""
-        return payload.path
+def raw_image(payload: dict | None) -> str | bytes | None:
+    """The uploaded file of an image input whose event runs with preprocess=False. Gradio's own preprocessing opens
+    it with PIL first, which fails with an unhelpful error on non-images and decompression bombs before the service
+    can name the problem; with preprocess=False Gradio still moves the upload into its cache and checks the path."""
+    if not payload:
+        return None
+    if payload.get("path"):
+        return payload["path"]
+    url = payload.get("url") or ""
+    if url.startswith("data:"):
+        try:
+            return base64.b64decode(url.split(",", 1)[-1])
+        except (binascii.Error, ValueError):
+            return b""
+    return None
 
 
 def save_output(data: bytes, name: str) -> str:
@@ -112,11 +111,12 @@ class EditorUI:
         return "\n\n".join([text, *(f"⚠ {note}" for note in face.notes)])
 
     # -- edit tab ----------------------------------------------------------------------------------
-    def encode(self, photo: str | bytes | None):
+    def encode(self, photo: dict | None):
         """Align + encode an upload once; the latent stays in the session's state for every slider move."""
-        if photo is None:
+        source = raw_image(photo)
+        if source is None:
             return None, None, None, ""
-        face = self._face(photo)
+        face = self._face(source)
         return face, face.crop, self.service.display(face.image), self.describe(face)
 
     def render(self, face: Face | None, custom: dict, slots: list[str], method: str, disentangle: bool,
@@ -211,7 +211,8 @@ class EditorUI:
         return [*self.labels, *self.other_attributes, *custom]
 
     # -- interpolate and sample tabs -------------------------------------------------------------
-    def interpolate(self, a: str | bytes | None, b: str | bytes | None, frames: float, spherical: bool):
+    def interpolate(self, a: dict | None, b: dict | None, frames: float, spherical: bool):
+        a, b = raw_image(a), raw_image(b)
         if a is None or b is None:
             raise gr.Error("choose two faces (A and B) first")
         n = int(frames)
@@ -263,8 +264,8 @@ class EditorUI:
                 with gr.Tab("Edit", id="edit"):
                     with gr.Row():
                         with gr.Column(scale=1, min_width=240):
-                            photo = FaceImage(label="Your photo", sources=["upload", "clipboard", "webcam"],
-                                              type="filepath", elem_id="photo")
+                            photo = gr.Image(label="Your photo", sources=["upload", "clipboard", "webcam"],
+                                             type="filepath", elem_id="photo")
                             if self.examples:
                                 gr.Examples(self.examples, inputs=photo, label="Examples (samples of this model)")
                             info = gr.Markdown(label="info", elem_id="info")
@@ -313,8 +314,8 @@ class EditorUI:
                     api_button = gr.Button(visible=False)
                 with gr.Tab("Interpolate", id="interpolate"):
                     with gr.Row():
-                        face_a = FaceImage(label="Face A", sources=["upload", "clipboard", "webcam"], type="filepath")
-                        face_b = FaceImage(label="Face B", sources=["upload", "clipboard", "webcam"], type="filepath")
+                        face_a = gr.Image(label="Face A", sources=["upload", "clipboard", "webcam"], type="filepath")
+                        face_b = gr.Image(label="Face B", sources=["upload", "clipboard", "webcam"], type="filepath")
                     if self.examples:
                         with gr.Row():
                             gr.Examples(self.examples, inputs=face_a, label="Examples for A")
@@ -344,7 +345,8 @@ class EditorUI:
             controls = [face, custom, slots, method, disentangle, keep, levels, *base, *extra]
             render = dict(fn=self.render, inputs=controls, outputs=edited, show_progress="hidden",
                           api_visibility="private", concurrency_id="render")
-            photo.change(self.encode, photo, [face, aligned, recon, info], api_name="encode").then(**render)
+            photo.change(self.encode, photo, [face, aligned, recon, info], api_name="encode",
+                         preprocess=False).then(**render)
             gr.on([s.input for s in (*base, *extra)] + [c.change for c in (method, disentangle, keep, levels)],
                   trigger_mode="always_last", **render)
             api_button.click(self.api_edit, [face, custom, api_edits, method, keep, levels], edited,
@@ -355,7 +357,7 @@ class EditorUI:
             fit.click(self.custom_slider, [custom_name, with_files, without_files, custom, slots, keep],
                       [custom, slots, fit_message, keep, *extra], api_name="custom_slider")
             go.click(self.interpolate, [face_a, face_b, n_frames, spherical],
-                     [strip, scrubber, frame, gif, frames_state], api_name="interpolate")
+                     [strip, scrubber, frame, gif, frames_state], api_name="interpolate", preprocess=False)
             scrubber.input(self.scrub, [frames_state, scrubber], frame, trigger_mode="always_last",
                            show_progress="hidden", api_visibility="private")
             draw.click(self.sample, [temperature, seed, count], [gallery, samples_state, selected],
