@@ -68,3 +68,10 @@ def test_upload_and_drag_the_smile_slider(page, celeba_dir):
     assert after and after != before  # Gradio names served images by content hash: a new name is a new image
     SCREENSHOT.parent.mkdir(exist_ok=True)
     page.screenshot(path=str(SCREENSHOT), full_page=True)
+
+
+def test_an_example_loads_with_one_click(page):
+    before = page.locator("#info").inner_text()
+    page.locator("img[src*='example_0']").first.click()
+    page.wait_for_function("(before) => { const t = document.querySelector('#info')?.innerText;"
+                           " return t && t.includes('bits/dim') && t !== before; }", arg=before)
