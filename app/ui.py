@@ -5,7 +5,6 @@ from __future__ import annotations
 import base64
 import binascii
 import io
-from pathlib import Path
 from typing import Sequence
 
 import gradio as gr
@@ -184,27 +183,18 @@ class EditorUI:
             raise gr.Error(f"{name!r} is already a built-in slider or attribute; choose another name")
         if name not in slots and len(slots) >= EXTRA_SLOTS:
             raise gr.Error(f"all {EXTRA_SLOTS} extra sliders are in use")
-        groups, skipped = [], []
-        for files in (with_files or [], without_files or []):
-            latents = []
-            for path in files:
-                try:
-                    latents.append(self.service.face_from_image(path).latent)
-                except (ImageError, ValueError) as err:
-                    skipped.append(f"{Path(path).name}: {err}")
-            groups.append(torch.stack(latents) if latents else torch.zeros(0, self.service.model.latent_dim))
         try:
-            custom[name] = self.service.fit_direction(*groups)
+            fitted = self.service.fit_custom_direction(with_files or [], without_files or [])
         except ValueError as err:
-            raise gr.Error(f"{err}" + (f" ({len(skipped)} photos were skipped: {'; '.join(skipped)})" if skipped
-                                       else "")) from None
+            raise user_error(err) from None
+        custom[name] = fitted.vector
         if name not in slots:
             slots.append(name)
-        message = (f"Slider **{name}** fitted on {len(groups[0])} faces with and {len(groups[1])} without; it is "
+        message = (f"Slider **{name}** fitted on {fitted.n_with} faces with and {fitted.n_without} without; it is "
                    "in the extra sliders.")
-        if skipped:
-            message += "\n\nSkipped: " + "; ".join(skipped)
-        keep_update = gr.update(choices=self._keep_choices(custom), value=[k for k in (keep or [])])
+        if fitted.skipped:
+            message += "\n\nSkipped: " + "; ".join(fitted.skipped)
+        keep_update = gr.update(choices=self._keep_choices(custom), value=list(keep or []))
         return [custom, slots, message, keep_update, *self._slot_updates(slots, fresh=name)]
 
     def _keep_choices(self, custom: dict) -> list[str]:
@@ -218,9 +208,11 @@ class EditorUI:
         n = int(frames)
         if not 2 <= n <= MAX_UI_FRAMES:
             raise gr.Error(f"the number of frames must be in 2..{MAX_UI_FRAMES}, got {n}")
-        face_a, face_b = self._face(a), self._face(b)
-        images = [self.service.display(x) for x in self.service.interpolate(face_a.latent, face_b.latent, n,
-                                                                              spherical)]
+        try:
+            latents = [self.service.latent_of(a), self.service.latent_of(b)]
+        except (ImageError, ValueError) as err:
+            raise user_error(err) from None
+        images = [self.service.display(x) for x in self.service.interpolate(*latents, n, spherical)]
         gif = save_output(animated_gif(images), "interpolation.gif")
         return images, gr.update(maximum=n - 1, value=0, visible=True), images[0], gif, images
 

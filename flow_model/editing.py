@@ -81,6 +81,16 @@ class Face:
 
 
 @dataclass
+class CustomDirection:
+    """A direction fitted from the user's photos, with what went into it."""
+
+    vector: torch.Tensor  # (D,), calibrated like the built-in directions
+    n_with: int
+    n_without: int
+    skipped: list[str]
+
+
+@dataclass
 class BpdRange:
     """Per-image bits/dim of validation faces, measured the way the editor measures an upload."""
 
@@ -264,6 +274,10 @@ class EditorService:
         """Load (robustly), align and encode one image."""
         return self.encode(*self.prepare(source))
 
+    def latent_of(self, source: str | Path | bytes | Image.Image) -> torch.Tensor:
+        """Only the (D,) latent of an image: what interpolation and custom directions need (no reconstruction)."""
+        return self._forward(self.prepare(source)[0].unsqueeze(0))[0][0]
+
     def bpd_notes(self, bpd: float) -> list[str]:
         r = self.bpd_range
         if r is None or not r.is_far_above(bpd):
@@ -391,9 +405,32 @@ class EditorService:
         x = np.concatenate([pos, neg])
         y = np.r_[np.ones(len(pos)), np.zeros(len(neg))]
         clf = LogisticRegression(C=C, class_weight="balanced", max_iter=1000).fit(x, y)
-        unit = clf.coef_[0] / np.linalg.norm(clf.coef_[0])
+        norm = float(np.linalg.norm(clf.coef_[0]))
+        unit = clf.coef_[0] / max(norm, 1e-30)
         gap = float((pos @ unit).mean() - (neg @ unit).mean())
+        if norm == 0 or not gap > 0:
+            raise ValueError("the two sets of faces cannot be told apart (the same photos in both?)")
         return torch.from_numpy(unit * gap).float()
+
+    def fit_custom_direction(self, with_sources: Sequence, without_sources: Sequence) -> CustomDirection:
+        """Align and encode two small sets of photos and fit their direction; photos that cannot be used (no
+        face, not an image, ...) are skipped and named, and enough must remain."""
+        groups, skipped = [], []
+        for sources in (with_sources, without_sources):
+            latents = []
+            for source in sources:
+                try:
+                    latents.append(self.latent_of(source))
+                except ImageError as err:
+                    name = Path(source).name if isinstance(source, (str, Path)) else "an uploaded image"
+                    skipped.append(f"{name}: {err}")
+            groups.append(torch.stack(latents) if latents else torch.zeros(0, self.model.latent_dim))
+        try:
+            vector = self.fit_direction(*groups)
+        except ValueError as err:
+            raise ValueError(f"{err}" + (f" after skipping {len(skipped)}: {'; '.join(skipped)}" if skipped else "")) \
+                from None
+        return CustomDirection(vector, len(groups[0]), len(groups[1]), skipped)
 
     # -- interpolation and sampling ----------------------------------------------------------------
     def interpolate(self, a: torch.Tensor, b: torch.Tensor, n: int = 8, spherical: bool = False) -> torch.Tensor:

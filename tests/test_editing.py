@@ -21,7 +21,7 @@ def service(celeba_dir: Path, tmp_path_factory) -> EditorService:
 
 @pytest.fixture(scope="module")
 def photos(celeba_dir: Path) -> list[Path]:
-    return full_size_faces(celeba_dir, 3)
+    return full_size_faces(celeba_dir, 6)
 
 
 @pytest.fixture(scope="module")
@@ -131,6 +131,19 @@ def test_a_custom_direction_separates_its_examples(service):
     torch.testing.assert_close(moved, v)
     with pytest.raises(ValueError, match="at least 3"):
         service.fit_direction(positives[:2], negatives)
+
+
+def test_a_custom_direction_from_photos_skips_unusable_ones(service, photos, tmp_path):
+    junk = tmp_path / "junk.jpg"
+    junk.write_bytes(b"not a photo")
+    fitted = service.fit_custom_direction([*photos[:3], junk], photos[3:])
+    assert (fitted.n_with, fitted.n_without) == (3, 3)
+    assert fitted.skipped and fitted.skipped[0].startswith("junk.jpg: ")
+    assert torch.isfinite(fitted.vector).all() and fitted.vector.norm() > 0
+    with pytest.raises(ValueError, match="at least 3 .* after skipping 1: junk.jpg"):
+        service.fit_custom_direction([photos[0], photos[1], junk], photos[3:])
+    with pytest.raises(ValueError, match="cannot be told apart"):
+        service.fit_custom_direction(photos[:3], photos[:3])
 
 
 def test_model_size_images_are_used_unaligned(service):
