@@ -338,7 +338,7 @@ class EditorUI:
             render = dict(fn=self.render, inputs=controls, outputs=edited, show_progress="hidden",
                           api_visibility="private", concurrency_id="render")
             photo.change(self.encode, photo, [face, aligned, recon, info], api_name="encode",
-                         preprocess=False).then(**render)
+                         preprocess=False).success(**render)
             gr.on([s.input for s in (*base, *extra)] + [c.change for c in (method, disentangle, keep, levels)],
                   trigger_mode="always_last", **render)
             api_button.click(self.api_edit, [face, custom, api_edits, method, keep, levels], edited,
