@@ -43,7 +43,7 @@ def test_all_sliders_at_zero_return_the_original_exactly(service, photos):
 def test_one_pass_encode_matches_the_model(service, faces):
     face = faces[0]
     x = face.image.unsqueeze(0)
-    with torch.no_grad():  # the service ran in inference mode, so the model's eval caches hold inference tensors
+    with torch.no_grad():
         expected = service.model.flatten_latents(service.model.encode(x, standardized=True))[0]
         noisy_bpd = service.model.bits_per_dim(x, generator=torch.Generator().manual_seed(0)).item()
     torch.testing.assert_close(face.latent, expected)
