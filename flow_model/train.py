@@ -6,6 +6,8 @@ import json
 import logging
 import math
 import os
+import signal
+import threading
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -153,6 +155,7 @@ class Trainer:
         self.flip_gen = torch.Generator().manual_seed(train.seed * 7919 + self.rank)
         self.noise_gen = torch.Generator(device=self.device).manual_seed(train.seed * 104_729 + self.rank)
         self.step = self.epoch = self.batch_in_epoch = self.bad_steps = 0
+        self._signalled = False
         self.elapsed = 0.0
         if state is not None:
             self._restore(state)
@@ -322,19 +325,29 @@ class Trainer:
             return "max_steps"
         if cfg.epochs is not None and self.epoch >= cfg.epochs:
             return "epochs"
-        if cfg.max_minutes is not None:
-            # rank 0's clock decides for every rank: ranks stopping at different steps deadlock in the next collective
-            late = torch.tensor(float((time.time() - started) / 60 >= cfg.max_minutes), device=self.device)
-            if self.world > 1:
-                dist.broadcast(late, src=0)
-            if late.item():
-                return "max_minutes"
-        return None
+        stop = 0
+        if self._signalled:
+            stop = 2
+        elif cfg.max_minutes is not None and (time.time() - started) / 60 >= cfg.max_minutes:
+            stop = 1
+        if self.world > 1:
+            # rank 0 decides for every rank: ranks stopping at different steps deadlock in the next collective
+            flag = torch.tensor(float(stop), device=self.device)
+            dist.broadcast(flag, src=0)
+            stop = int(flag.item())
+        return {0: None, 1: "max_minutes", 2: "signal"}[stop]
+
+    def _request_stop(self, signum: int, _frame) -> None:
+        log.warning("received signal %d: finishing this step, then writing a checkpoint", signum)
+        self._signalled = True
 
     def run(self) -> dict:
         """Train until a limit is reached; always leaves a final checkpoint. Returns the last validation row."""
         cfg = self.cfg
         started, last_val = time.time(), {}
+        handlers = {}
+        if threading.current_thread() is threading.main_thread():  # SIGTERM/SIGINT end cleanly with a checkpoint
+            handlers = {s: signal.signal(s, self._request_stop) for s in (signal.SIGTERM, signal.SIGINT)}
         reason = self._done(started)
         bar = tqdm(total=cfg.max_steps, initial=self.step, disable=not (cfg.progress and self.is_main),
                    desc=f"train ({self.describe()})", unit="step")
@@ -378,6 +391,10 @@ class Trainer:
         finally:
             bar.close()
             self.save()
+            for signum, handler in handlers.items():
+                signal.signal(signum, handler)
+        if reason == "signal":  # whoever sent it may not wait for a validation pass
+            return last_val
         if self.is_main:
             last_val = self.validate()
             self._log({**last_val, "final": True, "reason": reason})

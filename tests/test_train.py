@@ -199,6 +199,25 @@ def test_sigkill_and_resume_matches_an_uninterrupted_run(faces_dir, tmp_path):
     assert load_checkpoint(out / CHECKPOINT_NAME)["meta"]["step"] == step + 1
 
 
+def test_sigterm_ends_the_run_with_a_checkpoint_of_the_last_step(faces_dir, tmp_path):
+    out, log = tmp_path / "run", tmp_path / "stderr.txt"
+    with open(log, "wb") as stderr:
+        run = subprocess.Popen(train_command(faces_dir, out, "--max-steps", "100000", "--ckpt-every", "1000"),
+                               cwd=ROOT, stdout=subprocess.DEVNULL, stderr=stderr)
+    try:
+        deadline = time.time() + 180
+        while not (out / "metrics.jsonl").exists() or len(train_rows(out)) < 3:
+            assert run.poll() is None and time.time() < deadline, log.read_text()[-2000:]
+            time.sleep(0.1)
+        run.send_signal(signal.SIGTERM)
+        assert run.wait(timeout=60) == 0, log.read_text()[-2000:]
+    finally:
+        run.kill()
+    step = load_checkpoint(out / CHECKPOINT_NAME)["meta"]["step"]
+    assert step == train_rows(out)[-1]["step"] >= 3, "the checkpoint holds the last finished step, not step 0"
+    assert "received signal" in log.read_text()
+
+
 def test_ddp_ranks_hold_identical_weights(faces_dir, tmp_path):
     out = tmp_path / "run"
     cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nnodes=1", "--nproc_per_node=2",
