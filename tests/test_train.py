@@ -269,3 +269,13 @@ def test_train_config_validation(tmp_path):
 def test_too_few_images_for_a_batch(faces_dir, tmp_path):
     with pytest.raises(ValueError, match="fewer than one batch of 64"):
         Trainer(train_config(faces_dir, tmp_path / "run", limit=20, batch_size=64), tiny_config())
+
+
+def test_atomic_writes_get_ordinary_file_permissions(tmp_path):
+    from flow_model.fileio import write_text
+
+    write_text(tmp_path / "notes.txt", "x")
+    mode = (tmp_path / "notes.txt").stat().st_mode & 0o777
+    umask = os.umask(0)
+    os.umask(umask)
+    assert mode == 0o666 & ~umask
