@@ -404,12 +404,17 @@ class Trainer:
         return last_val
 
 
-def export(run_dir: str | Path, out: str | Path, use_ema: bool = True, half: bool = False) -> Glow:
-    """Run directory -> pretrained directory (config.json + model.safetensors)."""
+def model_from_run(run_dir: str | Path, use_ema: bool = True) -> Glow:
+    """The model of a run's checkpoint: its EMA weights when it kept an EMA and `use_ema`, else the raw ones."""
     state = load_checkpoint(Path(run_dir) / CHECKPOINT_NAME)
     model = Glow(GlowConfig.from_dict(state["meta"]["model_config"]))
-    weights = state["ema"] if use_ema and state["ema"] is not None else state["model"]
-    model.load_weights(weights, source=str(run_dir))
+    model.load_weights(state["ema"] if use_ema and state["ema"] is not None else state["model"], source=str(run_dir))
+    return model.eval()
+
+
+def export(run_dir: str | Path, out: str | Path, use_ema: bool = True, half: bool = False) -> Glow:
+    """Run directory -> pretrained directory (config.json + model.safetensors)."""
+    model = model_from_run(run_dir, use_ema)
     model.save_pretrained(out, dtype=torch.float16 if half else None)
     return model
 
@@ -418,8 +423,5 @@ def load_model(path: str | Path, device: str | torch.device = "cpu", use_ema: bo
     """A pretrained directory, or a run directory (its checkpoint's EMA weights when present)."""
     path = Path(path)
     if (path / CHECKPOINT_NAME).is_file() and not (path / "model.safetensors").is_file():
-        state = load_checkpoint(path / CHECKPOINT_NAME)
-        model = Glow(GlowConfig.from_dict(state["meta"]["model_config"]))
-        model.load_weights(state["ema"] if use_ema and state["ema"] is not None else state["model"], source=str(path))
-        return model.to(device).eval()
+        return model_from_run(path, use_ema).to(device)
     return Glow.from_pretrained(path, device)

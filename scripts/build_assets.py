@@ -22,7 +22,7 @@ from flow_model.data import load_images, open_dataset, select  # noqa: E402
 from flow_model.directions import load_directions  # noqa: E402
 from flow_model.evaluate import evaluate_bpd  # noqa: E402
 from flow_model.glow import Glow  # noqa: E402
-from flow_model.train import export  # noqa: E402
+from flow_model.train import model_from_run  # noqa: E402
 from flow_model.visualize import image_grid, plot_curves  # noqa: E402
 
 STRIP = [("original", None, 0.0), ("+smile", "Smiling", 1.0), ("-smile", "Smiling", -1.0),
@@ -61,7 +61,7 @@ def main() -> None:
         images, _ = load_images(val.subset(range(args.strip_faces)), model.config.image_size)
         edit_strip(model, images, out)
         return
-    candidates = {"ema": export(args.run, out, use_ema=True), "raw": export(args.run, out, use_ema=False)}
+    candidates = {"ema": model_from_run(args.run, use_ema=True), "raw": model_from_run(args.run, use_ema=False)}
     images, val = load_images(val, candidates["raw"].config.image_size)
     scores = {name: evaluate_bpd(m, images, progress=True) for name, m in candidates.items()}
     chosen = min(scores, key=lambda name: scores[name][0])

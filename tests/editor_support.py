@@ -120,3 +120,13 @@ class AppProcess:
 
 def crop_array(path: str | Path) -> np.ndarray:
     return np.asarray(Image.open(path).convert("RGB"), dtype=np.int16)
+
+
+def serve_app(celeba_dir: Path, tmp_path_factory, log_name: str):
+    """Body of a module-scoped fixture: one app subprocess over the tiny assets, stopped after the module."""
+    process = AppProcess(build_assets(celeba_dir, tmp_path_factory.getbasetemp()),
+                         tmp_path_factory.mktemp(log_name) / "app.log")
+    try:
+        yield process
+    finally:
+        process.stop()

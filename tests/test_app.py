@@ -13,15 +13,12 @@ from gradio_client import Client, handle_file
 from gradio_client.exceptions import AppError
 from PIL import Image
 
-from editor_support import AppProcess, build_assets, crop_array, full_size_faces
+from editor_support import AppProcess, crop_array, full_size_faces, serve_app
 
 
 @pytest.fixture(scope="module")
 def app(celeba_dir: Path, tmp_path_factory):
-    model_dir = build_assets(celeba_dir, tmp_path_factory.getbasetemp())
-    process = AppProcess(model_dir, tmp_path_factory.mktemp("app_log") / "app.log")
-    yield process
-    process.stop()
+    yield from serve_app(celeba_dir, tmp_path_factory, "app_log")
 
 
 @pytest.fixture(scope="module")

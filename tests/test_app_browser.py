@@ -6,7 +6,7 @@ from pathlib import Path
 
 import pytest
 
-from editor_support import ROOT, AppProcess, build_assets, full_size_faces
+from editor_support import ROOT, full_size_faces, serve_app
 
 CHROMIUM = Path("/usr/bin/chromium")
 CHROMIUM_ARGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking",
@@ -21,10 +21,7 @@ if not CHROMIUM.exists() and not os.environ.get("CI"):
 
 @pytest.fixture(scope="module")
 def app(celeba_dir: Path, tmp_path_factory):
-    model_dir = build_assets(celeba_dir, tmp_path_factory.getbasetemp())
-    process = AppProcess(model_dir, tmp_path_factory.mktemp("browser_app_log") / "app.log")
-    yield process
-    process.stop()
+    yield from serve_app(celeba_dir, tmp_path_factory, "browser_app_log")
 
 
 @pytest.fixture(scope="module")
