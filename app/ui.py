@@ -13,7 +13,7 @@ from gradio import processing_utils
 from gradio.utils import get_upload_folder
 from PIL import Image
 
-from flow_model.editing import METHOD_LABELS, EditorService, Face, animated_gif
+from flow_model.editing import METHOD_LABELS, Edited, EditorService, Face, animated_gif
 from flow_model.imaging import ImageError, to_pil
 
 EXTRA_SLOTS = 6  # sliders that "Add attribute" and custom directions can fill
@@ -94,7 +94,7 @@ class EditorUI:
         return {k: float(v or 0.0) for k, v in edits.items()}
 
     def _render(self, face: Face, edits: dict[str, float], method: str, keep: Sequence[str], level_choice: str | None,
-                custom: dict[str, torch.Tensor]) -> torch.Tensor:
+                custom: dict[str, torch.Tensor]) -> Edited:
         try:
             return self.service.edit(face, edits, method or "classifier", list(keep or []), self._levels(level_choice),
                                      custom)
@@ -119,11 +119,11 @@ class EditorUI:
         return face, face.crop, self.service.display(face.image), self.describe(face)
 
     def render(self, face: Face | None, custom: dict, slots: list[str], method: str, disentangle: bool,
-               keep: list[str], levels: str, *values: float) -> Image.Image | None:
+               keep: list[str], levels: str, *values: float) -> tuple[Image.Image | None, str]:
         if face is None:
-            return None
-        edits = self._edits(slots, values)
-        return self.service.display(self._render(face, edits, method, keep if disentangle else [], levels, custom))
+            return None, ""
+        edited = self._render(face, self._edits(slots, values), method, keep if disentangle else [], levels, custom)
+        return self.service.display(edited.image), edited.note
 
     def api_edit(self, face: Face | None, custom: dict, edits: dict | None, method: str, keep: list[str] | None,
                  levels: str) -> Image.Image:
@@ -132,17 +132,18 @@ class EditorUI:
             raise gr.Error("no face yet: call /encode with a photo first (in the same client session)")
         if not isinstance(edits, dict) or not all(isinstance(v, (int, float)) for v in edits.values()):
             raise gr.Error('edits must be a JSON object of numbers, e.g. {"Smiling": 1.0, "Age": -0.5}')
-        return self.service.display(self._render(face, edits, method, keep or [], levels, custom))
+        return self.service.display(self._render(face, edits, method, keep or [], levels, custom).image)
 
     def reset(self, face: Face | None):
         image = self.service.display(face.image) if face is not None else None
-        return [0.0] * (len(self.labels) + EXTRA_SLOTS) + [image]
+        return [0.0] * (len(self.labels) + EXTRA_SLOTS) + [image, ""]
 
     def download(self, face: Face | None, custom: dict, slots: list[str], method: str, disentangle: bool,
                  keep: list[str], levels: str, *values: float) -> list[str]:
         if face is None:
             raise gr.Error("upload a photo first")
-        edited = self._render(face, self._edits(slots, values), method, keep if disentangle else [], levels, custom)
+        edited = self._render(face, self._edits(slots, values), method, keep if disentangle else [], levels,
+                              custom).image
         size, model_size = self.service.display_size, self.service.image_size
         return [save_output(png_bytes(self.service.display(edited)), f"edit_{size}px.png"),
                 save_output(png_bytes(to_pil(edited)), f"edit_{model_size}px.png")]
@@ -264,7 +265,9 @@ class EditorUI:
                         shown = dict(interactive=False, format=DISPLAY_FORMAT)
                         aligned = gr.Image(label="Aligned crop", elem_id="aligned", **shown)
                         recon = gr.Image(label=f"Reconstruction ({size}x{size})", elem_id="reconstruction", **shown)
-                        edited = gr.Image(label="Edit", elem_id="edited", **shown)
+                        with gr.Column(scale=1, min_width=160):
+                            edited = gr.Image(label="Edit", elem_id="edited", **shown)
+                            edit_note = gr.Markdown(elem_id="edit-note")
                     if not self.labels:
                         gr.Markdown("This model has no attribute directions (directions.safetensors): only custom "
                                     "sliders are available.")
@@ -335,7 +338,7 @@ class EditorUI:
                         to_b = gr.Button("Use as face B")
 
             controls = [face, custom, slots, method, disentangle, keep, levels, *base, *extra]
-            render = dict(fn=self.render, inputs=controls, outputs=edited, show_progress="hidden",
+            render = dict(fn=self.render, inputs=controls, outputs=[edited, edit_note], show_progress="hidden",
                           api_visibility="private", concurrency_id="render")
             photo.change(self.encode, photo, [face, aligned, recon, info], api_name="encode",
                          preprocess=False).success(**render)
@@ -343,7 +346,7 @@ class EditorUI:
                   trigger_mode="always_last", **render)
             api_button.click(self.api_edit, [face, custom, api_edits, method, keep, levels], edited,
                              api_name="edit", concurrency_id="render")
-            reset.click(self.reset, face, [*base, *extra, edited], api_visibility="private")
+            reset.click(self.reset, face, [*base, *extra, edited, edit_note], api_visibility="private")
             save.click(self.download, controls, files, api_visibility="private")
             add.click(self.add_attribute, [other, slots], [slots, *extra], api_visibility="private")
             fit.click(self.custom_slider, [custom_name, with_files, without_files, custom, slots, keep],

@@ -111,12 +111,12 @@ def bench_slider(service: EditorService, face, updates: int, warmup: int = 5) ->
     labels = ["Smiling", "Age", "Blond hair"]
     values = np.cumsum(rng.normal(0, 0.1, (warmup + updates, len(labels))), axis=0).clip(-2, 2)
     for row in values[:warmup]:
-        output.postprocess(service.display(service.edit(face, dict(zip(labels, row)))))
+        output.postprocess(service.display(service.edit(face, dict(zip(labels, row))).image))
     timer = Timer()
     for row in values[warmup:]:
         with timer():
             edited = service.edit(face, dict(zip(labels, row)), keep=["Male", "Eyeglasses"])
-            output.postprocess(service.display(edited))
+            output.postprocess(service.display(edited.image))
     return timer.summary()
 
 

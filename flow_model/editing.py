@@ -36,6 +36,8 @@ MIN_IMAGE_SIDE = 40  # below this no face can be found; an image of exactly the 
 MIN_CUSTOM_EXAMPLES = 3
 MAX_FRAMES = 64
 MAX_SAMPLES = 64
+MAX_DECODED = 2.0  # flow inputs live in [-0.5, 0.5); a decode beyond this has left the region the flow inverts stably
+BACKOFF_FRACTIONS = 16  # a diverging edit is retried at 1/16, 2/16, ... of its strength, in one batch
 
 
 @dataclass(frozen=True)
@@ -78,6 +80,21 @@ class Face:
     bpd: float
     crop: Image.Image  # what was encoded, at display size: the aligned crop of a photo
     notes: list[str] = field(default_factory=list)
+
+
+@dataclass(frozen=True)
+class Edited:
+    """An edited face and the fraction of the requested edit it shows: below 1 when the full edit diverged."""
+
+    image: torch.Tensor  # (3, S, S) uint8
+    strength: float = 1.0
+
+    @property
+    def note(self) -> str:
+        if self.strength >= 1.0:
+            return ""
+        return (f"Shown at {self.strength:.0%} of the requested strength: further along, this model cannot decode the "
+                "edit (its inverse diverges far from the faces it was trained on). Lower a slider for a full edit.")
 
 
 @dataclass
@@ -293,6 +310,15 @@ class EditorService:
         images = self.model.decode(self.model.unflatten_latents(flat.to(self.device)), standardized=True).cpu()
         return images[0] if latents.dim() == 1 else images
 
+    @torch.inference_mode()
+    def decode_checked(self, latents: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """(N, D) latents -> uint8 images and, per image, whether the inverse stayed finite and in range. Affine
+        couplings invert by dividing by their scales, so latents far from the data can blow up to inf/NaN, which
+        would otherwise show as black or saturated blotches."""
+        x = self.model.flow_inverse(self.model.unflatten_latents(latents.to(self.device)), standardized=True)
+        ok = (x.abs().flatten(1).amax(1) <= MAX_DECODED).cpu()  # NaN compares False
+        return self.model.quantize(x).cpu(), ok
+
     def display(self, x: torch.Tensor) -> Image.Image:
         return upscale(x, self.display_size)
 
@@ -387,10 +413,21 @@ class EditorService:
         return latent + values @ vectors
 
     def edit(self, face: Face, edits: Mapping[str, float], method: str = "classifier", keep: Sequence[str] = (),
-             levels: Sequence[int] | None = None, custom: Mapping[str, torch.Tensor] | None = None) -> torch.Tensor:
-        """The edited face as uint8 (3, S, S); with every value at 0, the face's reconstruction itself."""
+             levels: Sequence[int] | None = None, custom: Mapping[str, torch.Tensor] | None = None) -> Edited:
+        """The edited face; with every value at 0, the face's reconstruction itself. An edit the model cannot
+        decode is shown at the largest fraction of its strength that decodes, and says so."""
         latent = self.edit_latent(face.latent, edits, method, keep, levels, custom)
-        return face.image if latent is face.latent else self.decode(latent)
+        if latent is face.latent:
+            return Edited(face.image)
+        images, ok = self.decode_checked(latent[None])
+        if ok[0]:
+            return Edited(images[0])
+        fractions = torch.arange(1, BACKOFF_FRACTIONS) / BACKOFF_FRACTIONS
+        images, ok = self.decode_checked(face.latent + fractions[:, None] * (latent - face.latent))
+        usable = int(ok.long().cumprod(0).sum())  # the strengths up to the first failure
+        if usable == 0:
+            return Edited(face.image, 0.0)
+        return Edited(images[usable - 1], float(fractions[usable - 1]))
 
     # -- custom directions -------------------------------------------------------------------------
     def fit_direction(self, positives: torch.Tensor, negatives: torch.Tensor, C: float = 1.0) -> torch.Tensor:

@@ -200,7 +200,10 @@ class Glow(nn.Module):
 
     def decode(self, latents: list[torch.Tensor], standardized: bool = False) -> torch.Tensor:
         """uint8 images; decode(encode(x)) == reduce_bits(x) exactly."""
-        x = self.flow_inverse(latents, standardized)
+        return self.quantize(self.flow_inverse(latents, standardized))
+
+    def quantize(self, x: torch.Tensor) -> torch.Tensor:
+        """Continuous flow inputs in [-0.5, 0.5) -> uint8 images (values outside are clamped to the nearest bin)."""
         bins = torch.floor((x + 0.5) * self.config.n_bins)
         return from_bins(bins, self.config.n_bits).contiguous()
 

@@ -49,7 +49,7 @@ def main() -> None:
     fig, axes = plt.subplots(len(service.sliders), 1, figsize=(len(faces) * len(VALUES) * 0.75,
                                                                 len(service.sliders) * 0.85))
     for ax, spec in zip(axes, service.sliders):
-        row = [service.edit(face, {spec.label: v}, method=args.method) for face in faces for v in VALUES]
+        row = [service.edit(face, {spec.label: v}, method=args.method).image for face in faces for v in VALUES]
         ax.imshow(image_grid(torch.stack(row), columns=len(row)))
         ax.set_xticks([])
         ax.set_yticks([])

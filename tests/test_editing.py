@@ -35,9 +35,31 @@ def test_all_sliders_at_zero_return_the_original_exactly(service, photos):
     assert torch.equal(face.image, reduce_bits(x, service.model.config.n_bits))
     zeros = {s.label: 0.0 for s in SLIDERS}
     for keep, levels in [((), None), (("Male", "Age"), (1,))]:
-        assert torch.equal(service.edit(face, zeros, keep=keep, levels=levels), face.image)
+        assert torch.equal(service.edit(face, zeros, keep=keep, levels=levels).image, face.image)
         assert torch.equal(service.edit_latent(face.latent, zeros, keep=keep, levels=levels), face.latent)
-    assert not torch.equal(service.edit(face, {**zeros, "Smiling": 1.0}), face.image)
+    edited = service.edit(face, {**zeros, "Smiling": 1.0})
+    assert not torch.equal(edited.image, face.image)
+    assert (edited.strength, edited.note) == (1.0, "")
+
+
+def test_an_edit_too_far_to_decode_is_shown_at_the_largest_strength_that_decodes(service, faces):
+    face = faces[0]
+    value = 60.0
+    edited = service.edit(face, {"Smiling": value})
+    assert 0 < edited.strength < 1 and f"{edited.strength:.0%}" in edited.note
+    delta = service.edit_latent(face.latent, {"Smiling": value}) - face.latent
+    steps = torch.tensor([edited.strength, edited.strength + 1 / 16, 1.0])
+    images, ok = service.decode_checked(face.latent + steps[:, None] * delta)
+    assert ok.tolist() == [True, False, False]
+    assert torch.equal(edited.image, images[0])
+
+
+def test_a_diverged_decode_is_flagged(service, faces):
+    latents = faces[0].latent.repeat(3, 1)
+    latents[1, 5] = float("nan")
+    latents[2] *= 1e4
+    _, ok = service.decode_checked(latents)
+    assert ok.tolist() == [True, False, False]
 
 
 def test_one_pass_encode_matches_the_model(service, faces):
