@@ -94,7 +94,7 @@ def test_consecutive_nan_steps_stop_training_with_finite_checkpoint(faces_dir, t
 def test_atomic_write_keeps_the_old_file_on_failure(tmp_path):
     target = tmp_path / "weights.safetensors"
     save_safetensors({"a": torch.ones(2)}, target)
-    with pytest.raises(Exception):
+    with pytest.raises(AttributeError):
         save_safetensors({"a": torch.zeros(2), "b": "not a tensor"}, target)
     assert torch.equal(load_file(str(target))["a"], torch.ones(2))
     assert temp_files(tmp_path) == []
