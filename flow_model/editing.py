@@ -51,20 +51,22 @@ class SliderSpec:
     scale: float = 1.0
 
 
+# Scales from scripts/slider_sheet.py on the shipped model: at a class-mean gap, age, brown hair and narrow eyes
+# (noisy labels, weak directions) barely show and black hair, bangs, beard and male are subtle; the rest are clear.
 SLIDERS = (
     SliderSpec("Smiling", "Smiling"),
-    SliderSpec("Age", "Young", -1.0),
+    SliderSpec("Age", "Young", -1.0, 2.0),
     SliderSpec("Blond hair", "Blond_Hair"),
-    SliderSpec("Black hair", "Black_Hair"),
-    SliderSpec("Brown hair", "Brown_Hair"),
+    SliderSpec("Black hair", "Black_Hair", scale=1.5),
+    SliderSpec("Brown hair", "Brown_Hair", scale=2.0),
     SliderSpec("Gray hair", "Gray_Hair"),
     SliderSpec("Bald", "Bald"),
-    SliderSpec("Bangs", "Bangs"),
-    SliderSpec("Beard", "No_Beard", -1.0),
+    SliderSpec("Bangs", "Bangs", scale=1.5),
+    SliderSpec("Beard", "No_Beard", -1.0, 1.5),
     SliderSpec("Eyeglasses", "Eyeglasses"),
-    SliderSpec("Male", "Male"),
+    SliderSpec("Male", "Male", scale=1.5),
     SliderSpec("Pale skin", "Pale_Skin"),
-    SliderSpec("Narrow eyes", "Narrow_Eyes"),
+    SliderSpec("Narrow eyes", "Narrow_Eyes", scale=2.0),
     SliderSpec("Heavy makeup", "Heavy_Makeup"),
     SliderSpec("Mouth slightly open", "Mouth_Slightly_Open"),
 )
