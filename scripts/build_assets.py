@@ -20,6 +20,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from flow_model.data import load_images, open_dataset, select  # noqa: E402
 from flow_model.directions import load_directions  # noqa: E402
+from flow_model.editing import EditorService  # noqa: E402
 from flow_model.evaluate import evaluate_bpd  # noqa: E402
 from flow_model.glow import Glow  # noqa: E402
 from flow_model.train import model_from_run  # noqa: E402
@@ -29,17 +30,19 @@ STRIP = [("original", None, 0.0), ("+smile", "Smiling", 1.0), ("-smile", "Smilin
          ("+age", "Young", -1.0), ("+blond hair", "Blond_Hair", 1.0)]
 
 
-def edit_strip(model: Glow, faces: torch.Tensor, out: Path) -> None:
-    """Validation faces in rows; columns as in STRIP, each a +-1 move along the shipped classifier direction."""
-    directions = load_directions(out / "directions.safetensors")
-    with torch.no_grad():
-        flat = model.flatten_latents(model.encode(faces, standardized=True))
-        columns = []
-        for _, name, amount in STRIP:
-            edited = flat if name is None else flat + amount * directions.vector(name)
-            columns.append(model.decode(model.unflatten_latents(edited), standardized=True))
-    strip = torch.stack(columns, dim=1).reshape(-1, *faces.shape[1:])
-    image_grid(strip, len(STRIP)).save(out / "edit_strip.png")
+def edit_strip(model: Glow, faces: torch.Tensor, out: Path) -> list[list[float]]:
+    """Validation faces in rows; columns as in STRIP, each a +-1 move along the shipped classifier direction, decoded
+    as the editor decodes it: an edit the model cannot decode is drawn at the largest strength that decodes. Returns
+    those strengths, row by row."""
+    service = EditorService(model, load_directions(out / "directions.safetensors"), aligner=None)
+    cells, strengths = [], []
+    for x in faces:
+        face = service.encode(x)
+        edits = [service.edit(face, {} if name is None else {name: amount}) for _, name, amount in STRIP]
+        cells += [e.image for e in edits]
+        strengths.append([e.strength for e in edits])
+    image_grid(torch.stack(cells), len(STRIP)).save(out / "edit_strip.png")
+    return strengths
 
 
 def main() -> None:
@@ -59,7 +62,10 @@ def main() -> None:
     if args.strip_only:
         model = Glow.from_pretrained(out)
         images, _ = load_images(val.subset(range(args.strip_faces)), model.config.image_size)
-        edit_strip(model, images, out)
+        numbers = json.loads((out / "release_numbers.json").read_text())
+        numbers["edit_strip_strengths"] = edit_strip(model, images, out)
+        (out / "release_numbers.json").write_text(json.dumps(numbers, indent=2) + "\n")
+        print(json.dumps(numbers["edit_strip_strengths"]))
         return
     candidates = {"ema": model_from_run(args.run, use_ema=True), "raw": model_from_run(args.run, use_ema=False)}
     images, val = load_images(val, candidates["raw"].config.image_size)
