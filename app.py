@@ -20,7 +20,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--host", default="127.0.0.1", help="address to serve on; 0.0.0.0 for the local network")
     parser.add_argument("--port", type=int, default=7860)
     parser.add_argument("--share", action="store_true", help="also open a public Gradio share link (off by default)")
-    parser.add_argument("--threads", type=int, default=1, help="torch CPU threads per request (default 1)")
+    parser.add_argument("--threads", type=int, default=min(2, os.cpu_count() or 1),
+                        help="torch CPU threads per request (default: 2, or 1 on a 1-core machine); requests run "
+                             "cores // threads at a time, so 1 lets two users render side by side")
     args = parser.parse_args(argv)
     if not 0 < args.port < 65536:
         parser.error(f"--port must be in 1..65535, got {args.port}")

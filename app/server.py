@@ -2,8 +2,9 @@
 from __future__ import annotations
 
 import logging
+import os
 import tempfile
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import torch
@@ -18,7 +19,10 @@ log = logging.getLogger(__name__)
 
 EXAMPLE_TEMPERATURE = 0.6  # typical-looking faces; T = 1 samples are noisier
 EXAMPLE_SEED = 0
-RENDERS_AT_ONCE = 2
+
+
+def default_threads() -> int:
+    return min(2, os.cpu_count() or 1)
 
 
 @dataclass
@@ -28,7 +32,7 @@ class ServerOptions:
     host: str = "127.0.0.1"
     port: int = 7860
     share: bool = False
-    threads: int = 1
+    threads: int = field(default_factory=default_threads)
     examples: int = 6
 
 
@@ -46,8 +50,10 @@ def example_faces(service: EditorService, n: int, folder: Path) -> list[str]:
 
 
 def serve(options: ServerOptions) -> None:
-    # One intra-op thread per request: up to RENDERS_AT_ONCE requests run side by side, and on a busy machine two
-    # OpenMP threads per decode wait on each other (bench/editor.py: slider p50 77 ms with 1 thread, 690 ms with 2).
+    # A slider update is one batch-1 decode: on an idle 2-core CPU its p50 is 45 ms with 2 threads and 54 ms with 1
+    # (bench/editor.py). Only cores // threads requests run at once (one, by default) and the rest wait in the queue:
+    # two multi-thread decodes side by side make their OpenMP threads wait on each other (p50 690 ms once measured on
+    # a loaded machine), and --threads 1 lets two requests run side by side instead.
     torch.set_num_threads(options.threads)
     device = resolve_device(options.device)
     service = EditorService.load(options.model, device=str(device))
@@ -56,6 +62,6 @@ def serve(options: ServerOptions) -> None:
     with tempfile.TemporaryDirectory(prefix="face-editor-") as folder:
         examples = example_faces(service, options.examples, Path(folder))
         demo = EditorUI(service, examples).build()
-        demo.queue(default_concurrency_limit=RENDERS_AT_ONCE)
+        demo.queue(default_concurrency_limit=max(1, (os.cpu_count() or 1) // options.threads))
         demo.launch(server_name=options.host, server_port=options.port, share=options.share,
                     footer_links=["api", "settings"], allowed_paths=[folder])

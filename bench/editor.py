@@ -176,7 +176,8 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--device", default="cpu")
     parser.add_argument("--updates", type=int, default=100)
     parser.add_argument("--repeats", type=int, default=20, help="timed align + encode and interpolation runs")
-    parser.add_argument("--threads", type=int, default=1, help="torch intra-op threads (app.py's default is 1)")
+    parser.add_argument("--threads", type=int, default=min(2, os.cpu_count() or 1),
+                        help="torch intra-op threads (app.py's default: 2, or 1 on a 1-core machine)")
     parser.add_argument("--startup", action="store_true", help="also time `python app.py` until it serves")
     args = parser.parse_args(argv)
     torch.set_num_threads(args.threads)
