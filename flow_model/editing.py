@@ -305,11 +305,9 @@ class EditorService:
                 "image unusual (not a face photo like CelebA's, or an odd crop), so edits may look off"]
 
     # -- decoding ----------------------------------------------------------------------------------
-    @torch.inference_mode()
     def decode(self, latents: torch.Tensor) -> torch.Tensor:
         """Flat standardised latents (D,) or (N, D) -> uint8 images (3, S, S) or (N, 3, S, S), on the CPU."""
-        flat = latents.unsqueeze(0) if latents.dim() == 1 else latents
-        images = self.model.decode(self.model.unflatten_latents(flat.to(self.device)), standardized=True).cpu()
+        images = self.decode_checked(latents.unsqueeze(0) if latents.dim() == 1 else latents)[0]
         return images[0] if latents.dim() == 1 else images
 
     @torch.inference_mode()
