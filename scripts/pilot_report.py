@@ -1,0 +1,148 @@
+"""Compare short pilot runs trained with the same settings: a table, a curve and the samples, as one markdown page.
+
+The pilots themselves are ordinary `python -m flow_model train` runs with `--max-minutes`; this only reads their
+run directories, so it can be re-run while the runs are kept. The hand-written account below the `## Account`
+heading of an existing report survives regeneration.
+
+    python scripts/pilot_report.py runs/pilot64/* --out docs/pilots64.md
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import shlex
+import sys
+from pathlib import Path
+
+import matplotlib
+
+matplotlib.use("Agg")
+import matplotlib.pyplot as plt  # noqa: E402
+import numpy as np  # noqa: E402
+import torch  # noqa: E402
+
+from flow_model.ablation import kept_account  # noqa: E402
+from flow_model.checkpoint import CHECKPOINT_NAME, load_checkpoint  # noqa: E402
+from flow_model.fileio import atomic_path, write_text  # noqa: E402
+from flow_model.train import model_from_run  # noqa: E402
+from flow_model.visualize import image_grid  # noqa: E402
+
+TEMPERATURES = (0.5, 0.7)
+SMOOTH = 10  # logged training points per running mean
+
+
+def read_run(run_dir: Path) -> dict:
+    """The last validation, throughput and training curve of one run, from its checkpoint and metrics.jsonl."""
+    meta = load_checkpoint(run_dir / CHECKPOINT_NAME)["meta"]
+    rows = [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines() if line.strip()]
+    train = [r for r in rows if "train_bpd" in r]
+    val = [r for r in rows if "val_bpd" in r]
+    if not train or not val:
+        raise SystemExit(f"{run_dir}: no training or validation rows in metrics.jsonl; did the run finish?")
+    m, t = meta["model_config"], meta["train_config"]
+    return {
+        "name": run_dir.name, "dir": run_dir, "model": m, "train": t, "steps": meta["step"],
+        "parameters": model_from_run(run_dir, use_ema=False).num_parameters(),
+        "minutes": meta["elapsed"] / 60, "img_per_s": meta["step"] * t["batch_size"] / meta["elapsed"],
+        "val_bpd": val[-1]["val_bpd"], "val_bpd_se": val[-1]["val_bpd_se"],
+        "curve": ([r["minutes"] for r in train], [r["train_bpd"] for r in train]),
+    }
+
+
+def plot(runs: list[dict], path: Path) -> None:
+    fig, ax = plt.subplots(figsize=(6.5, 4.2))
+    for i, r in enumerate(runs):
+        minutes, bpd = map(np.asarray, r["curve"])
+        k = min(SMOOTH, len(bpd))
+        ax.plot(minutes[k - 1:], np.convolve(bpd, np.ones(k) / k, mode="valid"), color=f"C{i}",
+                label=f"{r['name']} (train, {k}-point mean)")
+        ax.errorbar([r["minutes"]], [r["val_bpd"]], yerr=[r["val_bpd_se"]], color=f"C{i}", marker="o", capsize=3)
+    ax.set_xlabel("training wall-clock (minutes)")
+    ax.set_ylabel("bits/dim (dots: validation at the end)")
+    finals = [r["val_bpd"] for r in runs]
+    ax.set_ylim(min(finals) - 0.3, max(finals) + 0.6)
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=8)
+    fig.tight_layout()
+    with atomic_path(path) as tmp:
+        fig.savefig(tmp, format="png", dpi=110)
+    plt.close(fig)
+
+
+@torch.no_grad()
+def samples(runs: list[dict], path: Path, per_row: int, seed: int) -> None:
+    """One row per run and temperature, the same noise seed in every row."""
+    rows = len(runs) * len(TEMPERATURES)
+    fig, axes = plt.subplots(rows, 1, figsize=(per_row * 0.9, rows * 1.0 + 0.2))
+    for i, r in enumerate(runs):
+        model = model_from_run(r["dir"], use_ema=False)
+        for j, t in enumerate(TEMPERATURES):
+            ax = axes[i * len(TEMPERATURES) + j]
+            ax.imshow(image_grid(model.sample(per_row, temperature=t, generator=torch.Generator().manual_seed(seed)),
+                                 per_row))
+            ax.set_xticks([])
+            ax.set_yticks([])
+            ax.set_title(f"{r['name']}, T={t:g}", loc="left", fontsize=7, pad=2)
+    fig.tight_layout()
+    with atomic_path(path) as tmp:
+        fig.savefig(tmp, format="png", dpi=100)
+    plt.close(fig)
+
+
+def report(runs: list[dict], out: Path, command: str) -> str:
+    t = runs[0]["train"]
+    shared = (f"{t['batch_size']} images per batch, {t['optimizer']} lr {t['lr']:g} with {t['warmup_steps']} "
+              f"warm-up steps, seed {t['seed']}"
+              + (f", {t['max_minutes']:g} min each" if t["max_minutes"] else f", {t['max_steps']} steps each"))
+    rows = ["| run | levels × steps, hidden, coupling | parameters | val bits/dim (mean ± s.e.) | steps | img/s |",
+            "|---|---|---:|---|---:|---:|"]
+    for r in sorted(runs, key=lambda r: r["val_bpd"]):
+        m = r["model"]
+        rows.append(f"| {r['name']} | {m['levels']} × {m['depth']}, {m['hidden']}, {m['coupling']} | "
+                    f"{r['parameters'] / 1e6:.2f}M | {r['val_bpd']:.4f} ± {r['val_bpd_se']:.4f} | {r['steps']} | "
+                    f"{r['img_per_s']:.1f} |")
+    m = runs[0]["model"]
+    lines = [
+        f"# {m['image_size']}x{m['image_size']} pilots",
+        "",
+        f"Regenerate with `{command}`.",
+        "",
+        f"Every pilot: {m['image_size']}x{m['image_size']}, {m['n_bits']}-bit, the same split, data order and "
+        f"training settings ({shared}). Validation bits/dim at the end of each run over the whole validation "
+        "split, mean ± standard error over images.",
+        "",
+        *rows,
+        "",
+        f"![training and validation bits/dim against wall-clock]({out.stem}_bpd.png)",
+        "",
+        f"Samples (rows: pilot and temperature; the same noise in every row): ![samples]({out.stem}_samples.png)",
+        "",
+    ]
+    return "\n".join(lines) + "\n"
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("runs", nargs="+", type=Path, help="run directories of the pilots")
+    p.add_argument("--out", type=Path, required=True, help="markdown report; its figures go next to it")
+    p.add_argument("--per-row", type=int, default=8)
+    p.add_argument("--seed", type=int, default=0)
+    args = p.parse_args(argv)
+    missing = [str(d) for d in args.runs if not (d / CHECKPOINT_NAME).is_file()]
+    if missing:
+        p.error(f"no {CHECKPOINT_NAME} in: {', '.join(missing)}")
+    runs = [read_run(d) for d in args.runs]
+    args.out.parent.mkdir(parents=True, exist_ok=True)
+    plot(runs, args.out.with_name(f"{args.out.stem}_bpd.png"))
+    samples(runs, args.out.with_name(f"{args.out.stem}_samples.png"), args.per_row, args.seed)
+    command = "python scripts/pilot_report.py " + shlex.join([str(d) for d in args.runs] + ["--out", str(args.out)])
+    write_text(args.out, report(runs, args.out, command) + kept_account(args.out))
+    for r in sorted(runs, key=lambda r: r["val_bpd"]):
+        print(f"{r['name']:<24} {r['val_bpd']:.4f} ± {r['val_bpd_se']:.4f} bits/dim  {r['steps']} steps  "
+              f"{r['img_per_s']:.1f} img/s")
+    print(f"wrote {args.out}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
