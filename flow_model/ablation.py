@@ -20,9 +20,10 @@ import torch
 from .checkpoint import CHECKPOINT_NAME
 from .config import GlowConfig
 from .evaluate import evaluate_bpd
-from .fileio import atomic_path, write_text
+from .fileio import write_text
 from .glow import reduce_bits
 from .train import Trainer, TrainConfig
+from .visualize import save_figure
 
 log = logging.getLogger(__name__)
 
@@ -151,10 +152,7 @@ def plot_curves(results: list[dict], path: str | Path, title: str) -> None:
     ax.set_title(title, fontsize=9)
     ax.grid(alpha=0.3)
     ax.legend(fontsize=8)
-    fig.tight_layout()
-    with atomic_path(path) as tmp:
-        fig.savefig(tmp, format="png", dpi=110)
-    plt.close(fig)
+    save_figure(fig, path, dpi=110)
 
 
 def setting(config: AblationConfig, results: list[dict]) -> str:

@@ -11,7 +11,7 @@ import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 
 from .directions import Directions  # noqa: E402
-from .fileio import atomic_path  # noqa: E402
+from .visualize import save_figure  # noqa: E402
 
 HISTOGRAM_ATTRIBUTES = ("Smiling", "Young", "Blond_Hair", "Male")
 
@@ -39,13 +39,6 @@ def auc_table(directions: Directions) -> str:
     return "\n".join(lines)
 
 
-def _save(fig, path: Path) -> None:
-    fig.tight_layout()
-    with atomic_path(path) as tmp:
-        fig.savefig(tmp, format="png", dpi=100)
-    plt.close(fig)
-
-
 def plot_aucs(directions: Directions, path: str | Path) -> None:
     """Held-out AUC per attribute for both methods, sorted by the classifier's."""
     def auc(name: str, method: str) -> float:
@@ -62,7 +55,7 @@ def plot_aucs(directions: Directions, path: str | Path) -> None:
     ax.set_xlim(0.4, 1.0)
     ax.set_xlabel("held-out ROC-AUC of the direction as a linear score (missing: too few examples)")
     ax.legend(loc="lower right", fontsize=8)
-    _save(fig, Path(path))
+    save_figure(fig, Path(path))
 
 
 def plot_projections(directions: Directions, latents: np.ndarray, positive: np.ndarray, path: str | Path,
@@ -88,5 +81,5 @@ def plot_projections(directions: Directions, latents: np.ndarray, positive: np.n
         ax.set_xlabel("projection on the unit classifier direction", fontsize=7)
         ax.legend(fontsize=6)
     fig.suptitle(f"{len(latents)} held-out images", fontsize=8)
-    _save(fig, Path(path))
+    save_figure(fig, Path(path))
     return shown

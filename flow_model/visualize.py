@@ -15,6 +15,14 @@ from PIL import Image  # noqa: E402
 from .fileio import atomic_path  # noqa: E402
 
 
+def save_figure(fig, path: str | Path, dpi: int = 100) -> None:
+    """Lay out, write atomically (a crash never leaves half a PNG where a good one was) and free the figure."""
+    fig.tight_layout()
+    with atomic_path(path) as tmp:
+        fig.savefig(tmp, format="png", dpi=dpi)
+    plt.close(fig)
+
+
 def image_grid(images: torch.Tensor, columns: int, pad: int = 2) -> Image.Image:
     """uint8 (N, 3, H, W) -> one PIL image, row-major, with a white gutter."""
     n, c, h, w = images.shape
@@ -42,10 +50,7 @@ def temperature_grid(model, path: str | Path, temperatures=(0.5, 0.7, 1.0), per_
         ax.set_ylabel(f"T={t:g}", rotation=0, labelpad=18, va="center")
     if title:
         fig.suptitle(title, fontsize=9)
-    fig.tight_layout()
-    with atomic_path(path) as tmp:
-        fig.savefig(tmp, format="png", dpi=100)
-    plt.close(fig)
+    save_figure(fig, path)
     model.train(was_training)
 
 
@@ -82,7 +87,4 @@ def plot_curves(metrics_file: str | Path, path: str | Path, title: str = "") -> 
     if train or val:
         everything = list(train.values()) + [v for v, _ in val.values()]
         ax.set_ylim(min(everything) - 0.05, np.percentile(everything, 98) + 0.1)
-    fig.tight_layout()
-    with atomic_path(path) as tmp:
-        fig.savefig(tmp, format="png", dpi=100)
-    plt.close(fig)
+    save_figure(fig, path)

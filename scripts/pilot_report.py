@@ -23,9 +23,9 @@ import torch  # noqa: E402
 
 from flow_model.ablation import kept_account  # noqa: E402
 from flow_model.checkpoint import CHECKPOINT_NAME, load_checkpoint  # noqa: E402
-from flow_model.fileio import atomic_path, write_text  # noqa: E402
+from flow_model.fileio import write_text  # noqa: E402
 from flow_model.train import model_from_run  # noqa: E402
-from flow_model.visualize import image_grid  # noqa: E402
+from flow_model.visualize import image_grid, save_figure  # noqa: E402
 
 TEMPERATURES = (0.5, 0.7)
 SMOOTH = 10  # logged training points per running mean
@@ -63,10 +63,7 @@ def plot(runs: list[dict], path: Path) -> None:
     ax.set_ylim(min(finals) - 0.3, max(finals) + 0.6)
     ax.grid(alpha=0.3)
     ax.legend(fontsize=8)
-    fig.tight_layout()
-    with atomic_path(path) as tmp:
-        fig.savefig(tmp, format="png", dpi=110)
-    plt.close(fig)
+    save_figure(fig, path, dpi=110)
 
 
 @torch.no_grad()
@@ -83,10 +80,7 @@ def samples(runs: list[dict], path: Path, per_row: int, seed: int) -> None:
             ax.set_xticks([])
             ax.set_yticks([])
             ax.set_title(f"{r['name']}, T={t:g}", loc="left", fontsize=7, pad=2)
-    fig.tight_layout()
-    with atomic_path(path) as tmp:
-        fig.savefig(tmp, format="png", dpi=100)
-    plt.close(fig)
+    save_figure(fig, path)
 
 
 def report(runs: list[dict], out: Path, command: str) -> str:
