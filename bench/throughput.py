@@ -1,6 +1,7 @@
 """Training images/s and single-image decode latency of the reference 64x64 Glow on this machine's CPU.
 
     python bench/throughput.py [--steps 8] [--decodes 30] [--batch-size 16] [--no-channels-last] [--compile]
+    python bench/throughput.py --depth 32 --hidden 64      # another shape; the issue's targets are for the default
 
 Training is forward + backward + Adam step on a fixed batch (real CelebA faces when ../shared has them, else uint8
 noise), after ActNorm initialisation on that batch. Decode is `Glow.decode` of one image's latents in eval mode under
@@ -9,6 +10,7 @@ inference_mode. Figures are medians over the timed repeats; warm-up repeats are 
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import os
 import platform
 import statistics
@@ -50,6 +52,11 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--compile", action="store_true",
                    help="torch.compile every flow step, forward and inverse (compile time reported, not timed)")
     p.add_argument("--data", type=Path, default=CELEBA, help="CelebA-layout folder; uint8 noise when it is missing")
+    shape = p.add_argument_group("model shape (defaults: the reference model)")
+    shape.add_argument("--levels", type=_positive_int, default=CONFIG.levels)
+    shape.add_argument("--depth", type=_positive_int, default=CONFIG.depth)
+    shape.add_argument("--hidden", type=_positive_int, default=CONFIG.hidden)
+    shape.add_argument("--coupling", choices=("affine", "additive", "mixlogistic"), default=CONFIG.coupling)
     return p.parse_args(argv)
 
 
@@ -83,11 +90,13 @@ def percentile(values: list[float], q: float) -> float:
 
 def main(argv: list[str] | None = None) -> None:
     args = parse_args(argv)
+    config = dataclasses.replace(CONFIG, levels=args.levels, depth=args.depth, hidden=args.hidden,
+                                 coupling=args.coupling)
     torch.set_num_threads(args.threads)
     torch.manual_seed(0)
-    images, source = load_batch(args.data, args.batch_size, CONFIG.image_size)
+    images, source = load_batch(args.data, args.batch_size, config.image_size)
 
-    model = Glow(CONFIG, seed=0)
+    model = Glow(config, seed=0)
     model.memory_format = torch.channels_last if args.channels_last else torch.contiguous_format
     model.train()
     model.initialize(images)
@@ -107,7 +116,7 @@ def main(argv: list[str] | None = None) -> None:
 
     print(f"torch {torch.__version__} | python {platform.python_version()} | {torch.get_num_threads()} threads | "
           f"cpu capability {torch.backends.cpu.get_cpu_capability()} | mkldnn {torch.backends.mkldnn.is_available()}")
-    print(f"config: {CONFIG.to_dict()} ({model.num_parameters() / 1e6:.2f}M parameters)")
+    print(f"config: {config.to_dict()} ({model.num_parameters() / 1e6:.2f}M parameters)")
     print(f"data: {source} | batch {args.batch_size} | channels_last {args.channels_last} | "
           f"fused Adam {args.fused_adam} | compile {args.compile}")
 
@@ -129,7 +138,7 @@ def main(argv: list[str] | None = None) -> None:
         if args.compile:
             print(f"first decode (compile included): {time.perf_counter() - compile_start:.1f} s")
         decode_times = timed(lambda: model.decode(latents), args.decodes, args.warmup)
-    if not torch.equal(roundtrip, reduce_bits(one, CONFIG.n_bits)):
+    if not torch.equal(roundtrip, reduce_bits(one, config.n_bits)):
         raise RuntimeError("decode(encode(x)) != reduce_bits(x): the timed decode is wrong")
     print(f"decode (1 image): {statistics.median(decode_times) * 1000:.1f} ms median, "
           f"{percentile(decode_times, 0.95) * 1000:.1f} ms p95, {min(decode_times) * 1000:.1f} ms best "
