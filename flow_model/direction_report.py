@@ -55,7 +55,7 @@ def plot_aucs(directions: Directions, path: str | Path) -> None:
     ax.set_xlim(0.4, 1.0)
     ax.set_xlabel("held-out ROC-AUC of the direction as a linear score (missing: too few examples)")
     ax.legend(loc="lower right", fontsize=8)
-    save_figure(fig, Path(path))
+    save_figure(fig, path)
 
 
 def plot_projections(directions: Directions, latents: np.ndarray, positive: np.ndarray, path: str | Path,
@@ -81,5 +81,5 @@ def plot_projections(directions: Directions, latents: np.ndarray, positive: np.n
         ax.set_xlabel("projection on the unit classifier direction", fontsize=7)
         ax.legend(fontsize=6)
     fig.suptitle(f"{len(latents)} held-out images", fontsize=8)
-    save_figure(fig, Path(path))
+    save_figure(fig, path)
     return shown

@@ -41,8 +41,8 @@ def read_run(run_dir: Path) -> dict:
         raise SystemExit(f"{run_dir}: no training or validation rows in metrics.jsonl; did the run finish?")
     m, t = meta["model_config"], meta["train_config"]
     return {
-        "name": run_dir.name, "dir": run_dir, "model": m, "train": t, "steps": meta["step"],
-        "parameters": model_from_run(run_dir, use_ema=False).num_parameters(),
+        "name": run_dir.name, "model": m, "train": t, "steps": meta["step"],
+        "glow": model_from_run(run_dir, use_ema=False),
         "minutes": meta["elapsed"] / 60, "img_per_s": meta["step"] * t["batch_size"] / meta["elapsed"],
         "val_bpd": val[-1]["val_bpd"], "val_bpd_se": val[-1]["val_bpd_se"],
         "curve": ([r["minutes"] for r in train], [r["train_bpd"] for r in train]),
@@ -72,11 +72,10 @@ def samples(runs: list[dict], path: Path, per_row: int, seed: int) -> None:
     rows = len(runs) * len(TEMPERATURES)
     fig, axes = plt.subplots(rows, 1, figsize=(per_row * 0.9, rows * 1.0 + 0.2))
     for i, r in enumerate(runs):
-        model = model_from_run(r["dir"], use_ema=False)
         for j, t in enumerate(TEMPERATURES):
             ax = axes[i * len(TEMPERATURES) + j]
-            ax.imshow(image_grid(model.sample(per_row, temperature=t, generator=torch.Generator().manual_seed(seed)),
-                                 per_row))
+            noise = torch.Generator().manual_seed(seed)
+            ax.imshow(image_grid(r["glow"].sample(per_row, temperature=t, generator=noise), per_row))
             ax.set_xticks([])
             ax.set_yticks([])
             ax.set_title(f"{r['name']}, T={t:g}", loc="left", fontsize=7, pad=2)
@@ -93,8 +92,8 @@ def report(runs: list[dict], out: Path, command: str) -> str:
     for r in sorted(runs, key=lambda r: r["val_bpd"]):
         m = r["model"]
         rows.append(f"| {r['name']} | {m['levels']} × {m['depth']}, {m['hidden']}, {m['coupling']} | "
-                    f"{r['parameters'] / 1e6:.2f}M | {r['val_bpd']:.4f} ± {r['val_bpd_se']:.4f} | {r['steps']} | "
-                    f"{r['img_per_s']:.1f} |")
+                    f"{r['glow'].num_parameters() / 1e6:.2f}M | {r['val_bpd']:.4f} ± {r['val_bpd_se']:.4f} | "
+                    f"{r['steps']} | {r['img_per_s']:.1f} |")
     m = runs[0]["model"]
     lines = [
         f"# {m['image_size']}x{m['image_size']} pilots",

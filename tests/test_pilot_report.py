@@ -40,7 +40,7 @@ def test_report_ranks_pilots_and_keeps_the_account(runs, tmp_path, capsys) -> No
     text = out.read_text()
     found = {r["name"]: r for r in map(pilot_report.read_run, runs)}
     assert all(r["steps"] == 12 and r["img_per_s"] > 0 and np.isfinite(r["val_bpd"]) for r in found.values())
-    assert found["narrow"]["parameters"] < found["wide"]["parameters"]
+    assert found["narrow"]["glow"].num_parameters() < found["wide"]["glow"].num_parameters()
     table = [line for line in text.splitlines() if line.startswith(("| narrow", "| wide"))]
     best = min(found.values(), key=lambda r: r["val_bpd"])
     assert len(table) == 2 and table[0].startswith(f"| {best['name']} ")
