@@ -10,6 +10,8 @@ import sys
 os.environ["GRADIO_ANALYTICS_ENABLED"] = "False"
 os.environ["HF_HUB_OFFLINE"] = "1"
 
+from app import default_threads  # noqa: E402
+
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description="Interactive face editor on a Glow normalizing flow.")
@@ -20,7 +22,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--host", default="127.0.0.1", help="address to serve on; 0.0.0.0 for the local network")
     parser.add_argument("--port", type=int, default=7860)
     parser.add_argument("--share", action="store_true", help="also open a public Gradio share link (off by default)")
-    parser.add_argument("--threads", type=int, default=min(2, os.cpu_count() or 1),
+    parser.add_argument("--threads", type=int, default=default_threads(),
                         help="torch CPU threads per request (default: 2, or 1 on a 1-core machine); requests run "
                              "cores // threads at a time, so 1 lets two users render side by side")
     args = parser.parse_args(argv)

@@ -13,16 +13,13 @@ from flow_model.editing import EditorService
 from flow_model.imaging import to_pil
 from flow_model.train import resolve_device
 
+from . import default_threads
 from .ui import EditorUI
 
 log = logging.getLogger(__name__)
 
 EXAMPLE_TEMPERATURE = 0.6  # typical-looking faces; T = 1 samples are noisier
 EXAMPLE_SEED = 0
-
-
-def default_threads() -> int:
-    return min(2, os.cpu_count() or 1)
 
 
 @dataclass

@@ -38,6 +38,7 @@ from PIL import Image  # noqa: E402
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
+from app import default_threads  # noqa: E402
 from app.ui import DISPLAY_FORMAT  # noqa: E402
 from flow_model.align import FaceAligner  # noqa: E402
 from flow_model.config import GlowConfig  # noqa: E402
@@ -176,7 +177,7 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--device", default="cpu")
     parser.add_argument("--updates", type=int, default=100)
     parser.add_argument("--repeats", type=int, default=20, help="timed align + encode and interpolation runs")
-    parser.add_argument("--threads", type=int, default=min(2, os.cpu_count() or 1),
+    parser.add_argument("--threads", type=int, default=default_threads(),
                         help="torch intra-op threads (app.py's default: 2, or 1 on a 1-core machine)")
     parser.add_argument("--startup", action="store_true", help="also time `python app.py` until it serves")
     args = parser.parse_args(argv)

@@ -403,12 +403,15 @@ class Trainer:
         return last_val
 
 
-def model_from_run(run_dir: str | Path, use_ema: bool = True) -> Glow:
-    """The model of a run's checkpoint: its EMA weights when it kept an EMA and `use_ema`, else the raw ones."""
-    state = load_checkpoint(Path(run_dir) / CHECKPOINT_NAME)
+def model_from_checkpoint(state: dict, use_ema: bool = True, source: str = "checkpoint") -> Glow:
+    """The model of a loaded checkpoint: its EMA weights when it kept an EMA and `use_ema`, else the raw ones."""
     model = Glow(GlowConfig.from_dict(state["meta"]["model_config"]))
-    model.load_weights(state["ema"] if use_ema and state["ema"] is not None else state["model"], source=str(run_dir))
+    model.load_weights(state["ema"] if use_ema and state["ema"] is not None else state["model"], source=source)
     return model.eval()
+
+
+def model_from_run(run_dir: str | Path, use_ema: bool = True) -> Glow:
+    return model_from_checkpoint(load_checkpoint(Path(run_dir) / CHECKPOINT_NAME), use_ema, source=str(run_dir))
 
 
 def export(run_dir: str | Path, out: str | Path, use_ema: bool = True, half: bool = False) -> Glow:

@@ -18,12 +18,14 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
+from flow_model.checkpoint import CHECKPOINT_NAME, load_checkpoint  # noqa: E402
 from flow_model.data import load_images, open_dataset, select  # noqa: E402
 from flow_model.directions import load_directions  # noqa: E402
 from flow_model.editing import EditorService  # noqa: E402
 from flow_model.evaluate import evaluate_bpd  # noqa: E402
+from flow_model.fileio import write_text  # noqa: E402
 from flow_model.glow import Glow  # noqa: E402
-from flow_model.train import model_from_run  # noqa: E402
+from flow_model.train import model_from_checkpoint  # noqa: E402
 from flow_model.visualize import image_grid, plot_curves  # noqa: E402
 
 STRIP = [("original", None, 0.0), ("+smile", "Smiling", 1.0), ("-smile", "Smiling", -1.0),
@@ -64,10 +66,11 @@ def main() -> None:
         images, _ = load_images(val.subset(range(args.strip_faces)), model.config.image_size)
         numbers = json.loads((out / "release_numbers.json").read_text())
         numbers["edit_strip_strengths"] = edit_strip(model, images, out)
-        (out / "release_numbers.json").write_text(json.dumps(numbers, indent=2) + "\n")
+        write_text(out / "release_numbers.json", json.dumps(numbers, indent=2) + "\n")
         print(json.dumps(numbers["edit_strip_strengths"]))
         return
-    candidates = {"ema": model_from_run(args.run, use_ema=True), "raw": model_from_run(args.run, use_ema=False)}
+    state = load_checkpoint(Path(args.run) / CHECKPOINT_NAME)
+    candidates = {name: model_from_checkpoint(state, use_ema=name == "ema", source=args.run) for name in ("ema", "raw")}
     images, val = load_images(val, candidates["raw"].config.image_size)
     scores = {name: evaluate_bpd(m, images, progress=True) for name, m in candidates.items()}
     chosen = min(scores, key=lambda name: scores[name][0])
@@ -94,7 +97,7 @@ def main() -> None:
     shutil.copy(Path(args.run) / "split.json", out / "split.json")
 
     numbers["edit_strip_columns"] = [label for label, _, _ in STRIP]
-    (out / "release_numbers.json").write_text(json.dumps(numbers, indent=2) + "\n")
+    write_text(out / "release_numbers.json", json.dumps(numbers, indent=2) + "\n")
     print(json.dumps(numbers, indent=2))
 
 

@@ -24,7 +24,7 @@ import torch  # noqa: E402
 from flow_model.ablation import kept_account  # noqa: E402
 from flow_model.checkpoint import CHECKPOINT_NAME, load_checkpoint  # noqa: E402
 from flow_model.fileio import write_text  # noqa: E402
-from flow_model.train import model_from_run  # noqa: E402
+from flow_model.train import model_from_checkpoint  # noqa: E402
 from flow_model.visualize import image_grid, save_figure  # noqa: E402
 
 TEMPERATURES = (0.5, 0.7)
@@ -33,7 +33,8 @@ SMOOTH = 10  # logged training points per running mean
 
 def read_run(run_dir: Path) -> dict:
     """The last validation, throughput and training curve of one run, from its checkpoint and metrics.jsonl."""
-    meta = load_checkpoint(run_dir / CHECKPOINT_NAME)["meta"]
+    state = load_checkpoint(run_dir / CHECKPOINT_NAME)
+    meta = state["meta"]
     rows = [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines() if line.strip()]
     train = [r for r in rows if "train_bpd" in r]
     val = [r for r in rows if "val_bpd" in r]
@@ -42,7 +43,7 @@ def read_run(run_dir: Path) -> dict:
     m, t = meta["model_config"], meta["train_config"]
     return {
         "name": run_dir.name, "model": m, "train": t, "steps": meta["step"],
-        "glow": model_from_run(run_dir, use_ema=False),
+        "glow": model_from_checkpoint(state, use_ema=False, source=str(run_dir)),
         "minutes": meta["elapsed"] / 60, "img_per_s": meta["step"] * t["batch_size"] / meta["elapsed"],
         "val_bpd": val[-1]["val_bpd"], "val_bpd_se": val[-1]["val_bpd_se"],
         "curve": ([r["minutes"] for r in train], [r["train_bpd"] for r in train]),
