@@ -7,7 +7,7 @@ import torch.nn.functional as F
 from conftest import nontrivial_model, random_images, randomize, tiny_config
 
 from flow_model.glow import reduce_bits
-from flow_model.layers import ConvNet, ZeroConv2d
+from flow_model.layers import ConvNet, ZeroConv2d, tensors_of
 from flow_model.layers.conv import conv1x1, is_channels_last
 from flow_model.layers.multiscale import squeeze2d, unsqueeze2d
 
@@ -106,3 +106,87 @@ def test_flow_gives_the_same_density_latents_and_images_in_either_layout():
         torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-5)
     assert torch.equal(x_b, reduce_bits(images, model.config.n_bits)) and x_b.is_contiguous()
     assert torch.equal(x_a, x_b)
+
+
+def layerwise_inverse(model, latents, standardized=False):
+    """flow_inverse as the layers' own inverses compute it: with autograd on, Glow never uses the frozen inverse."""
+    with torch.enable_grad():
+        return model.flow_inverse(latents, standardized=standardized).detach()
+
+
+@pytest.mark.parametrize("overrides", [
+    dict(), dict(coupling="additive", permutation="conv"), dict(permutation="reverse"),
+    dict(coupling="mixlogistic", mixture_components=2, cond_net="attention", attention_heads=2),
+])
+def test_frozen_inverse_decodes_what_the_layers_decode(overrides):
+    model = nontrivial_model(tiny_config(**overrides), seed=21).eval()
+    images = random_images(3, model.config, seed=22)
+    with torch.no_grad():
+        eps = model.encode(images, standardized=True)
+        frozen = model.flow_inverse(eps, standardized=True)
+        assert model._frozen.key is not None, "inference without autograd runs the frozen inverse"
+        assert torch.equal(model.decode(eps, standardized=True), reduce_bits(images, model.config.n_bits))
+    torch.testing.assert_close(frozen, layerwise_inverse(model, eps, standardized=True), rtol=1e-5, atol=1e-5)
+
+
+def test_frozen_flow_step_is_one_gemm_equal_to_its_three_inverses_in_float64():
+    model = nontrivial_model(tiny_config(), seed=23, scale=0.3).double().eval()
+    step = model.levels[0].flow.layers[1]
+    norm, mix, coupling = step.layers
+    y = torch.randn(2, 12, 4, 4, generator=gen(24), dtype=torch.float64).contiguous(memory_format=CL)
+    with torch.no_grad():
+        expected = norm.inverse(mix.inverse(coupling.inverse(y)))
+        torch.testing.assert_close(step.frozen_inverse(CL)(y), expected, rtol=1e-10, atol=1e-12)
+        torch.testing.assert_close(step.frozen_inverse(CL)(y), step.inverse(y), rtol=1e-10, atol=1e-12)
+
+
+def test_frozen_inverse_follows_in_place_edits_loads_and_layout_changes():
+    torch.manual_seed(0)  # nn.Conv2d's default init draws from the global generator
+    model = nontrivial_model(tiny_config(), seed=25).eval()
+    images = random_images(2, model.config, seed=26)
+    latents = model.encode(images)
+    with torch.no_grad():
+        before = model.flow_inverse(latents)
+        step = model.levels[1].flow.layers[2]
+        step.layers[0].bias.add_(0.05)  # ActNorm, folded into the GEMM
+        step.layers[2].net.conv1.weight.mul_(1.1)  # coupling net, folded into its convs
+        edited = model.flow_inverse(latents)
+    assert torch.isfinite(edited).all() and not torch.allclose(before, edited)
+    torch.testing.assert_close(edited, layerwise_inverse(model, latents), rtol=1e-5, atol=1e-5)
+
+    other = nontrivial_model(tiny_config(), seed=27).eval()
+    model.load_state_dict(other.state_dict())
+    latents = other.encode(images)
+    with torch.no_grad():
+        torch.testing.assert_close(model.flow_inverse(latents), other.flow_inverse(latents))
+        model.memory_format = torch.contiguous_format
+        plain = model.flow_inverse(latents)
+    assert model._frozen.key[0] == torch.contiguous_format and not is_channels_last(plain)
+    torch.testing.assert_close(plain, layerwise_inverse(model, latents), rtol=1e-5, atol=1e-5)
+
+
+def test_flow_inverse_with_autograd_trains_every_flow_parameter():
+    model = nontrivial_model(tiny_config(), seed=28).eval()
+    with torch.no_grad():
+        latents = model.encode(random_images(2, model.config, seed=29))
+        model.flow_inverse(latents)  # builds the frozen inverse, which must not be what autograd sees
+    model.flow_inverse(latents).square().sum().backward()
+    flows = [p for level in model.levels for p in level.flow.parameters()]
+    assert all(p.grad is not None and p.grad.abs().sum() > 0 for p in flows)
+
+
+def test_uninitialised_conv_net_is_not_frozen_so_its_first_batch_still_initialises_it():
+    net = ConvNet(3, 6, hidden=8).eval()
+    assert net.frozen(CL) is net
+    with torch.no_grad():
+        net(torch.randn(4, 3, 5, 5, generator=gen(30)))
+    assert bool(net.norm1.initialized) and net.frozen(CL) is not net
+
+
+def test_tensors_of_finds_every_parameter_and_buffer():
+    model = nontrivial_model(tiny_config(), seed=31)
+    step = model.levels[0].flow.layers[1]
+    found = {id(t) for t in tensors_of(step)}
+    assert found == {id(t) for t in [*step.parameters(), *step.buffers()]}
+    step.layers[0].bias = torch.nn.Parameter(torch.zeros_like(step.layers[0].bias))  # replaced, not edited
+    assert id(step.layers[0].bias) in {id(t) for t in tensors_of(step)}

@@ -42,6 +42,11 @@ class ActNorm(FlowLayer):
         scale = torch.exp(self.log_scale).reshape(-1)
         return weight * scale.view(-1, *[1] * (weight.dim() - 1)), self.bias.reshape(-1) * scale
 
+    def fold_inverse(self, weight: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Weight (out, in) and bias of one biased 1x1 conv equal to a bias-free conv(weight) followed by this
+        ActNorm's inverse: (Wy) e^-s - b. Decoding then makes one pass over the activations per step, not three."""
+        return weight * torch.exp(-self.log_scale).reshape(-1, 1), -self.bias.reshape(-1)
+
     def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         y = self.normalize(x)
         logdet = self.log_scale.sum() * (x.shape[2] * x.shape[3])

@@ -1,6 +1,9 @@
 """Coupling layers (Glow section 3.3): half the channels condition an invertible map of the other half."""
 from __future__ import annotations
 
+from functools import partial
+from typing import Callable
+
 import torch
 import torch.nn.functional as F
 from torch import nn
@@ -12,6 +15,12 @@ def halves(x: torch.Tensor, split: int) -> tuple[torch.Tensor, torch.Tensor]:
     """Channels [:split] and [split:]. One split op rather than two slices: the backward of a slice allocates a
     zero-filled tensor of the whole input (in NCHW, whatever the input's layout) and the two then get added."""
     return x.split([split, x.shape[1] - split], dim=1)
+
+
+def frozen_net(net: nn.Module, memory_format: torch.memory_format) -> Callable[[torch.Tensor], torch.Tensor]:
+    """A coupling net as a function with its weights derived once, where the net offers that (ConvNet does)."""
+    freeze = getattr(net, "frozen", None)
+    return net if freeze is None else freeze(memory_format)
 
 
 def net_input(xa: torch.Tensor, context: torch.Tensor | None) -> torch.Tensor:
@@ -27,8 +36,9 @@ class AffineCoupling(FlowLayer):
         self.split = channels // 2
         self.net: nn.Module = make_net(self.split, 2 * (channels - self.split))
 
-    def _shift_scale(self, xa: torch.Tensor, context: torch.Tensor | None) -> tuple[torch.Tensor, torch.Tensor]:
-        shift, raw = self.net(net_input(xa, context)).chunk(2, dim=1)
+    def _shift_scale(self, xa: torch.Tensor, context: torch.Tensor | None,
+                     net: Callable | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+        shift, raw = (self.net if net is None else net)(net_input(xa, context)).chunk(2, dim=1)
         return shift, raw + 2.0
 
     def forward(self, x: torch.Tensor, context: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
@@ -40,8 +50,14 @@ class AffineCoupling(FlowLayer):
         return torch.cat([xa, yb], dim=1), logdet
 
     def inverse(self, y: torch.Tensor, context: torch.Tensor | None = None) -> torch.Tensor:
+        return self._invert(y, context)
+
+    def frozen_inverse(self, memory_format: torch.memory_format) -> Callable[[torch.Tensor], torch.Tensor]:
+        return partial(self._invert, net=frozen_net(self.net, memory_format))
+
+    def _invert(self, y: torch.Tensor, context: torch.Tensor | None = None, net: Callable | None = None) -> torch.Tensor:
         ya, yb = halves(y, self.split)
-        shift, raw = self._shift_scale(ya, context)
+        shift, raw = self._shift_scale(ya, context, net)
         return torch.cat([ya, yb / torch.sigmoid(raw) - shift], dim=1)
 
 
@@ -58,5 +74,11 @@ class AdditiveCoupling(FlowLayer):
         return torch.cat([xa, xb + self.net(net_input(xa, context))], dim=1), x.new_zeros(x.shape[0])
 
     def inverse(self, y: torch.Tensor, context: torch.Tensor | None = None) -> torch.Tensor:
+        return self._invert(y, context)
+
+    def frozen_inverse(self, memory_format: torch.memory_format) -> Callable[[torch.Tensor], torch.Tensor]:
+        return partial(self._invert, net=frozen_net(self.net, memory_format))
+
+    def _invert(self, y: torch.Tensor, context: torch.Tensor | None = None, net: Callable | None = None) -> torch.Tensor:
         ya, yb = halves(y, self.split)
-        return torch.cat([ya, yb - self.net(net_input(ya, context))], dim=1)
+        return torch.cat([ya, yb - (self.net if net is None else net)(net_input(ya, context))], dim=1)

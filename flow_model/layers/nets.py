@@ -2,13 +2,14 @@
 from __future__ import annotations
 
 from functools import partial
+from typing import Callable
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
 from .actnorm import ActNorm
-from .base import EvalCache
+from .base import EvalCache, tensors_of
 from .conv import conv1x1, is_channels_last
 
 
@@ -58,21 +59,40 @@ class ConvNet(nn.Module):
             w1, w3 = w1.contiguous(memory_format=memory_format), w3.contiguous(memory_format=memory_format)
         return w1, b1, w2, b2, w3, b3
 
+    def _weights(self, x: torch.Tensor) -> tuple[torch.Tensor, ...] | None:
+        """The folded weights, or None while the ActNorms still wait for their data-dependent initialisation."""
+        initialized = lambda: bool(self.norm1.initialized and self.norm2.initialized)  # noqa: E731
+        if self.training or torch.is_grad_enabled():
+            return self._folded() if initialized() else None
+        # Weights in the input's layout: a conv whose weight layout differs reorders the weight on every call.
+        layout = torch.channels_last if is_channels_last(x) else torch.contiguous_format
+        tensors = tensors_of(self)  # the ActNorms' init flags included: a cache hit implies initialised nets
+        weights = self._cache.lookup(tensors, layout)
+        if weights is None and initialized():
+            weights = self._cache.get(tensors, partial(self._folded, layout), layout)
+        return weights
+
+    def frozen(self, memory_format: torch.memory_format) -> Callable[[torch.Tensor], torch.Tensor]:
+        """This net as a function of x alone, its folded weights computed now (once initialised)."""
+        if not (self.norm1.initialized and self.norm2.initialized):
+            return self
+        with torch.no_grad():
+            return partial(self._run, self._folded(memory_format))
+
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        if not (self.norm1.initialized and self.norm2.initialized):  # data-dependent init sees the raw conv outputs
+        weights = self._weights(x)
+        if weights is None:  # data-dependent init sees the raw conv outputs
             h = F.relu(self.norm1.normalize(self.conv1(x)))
             h = F.relu(self.norm2.normalize(self.conv2(h)))
             return self.out(h)
-        if self.training or torch.is_grad_enabled():
-            w1, b1, w2, b2, w3, b3 = self._folded()
-        else:
-            # Weights in the input's layout: a conv whose weight layout differs reorders the weight on every call.
-            layout = torch.channels_last if is_channels_last(x) else torch.contiguous_format
-            w1, b1, w2, b2, w3, b3 = self._cache.get(list(self.parameters()), partial(self._folded, layout), layout)
+        return self._run(weights, x)
+
+    def _run(self, weights: tuple[torch.Tensor, ...], x: torch.Tensor) -> torch.Tensor:
+        w1, b1, w2, b2, w3, b3 = weights
         inplace = not torch.is_grad_enabled()  # with autograd on, ReLU on conv1x1's permuted view must not be in place
         h = F.relu(F.conv2d(x, w1, b1, padding=1), inplace=inplace)
         h = F.relu(conv1x1(h, w2, b2), inplace=inplace)
-        return F.conv2d(h, w3, b3, padding=self.out.conv.padding)
+        return F.conv2d(h, w3, b3, padding=1)
 
 
 def make_cond_net(config, in_channels: int, out_channels: int) -> nn.Module:

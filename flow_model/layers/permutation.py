@@ -4,7 +4,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from .base import EvalCache, FlowLayer
+from .base import EvalCache, FlowLayer, tensors_of
 from .conv import conv1x1
 
 
@@ -13,7 +13,7 @@ def random_rotation(channels: int, generator: torch.Generator | None = None) -> 
     return q.float()
 
 
-class _InvertibleConv(FlowLayer):
+class InvertibleConv(FlowLayer):
     """Shared 1x1-convolution mechanics; subclasses say how W and log|det W| come from their parameters."""
 
     def __init__(self) -> None:
@@ -33,21 +33,23 @@ class _InvertibleConv(FlowLayer):
     def _parts(self) -> tuple[torch.Tensor, torch.Tensor | None, torch.Tensor]:
         if self.training or torch.is_grad_enabled():  # cached tensors carry no gradient
             return self._weight(), None, self._logabsdet()
-        return self._cache.get(list(self.parameters()), self._all)
+        return self._cache.get(tensors_of(self), self._all)
 
     def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         weight, _, logabsdet = self._parts()
         y = conv1x1(x, weight)
         return y, (logabsdet * (x.shape[2] * x.shape[3])).expand(x.shape[0])
 
-    def inverse(self, y: torch.Tensor) -> torch.Tensor:
+    def inverse_weight(self) -> torch.Tensor:
+        """W^-1 as an (out, in) matrix: cached in inference, recomputed (with its gradient) otherwise."""
         inverse = self._parts()[1]
-        if inverse is None:
-            inverse = self._all()[1]
-        return conv1x1(y, inverse)
+        return self._all()[1] if inverse is None else inverse
+
+    def inverse(self, y: torch.Tensor) -> torch.Tensor:
+        return conv1x1(y, self.inverse_weight())
 
 
-class InvConv1x1(_InvertibleConv):
+class InvConv1x1(InvertibleConv):
     """Plain invertible 1x1 convolution; log|det W| in float64 via slogdet."""
 
     def __init__(self, channels: int, generator: torch.Generator | None = None) -> None:
@@ -61,7 +63,7 @@ class InvConv1x1(_InvertibleConv):
         return torch.linalg.slogdet(self.weight.double())[1].to(self.weight.dtype)
 
 
-class InvConv1x1LU(_InvertibleConv):
+class InvConv1x1LU(InvertibleConv):
     """LU-decomposed 1x1 convolution, W = P L (U + diag(s)): logdet is H*W*sum(log|s|), O(C) instead of O(C^3)."""
 
     def __init__(self, channels: int, generator: torch.Generator | None = None) -> None:
