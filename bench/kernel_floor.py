@@ -1,19 +1,21 @@
 """The least time a training step of the reference Glow can take on this machine with PyTorch's own kernels.
 
-    python bench/kernel_floor.py [--batch-size 16] [--threads 2] [--repeats 20]
+    python bench/kernel_floor.py [--batch-size 16] [--threads 2] [--repeats 20] [--depth 16 --hidden 128 ...]
 
-Times, one kind at a time and with hot caches, forward + backward of every convolution and matrix product that a
-training step of the reference model (64x64, 3 levels x 16 steps, hidden 128, affine, LU) runs: per step of flow the
-coupling net's conv3x3 -> conv1x1 -> conv3x3 and the invertible 1x1 conv, per level the split prior's conv. Their sum
-is a floor for the step: the real step adds every elementwise op, the optimiser and cache misses between layers, so
-no implementation that keeps these kernels (oneDNN convolutions, MKL GEMMs) trains faster than the img/s printed.
+Lists every convolution and matrix product that a training step runs (read off the model: per step of flow the
+coupling net's conv3x3 -> conv1x1 -> conv3x3 and the invertible 1x1 conv, per split its prior's conv), times each
+distinct one, forward + backward, on its own with hot caches, and adds them up. The real step adds every
+elementwise op, the optimiser and the cache misses between layers, so no implementation that keeps these kernels
+(oneDNN convolutions, MKL GEMMs) trains faster than the img/s printed.
 """
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import statistics
 import sys
 import time
+from collections import Counter
 from pathlib import Path
 
 import torch
@@ -22,11 +24,54 @@ import torch.nn.functional as F
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from bench.throughput import CONFIG, _positive_int  # noqa: E402
+from flow_model.glow import Glow  # noqa: E402
+from flow_model.layers import ConvNet, InvertibleConv  # noqa: E402
 
 
-def time_fwd_bwd(fn, inputs: list[torch.Tensor], repeats: int) -> float:
-    """Median seconds of fn(*inputs) and its backward, every input requiring a gradient."""
-    inputs = [t.detach().requires_grad_(True) for t in inputs]
+@dataclasses.dataclass(frozen=True)
+class Kernel:
+    """One convolution or GEMM of the model: `size` x `size` activations, weight (cout, cin, k, k)."""
+
+    name: str
+    cin: int
+    cout: int
+    kernel: int
+    size: int
+    bias: bool
+
+
+def model_kernels(model: Glow) -> Counter[Kernel]:
+    """Every convolution and matrix product of a training step, with how often it runs."""
+    found: Counter[Kernel] = Counter()
+    size = model.config.image_size
+    for level in model.levels:
+        size //= 2
+        for module in level.modules():
+            if isinstance(module, ConvNet):
+                for name, conv in (("conv3x3", module.conv1), ("conv1x1", module.conv2), ("conv3x3", module.out.conv)):
+                    cout, cin, k, _ = conv.weight.shape
+                    found[Kernel(name, cin, cout, k, size, True)] += 1
+            elif isinstance(module, InvertibleConv):
+                c = module.inverse_weight().shape[0]
+                found[Kernel("invertible 1x1", c, c, 1, size, False)] += 1
+        if level.split is not None:
+            cout, cin, k, _ = level.split.prior.conv.weight.shape
+            found[Kernel("split prior conv3x3", cin, cout, k, size, True)] += 1
+    return found
+
+
+def time_fwd_bwd(kernel: Kernel, batch: int, repeats: int) -> float:
+    """Median seconds of the kernel's forward and backward (input, weight and bias gradients), channels_last."""
+    x = torch.randn(batch, kernel.cin, kernel.size, kernel.size).contiguous(memory_format=torch.channels_last)
+    w = torch.randn(kernel.cout, kernel.cin, kernel.kernel, kernel.kernel) * 0.05
+    inputs = [x, w] + ([torch.zeros(kernel.cout)] if kernel.bias else [])
+    inputs = [t.requires_grad_(True) for t in inputs]
+    if kernel.kernel == 1:  # the library runs 1x1 convs as one GEMM over the pixels (layers/conv.py)
+        def fn(x, w, b=None):
+            return F.linear(x.permute(0, 2, 3, 1), w.reshape(w.shape[0], -1), b)
+    else:
+        def fn(x, w, b=None):
+            return F.conv2d(x, w, b, padding=kernel.kernel // 2)
     grad = torch.randn_like(fn(*inputs))
     times = []
     for i in range(repeats + 3):
@@ -39,47 +84,28 @@ def time_fwd_bwd(fn, inputs: list[torch.Tensor], repeats: int) -> float:
     return statistics.median(times)
 
 
-def conv3x3(batch: int, cin: int, cout: int, size: int, repeats: int) -> float:
-    cl = torch.channels_last
-    x = torch.randn(batch, cin, size, size).contiguous(memory_format=cl)
-    w, b = torch.randn(cout, cin, 3, 3) * 0.05, torch.zeros(cout)
-    return time_fwd_bwd(lambda x, w, b: F.conv2d(x, w, b, padding=1), [x, w, b], repeats)
-
-
-def linear(rows: int, cin: int, cout: int, repeats: int, bias: bool = True) -> float:
-    x, w = torch.randn(rows, cin), torch.randn(cout, cin) * 0.05
-    if bias:
-        return time_fwd_bwd(lambda x, w, b: F.linear(x, w, b), [x, w, torch.zeros(cout)], repeats)
-    return time_fwd_bwd(lambda x, w: F.linear(x, w), [x, w], repeats)
-
-
 def main(argv: list[str] | None = None) -> None:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--batch-size", type=_positive_int, default=16)
     p.add_argument("--threads", type=_positive_int, default=2)
     p.add_argument("--repeats", type=_positive_int, default=20)
+    shape = p.add_argument_group("model shape (defaults: the reference model)")
+    for field in ("levels", "depth", "hidden"):
+        shape.add_argument(f"--{field}", type=_positive_int, default=getattr(CONFIG, field))
     args = p.parse_args(argv)
     torch.set_num_threads(args.threads)
-    c, size, hidden, n, r = CONFIG.in_channels * 4, CONFIG.image_size // 2, CONFIG.hidden, args.batch_size, args.repeats
+    config = dataclasses.replace(CONFIG, levels=args.levels, depth=args.depth, hidden=args.hidden)
+    kernels = model_kernels(Glow(config))
+    print(f"torch {torch.__version__}, {torch.get_num_threads()} threads, batch {args.batch_size}; "
+          f"{sum(kernels.values())} kernels of {len(kernels)} kinds, forward + backward each")
     total = 0.0
-    print(f"torch {torch.__version__}, {torch.get_num_threads()} threads, batch {n}; forward + backward, ms")
-    for level in range(CONFIG.levels):
-        half = c // 2
-        parts = {
-            f"conv3x3 {half}->{hidden}": conv3x3(n, half, hidden, size, r),
-            f"conv1x1 {hidden}->{hidden}": linear(n * size * size, hidden, hidden, r),
-            f"conv3x3 {hidden}->{c}": conv3x3(n, hidden, c, size, r),
-            f"invertible 1x1 {c}->{c}": linear(n * size * size, c, c, r, bias=False),
-        }
-        per_step = sum(parts.values())
-        prior = conv3x3(n, half, c, size, r) if level < CONFIG.levels - 1 else 0.0
-        level_total = CONFIG.depth * per_step + prior
-        total += level_total
-        detail = ", ".join(f"{k} {v * 1e3:.2f}" for k, v in parts.items())
-        print(f"level {level} ({c} channels, {size}x{size}): {detail}; x{CONFIG.depth} steps + prior "
-              f"{prior * 1e3:.2f} = {level_total * 1e3:.0f} ms")
-        c, size = half * 4, size // 2
-    print(f"floor: {total * 1e3:.0f} ms per step of {n} images, at most {n / total:.1f} img/s")
+    for kernel, count in kernels.items():
+        seconds = time_fwd_bwd(kernel, args.batch_size, args.repeats)
+        total += count * seconds
+        print(f"  {kernel.name} {kernel.cin}->{kernel.cout} at {kernel.size}x{kernel.size}: "
+              f"{seconds * 1e3:.2f} ms x {count} = {count * seconds * 1e3:.0f} ms")
+    print(f"floor: {total * 1e3:.0f} ms per step of {args.batch_size} images, at most "
+          f"{args.batch_size / total:.1f} img/s")
 
 
 if __name__ == "__main__":

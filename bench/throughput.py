@@ -1,11 +1,12 @@
 """Training images/s and single-image decode latency of the reference 64x64 Glow on this machine's CPU.
 
-    python bench/throughput.py [--steps 8] [--decodes 30] [--batch-size 16] [--no-channels-last] [--compile]
+    python bench/throughput.py [--steps 8] [--decodes 30] [--batch-size 16] [--no-channels-last]
     python bench/throughput.py --depth 32 --hidden 64      # another shape; the issue's targets are for the default
 
 Training is forward + backward + Adam step on a fixed batch (real CelebA faces when ../shared has them, else uint8
 noise), after ActNorm initialisation on that batch. Decode is `Glow.decode` of one image's latents in eval mode under
-inference_mode. Figures are medians over the timed repeats; warm-up repeats are not timed.
+inference_mode (the frozen inverse; the first, untimed decode builds it). Figures are medians over the timed repeats;
+warm-up repeats are not timed.
 """
 from __future__ import annotations
 
@@ -49,8 +50,6 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                    help="activations in channels_last inside the flow (the library's default)")
     p.add_argument("--fused-adam", action=argparse.BooleanOptionalAction, default=True,
                    help="Adam's fused CPU kernel instead of its per-parameter loop")
-    p.add_argument("--compile", action="store_true",
-                   help="torch.compile every flow step, forward and inverse (compile time reported, not timed)")
     p.add_argument("--data", type=Path, default=CELEBA, help="CelebA-layout folder; uint8 noise when it is missing")
     shape = p.add_argument_group("model shape (defaults: the reference model)")
     shape.add_argument("--levels", type=_positive_int, default=CONFIG.levels)
@@ -100,11 +99,6 @@ def main(argv: list[str] | None = None) -> None:
     model.memory_format = torch.channels_last if args.channels_last else torch.contiguous_format
     model.train()
     model.initialize(images)
-    if args.compile:
-        for level in model.levels:
-            for step in level.flow.layers[1:]:
-                step.compile(dynamic=False)
-                step.inverse = torch.compile(step.inverse, dynamic=False)
     optimizer = torch.optim.Adam(model.parameters(), lr=1e-4, fused=args.fused_adam)
     noise = torch.Generator().manual_seed(1)
 
@@ -118,13 +112,9 @@ def main(argv: list[str] | None = None) -> None:
           f"cpu capability {torch.backends.cpu.get_cpu_capability()} | mkldnn {torch.backends.mkldnn.is_available()}")
     print(f"config: {config.to_dict()} ({model.num_parameters() / 1e6:.2f}M parameters)")
     print(f"data: {source} | batch {args.batch_size} | channels_last {args.channels_last} | "
-          f"fused Adam {args.fused_adam} | compile {args.compile}")
+          f"fused Adam {args.fused_adam}")
 
-    compile_start = time.perf_counter()
     step_times = timed(train_step, args.steps, args.warmup)
-    if args.compile:
-        warmup_s = time.perf_counter() - compile_start - sum(step_times)
-        print(f"first {args.warmup} training steps (compile included): {warmup_s:.1f} s")
     median_step = statistics.median(step_times)
     print(f"training: {args.batch_size / median_step:.1f} img/s median, {args.batch_size / min(step_times):.1f} best "
           f"({median_step * 1000:.0f} ms/step median over {args.steps} steps)")
@@ -133,10 +123,7 @@ def main(argv: list[str] | None = None) -> None:
     one = images[:1]
     with torch.inference_mode():
         latents = model.encode(one)
-        compile_start = time.perf_counter()
         roundtrip = model.decode(latents)
-        if args.compile:
-            print(f"first decode (compile included): {time.perf_counter() - compile_start:.1f} s")
         decode_times = timed(lambda: model.decode(latents), args.decodes, args.warmup)
     if not torch.equal(roundtrip, reduce_bits(one, config.n_bits)):
         raise RuntimeError("decode(encode(x)) != reduce_bits(x): the timed decode is wrong")
