@@ -121,10 +121,12 @@ def layerwise_inverse(model, latents, standardized=False):
 def test_frozen_inverse_decodes_what_the_layers_decode(overrides):
     model = nontrivial_model(tiny_config(**overrides), seed=21).eval()
     images = random_images(3, model.config, seed=22)
-    with torch.no_grad():
+    with torch.inference_mode():  # the editor's mode: the frozen weights come out as inference tensors
         eps = model.encode(images, standardized=True)
         frozen = model.flow_inverse(eps, standardized=True)
         assert model._frozen.key is not None, "inference without autograd runs the frozen inverse"
+    eps = [z.clone() for z in eps]  # normal tensors again, for the autograd reference below
+    with torch.no_grad():  # ... and serve plain no_grad callers too
         assert torch.equal(model.decode(eps, standardized=True), reduce_bits(images, model.config.n_bits))
     torch.testing.assert_close(frozen, layerwise_inverse(model, eps, standardized=True), rtol=1e-5, atol=1e-5)
 
