@@ -38,7 +38,8 @@ class ConvNet(nn.Module):
     """Glow's coupling net: conv3x3 -> ActNorm -> ReLU -> conv1x1 -> ActNorm -> ReLU -> zero-initialised conv3x3.
 
     Once its ActNorms are initialised it runs as three biased convs with each ActNorm folded into the conv before
-    it; in inference (eval mode, autograd off) the folded weights are computed once and reused.
+    it; in inference (eval mode, autograd off) the folded weights are computed once and reused, and `frozen` binds
+    them to a plain function for Glow's decoding.
     """
 
     def __init__(self, in_channels: int, out_channels: int, hidden: int) -> None:
@@ -59,22 +60,24 @@ class ConvNet(nn.Module):
             w1, w3 = w1.contiguous(memory_format=memory_format), w3.contiguous(memory_format=memory_format)
         return w1, b1, w2, b2, w3, b3
 
+    def _initialized(self) -> bool:
+        return bool(self.norm1.initialized and self.norm2.initialized)
+
     def _weights(self, x: torch.Tensor) -> tuple[torch.Tensor, ...] | None:
         """The folded weights, or None while the ActNorms still wait for their data-dependent initialisation."""
-        initialized = lambda: bool(self.norm1.initialized and self.norm2.initialized)  # noqa: E731
         if self.training or torch.is_grad_enabled():
-            return self._folded() if initialized() else None
+            return self._folded() if self._initialized() else None
         # Weights in the input's layout: a conv whose weight layout differs reorders the weight on every call.
         layout = torch.channels_last if is_channels_last(x) else torch.contiguous_format
         tensors = tensors_of(self)  # the ActNorms' init flags included: a cache hit implies initialised nets
         weights = self._cache.lookup(tensors, layout)
-        if weights is None and initialized():
+        if weights is None and self._initialized():
             weights = self._cache.get(tensors, partial(self._folded, layout), layout)
         return weights
 
     def frozen(self, memory_format: torch.memory_format) -> Callable[[torch.Tensor], torch.Tensor]:
         """This net as a function of x alone, its folded weights computed now (once initialised)."""
-        if not (self.norm1.initialized and self.norm2.initialized):
+        if not self._initialized():
             return self
         with torch.no_grad():
             return partial(self._run, self._folded(memory_format))
