@@ -139,7 +139,6 @@ def test_frozen_flow_step_is_one_gemm_equal_to_its_three_inverses_in_float64():
     with torch.no_grad():
         expected = norm.inverse(mix.inverse(coupling.inverse(y)))
         torch.testing.assert_close(step.frozen_inverse(CL)(y), expected, rtol=1e-10, atol=1e-12)
-        torch.testing.assert_close(step.frozen_inverse(CL)(y), step.inverse(y), rtol=1e-10, atol=1e-12)
 
 
 def test_frozen_inverse_follows_in_place_edits_loads_and_layout_changes():
