@@ -70,7 +70,12 @@ def _add_train(sub) -> None:
     opt.add_argument("--amp", choices=("none", "bf16", "fp16"), help="autocast dtype (CUDA only)")
     opt.add_argument("--max-bad-steps", type=_positive_int, help="stop after this many non-finite steps in a row")
     opt.add_argument("--init-batch", type=_positive_int, help="images for ActNorm's data-dependent init")
-    opt.add_argument("--init-from", help="start from a pretrained directory's weights")
+    opt.add_argument("--init-from", help="start from a pretrained directory (a release such as assets/celeba64): its "
+                     "config, weights and ActNorm state, a fresh optimizer and warm-up, and its split.json's "
+                     "validation images (unless --val-split is given)")
+    opt.add_argument("--val-split", help="a split.json whose 'val' list is the validation set; all else trains")
+    opt.add_argument("--image-dirs", nargs="+", help="CelebA layout: which img_align_celeba* folders to use "
+                     "(default: all of them)")
     opt.add_argument("--no-progress", dest="progress", action="store_false")
 
 
@@ -91,7 +96,16 @@ def _train(args: argparse.Namespace) -> int:
         if (Path(args.out) / CHECKPOINT_NAME).exists():
             raise ValueError(f"{args.out} already holds a run; pass --resume to continue it or pick another --out")
         train = TrainConfig(**{k: v for k, v in given.items() if k in train_fields})
-        model_config = GlowConfig(**{k: v for k, v in given.items() if k in MODEL_FIELDS})
+        model_args = {k: v for k, v in given.items() if k in MODEL_FIELDS}
+        if train.init_from:
+            model_config = GlowConfig.load(Path(train.init_from) / "config.json")
+            differ = {k: v for k, v in model_args.items() if getattr(model_config, k) != v}
+            if differ:
+                raise ValueError(f"--init-from {train.init_from} is a model with "
+                                 + ", ".join(f"{k}={getattr(model_config, k)!r}" for k in differ)
+                                 + f"; drop {', '.join('--' + k.replace('_', '-') for k in differ)} or pick another model")
+        else:
+            model_config = GlowConfig(**model_args)
     trainer = Trainer(train, model_config, resume=resume)
     if trainer.is_main:
         logging.info("model: %s, %.2fM parameters", json.dumps(trainer.model_config.to_dict()),

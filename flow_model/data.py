@@ -75,20 +75,44 @@ class ImageSet:
         return ImageSet(self.root, [self.files[i] for i in indices], self.attributes, labels)
 
 
-def open_dataset(root: str | Path, limit: int | None = None) -> ImageSet:
-    """CelebA layout when img_align_celeba/ and list_attr_celeba.txt exist, else every image below root."""
+def celeba_image_dirs(root: Path) -> list[Path]:
+    """img_align_celeba/ and every img_align_celeba_*/ beside it (e.g. _extra): one label file serves them all."""
+    return sorted(d for d in root.glob(CELEBA_IMAGES + "*") if d.is_dir()
+                  and (d.name == CELEBA_IMAGES or d.name.startswith(CELEBA_IMAGES + "_")))
+
+
+def open_dataset(root: str | Path, limit: int | None = None, image_dirs: list[str] | None = None) -> ImageSet:
+    """CelebA layout when list_attr_celeba.txt and img_align_celeba*/ folders exist, else every image below root.
+
+    `image_dirs` picks the CelebA image folders by name (default: all of them); ids are joined on the file name,
+    so a face is labelled whichever folder holds it.
+    """
     root = Path(root)
     if not root.is_dir():
         raise FileNotFoundError(f"data directory not found: {root}")
-    image_dir, attr_file = root / CELEBA_IMAGES, root / CELEBA_ATTRIBUTES
-    if image_dir.is_dir() and attr_file.is_file():
+    attr_file = root / CELEBA_ATTRIBUTES
+    found = celeba_image_dirs(root)
+    if image_dirs is not None:
+        by_name = {d.name: d for d in found}
+        unknown = [name for name in image_dirs if name not in by_name]
+        if unknown:
+            raise ValueError(f"image folder(s) {', '.join(unknown)} not found in {root}; "
+                             f"it has {', '.join(by_name) or 'none'}")
+        found = [by_name[name] for name in image_dirs]
+    if found and attr_file.is_file():
         names, rows = read_celeba_attributes(attr_file)
-        files = [f for f in list_images(image_dir) if f.name in rows]
-        unlabelled = len(list_images(image_dir)) - len(files)
-        if unlabelled:
-            log.warning("%d images in %s have no attribute row and are left out", unlabelled, image_dir)
+        files = []
+        for image_dir in found:
+            present = list_images(image_dir)
+            labelled = [f for f in present if f.name in rows]
+            if len(present) > len(labelled):
+                log.warning("%d images in %s have no attribute row and are left out",
+                            len(present) - len(labelled), image_dir)
+            files += labelled
         labels = np.stack([rows[f.name] for f in files]) if files else np.zeros((0, len(names)), np.int8)
         data = ImageSet(root, files, names, labels)
+    elif image_dirs is not None:
+        raise ValueError(f"{root} has no {CELEBA_ATTRIBUTES}; image_dirs only applies to the CelebA layout")
     else:
         data = ImageSet(root, list_images(root))
     if limit is not None:
@@ -106,6 +130,22 @@ def split_names(data: ImageSet, val_fraction: float, seed: int) -> dict[str, lis
     order = np.random.default_rng(seed).permutation(len(names))
     n_val = max(1, round(val_fraction * len(names)))
     return {"val": sorted(names[i] for i in order[:n_val]), "train": sorted(names[i] for i in order[n_val:])}
+
+
+def split_keeping_validation(data: ImageSet, val_names: list[str]) -> dict[str, list[str]]:
+    """Validation fixed to a given list (e.g. a release's), every other image for training.
+
+    Figures stay comparable across releases, and a model started from a release never trains on the faces it
+    is validated on.
+    """
+    val = set(val_names)
+    names = data.names()
+    present = [n for n in names if n in val]
+    if not present:
+        raise ValueError("none of the given validation images are in the data; is --data the same folder?")
+    if len(present) < len(val):
+        log.warning("%d of %d validation images are not in the data", len(val) - len(present), len(val))
+    return {"val": sorted(present), "train": sorted(n for n in names if n not in val)}
 
 
 def select(data: ImageSet, names: list[str]) -> ImageSet:

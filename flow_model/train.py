@@ -20,7 +20,8 @@ from tqdm.auto import tqdm
 
 from .checkpoint import CHECKPOINT_NAME, load_checkpoint, save_checkpoint
 from .config import GlowConfig
-from .data import EpochSampler, IndexedImages, FaceFiles, _collate, load_images, open_dataset, random_flip, select, split_names
+from .data import (EpochSampler, FaceFiles, IndexedImages, _collate, load_images, open_dataset, random_flip, select,
+                   split_keeping_validation, split_names)
 from .evaluate import evaluate_bpd
 from .fileio import write_text
 from .glow import Glow
@@ -62,6 +63,8 @@ class TrainConfig:
     max_bad_steps: int = 10
     init_batch: int = 256
     init_from: str | None = None
+    val_split: str | None = None
+    image_dirs: list[str] | None = None
     progress: bool = True
 
     def __post_init__(self) -> None:
@@ -169,8 +172,8 @@ class Trainer:
     # -- setup -------------------------------------------------------------------------------------------
     def _load_data(self, state: dict | None) -> None:
         cfg = self.cfg
-        data = open_dataset(cfg.data, limit=cfg.limit)
-        self.split = state["meta"]["split"] if state is not None else split_names(data, cfg.val_fraction, cfg.seed)
+        data = open_dataset(cfg.data, limit=cfg.limit, image_dirs=cfg.image_dirs)
+        self.split = state["meta"]["split"] if state is not None else self._new_split(data)
         if self.is_main and state is None:
             write_text(self.out / "split.json", json.dumps(self.split))
         train_set = select(data, self.split["train"])
@@ -193,6 +196,23 @@ class Trainer:
                                  generator=torch.Generator(), persistent_workers=False)
         self.train_dataset = dataset
         self.n_train = len(dataset)
+
+    def _new_split(self, data) -> dict[str, list[str]]:
+        """A given validation list (--val-split, or the split.json of --init-from's release), else a fresh split."""
+        cfg = self.cfg
+        source = cfg.val_split
+        if source is None and cfg.init_from and (Path(cfg.init_from) / "split.json").is_file():
+            source = str(Path(cfg.init_from) / "split.json")
+        if source is None:
+            return split_names(data, cfg.val_fraction, cfg.seed)
+        try:
+            stored = json.loads(Path(source).read_text())
+            val = stored["val"]
+        except (OSError, ValueError, KeyError, TypeError) as err:
+            raise ValueError(f"cannot read a validation list from {source}: {err!r}") from None
+        if self.is_main:
+            log.info("validation: the %d images listed in %s; every other image trains", len(val), source)
+        return split_keeping_validation(data, val)
 
     def _initialize(self) -> None:
         if self.cfg.init_from:

@@ -21,7 +21,7 @@ from flow_model.cli import main
 from flow_model.data import load_images, open_dataset
 from flow_model.evaluate import evaluate_bpd
 from flow_model.imaging import celeba_crop, load_image, to_tensor
-from flow_model.train import load_model
+from flow_model.train import load_model, model_from_run
 
 
 def run_cli(capsys, *args) -> tuple[int, str, str]:
@@ -200,3 +200,34 @@ def test_the_module_entry_point_exits_2_without_a_traceback(tmp_path):
                            str(tmp_path / "s.png")], cwd=ROOT, capture_output=True, text=True, timeout=120)
     assert done.returncode == 2
     assert "Traceback" not in done.stderr and done.stderr.startswith("error:"), done.stderr
+
+
+def test_train_init_from_a_release(pretrained, tiny_run, faces_dir, tmp_path, capsys):
+    """--init-from: the release's config, weights and ActNorm state, and its validation images kept as validation."""
+    release = tmp_path / "release"
+    shutil.copytree(pretrained, release)
+    shutil.copy(tiny_run / "split.json", release / "split.json")
+    common = ["train", "--data", faces_dir, "--init-from", release, "--batch-size", 8, "--workers", 0,
+              "--val-max", 8, "--no-progress", "--device", "cpu"]
+    code, _, err = run_cli(capsys, *common, "--out", tmp_path / "same", "--max-steps", 0, "--image-size", 8)
+    assert code == 0, err
+    started = model_from_run(tmp_path / "same", use_ema=False)
+    source = load_model(release)
+    assert started.config == source.config
+    for k, v in source.state_dict().items():
+        assert torch.equal(started.state_dict()[k], v), k  # ActNorm's initialised flag included: no re-init
+    released_val = json.loads((tiny_run / "split.json").read_text())["val"]
+    split = json.loads((tmp_path / "same" / "split.json").read_text())
+    assert split["val"] == sorted(released_val) and not set(split["train"]) & set(released_val)
+    assert len(split["train"]) + len(split["val"]) == len(open_dataset(faces_dir))
+
+    code, _, err = run_cli(capsys, *common, "--out", tmp_path / "trained", "--max-steps", 2)
+    assert code == 0, err
+    trained = model_from_run(tmp_path / "trained", use_ema=False).state_dict()
+    assert any(not torch.equal(trained[k], v) for k, v in source.state_dict().items())
+
+    code, _, err = run_cli(capsys, *common, "--out", tmp_path / "bad", "--hidden", 64)
+    assert code == 2 and "--init-from" in err and "hidden=8" in err and "--hidden" in err
+    (release / "split.json").write_text("[1, 2]")
+    code, _, err = run_cli(capsys, *common, "--out", tmp_path / "bad2")
+    assert code == 2 and "cannot read a validation list" in err

@@ -18,6 +18,7 @@ from flow_model.data import (
     load_images,
     open_dataset,
     read_celeba_attributes,
+    split_keeping_validation,
     split_names,
 )
 from flow_model.imaging import ImageError, celeba_crop, load_image, to_tensor
@@ -209,9 +210,40 @@ def test_celeba_crop_of_a_wide_photo_stays_on_the_image(size):
     assert crop[:, :, 3:5].mean() > crop[:, :, 0].mean() + 30  # still centred on the middle
 
 
+def test_several_image_folders_share_one_label_file(fake_celeba, caplog):
+    extra = fake_celeba / "img_align_celeba_extra"
+    extra.mkdir()
+    solid("RGB", (89, 109), (9, 9, 9)).save(extra / "000011.jpg")  # labelled below
+    solid("RGB", (89, 109), (9, 9, 9)).save(extra / "777777.jpg")  # no row: left out
+    (fake_celeba / "img_align_celeba_old.txt").write_text("a file, not a folder")
+    attrs = fake_celeba / "list_attr_celeba.txt"
+    attrs.write_bytes(attrs.read_bytes() + b"000011.jpg  1  1  1\r\n")
+    with caplog.at_level(logging.WARNING):
+        both = open_dataset(fake_celeba)
+    assert both.names() == [f"img_align_celeba/{n}" for n in EXPECTED] + ["img_align_celeba_extra/000011.jpg"]
+    assert both.labels[-1].tolist() == [1, 1, 1] and "img_align_celeba_extra" in caplog.text
+    assert open_dataset(fake_celeba, image_dirs=["img_align_celeba"]).names() == open_dataset(
+        fake_celeba, image_dirs=["img_align_celeba"]).names()[: len(EXPECTED)]
+    assert len(open_dataset(fake_celeba, image_dirs=["img_align_celeba_extra"])) == 1
+    with pytest.raises(ValueError, match="img_align_celeba_typo not found.*img_align_celeba, img_align_celeba_extra"):
+        open_dataset(fake_celeba, image_dirs=["img_align_celeba_typo"])
+
+
+def test_a_kept_validation_list_stays_validation(fake_celeba, caplog):
+    data = open_dataset(fake_celeba)
+    val = ["img_align_celeba/000002.jpg", "img_align_celeba/000007.png", "img_align_celeba/gone.jpg"]
+    with caplog.at_level(logging.WARNING):
+        split = split_keeping_validation(data, val)
+    assert split["val"] == val[:2] and "1 of 3 validation images are not in the data" in caplog.text
+    assert sorted(split["train"] + split["val"]) == sorted(data.names())
+    with pytest.raises(ValueError, match="none of the given validation images"):
+        split_keeping_validation(data, ["elsewhere/1.jpg"])
+
+
 def test_real_celeba_layout(celeba_dir):
     data = open_dataset(celeba_dir)
-    assert len(data) == 14_523 and len(data.attributes) == 40
+    assert len(data) == 14_523 + 11_268 and len(data.attributes) == 40
+    assert len(open_dataset(celeba_dir, image_dirs=["img_align_celeba"])) == 14_523
     assert set(np.unique(data.labels).tolist()) == {-1, 1}
     assert data.names()[0] == "img_align_celeba/000001.jpg"
 
