@@ -7,10 +7,13 @@ export HF_HUB_OFFLINE := 1
 
 .PHONY: setup demo test bench
 
-$(VENV)/.installed: requirements.txt
+# The pinned requirements, then this checkout's packages (flow_model, app, experiments) as an editable install, in one
+# stamped step: a change to either file re-runs it.
+$(VENV)/.installed: requirements.txt pyproject.toml
 	$(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install -q --upgrade pip
 	$(PY) -m pip install -q -r requirements.txt
+	$(PY) -m pip install -q -e . --no-deps
 	touch $@
 
 setup: $(VENV)/.installed

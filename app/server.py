@@ -9,11 +9,12 @@ from pathlib import Path
 
 import torch
 
-from flow_model.editing import EditorService
+from flow_model.device import resolve_device
 from flow_model.imaging import to_pil
-from flow_model.train import resolve_device
+
 
 from . import default_threads
+from .service import EditorService
 from .ui import EditorUI
 
 log = logging.getLogger(__name__)

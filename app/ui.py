@@ -13,8 +13,9 @@ from gradio import processing_utils
 from gradio.utils import get_upload_folder
 from PIL import Image
 
-from flow_model.editing import METHOD_LABELS, Edited, EditorService, Face, animated_gif
 from flow_model.imaging import ImageError, to_pil
+
+from .service import METHOD_LABELS, Edited, EditorService, Face, animated_gif
 
 EXTRA_SLOTS = 6  # sliders that "Add attribute" and custom directions can fill
 SLIDER_LIMIT = 2.0

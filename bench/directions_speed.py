@@ -1,4 +1,4 @@
-"""Time of `python -m flow_model directions` at production scale: encoding, and the 40 classifier fits.
+"""Time of `python -m app directions` at production scale: encoding, and the 40 classifier fits.
 
     python bench/directions_speed.py [--limit 14523] [--attributes 4] [--tiny] [--C 1e-4]
 
@@ -13,19 +13,17 @@ from __future__ import annotations
 import argparse
 import os
 import platform
-import sys
 import time
 from pathlib import Path
 
 import numpy as np
 
 ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT))
 
-from flow_model.config import GlowConfig  # noqa: E402
-from flow_model.data import load_images, open_dataset  # noqa: E402
-from flow_model.directions import DirectionConfig, compute_directions, encode_images  # noqa: E402
-from flow_model.glow import Glow  # noqa: E402
+from app.directions import DirectionConfig, compute_directions, encode_images
+from flow_model.config import GlowConfig
+from flow_model.data import load_images, open_dataset
+from flow_model.glow import Glow
 
 CELEBA = ROOT.parent / "shared" / "data" / "celeba"
 REFERENCE = dict(image_size=64, n_bits=5, levels=3, depth=16, hidden=128)

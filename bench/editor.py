@@ -28,24 +28,19 @@ import urllib.request
 from contextlib import contextmanager
 from pathlib import Path
 
-os.environ["GRADIO_ANALYTICS_ENABLED"] = "False"
-os.environ["HF_HUB_OFFLINE"] = "1"
+import numpy as np
+import torch
+from PIL import Image
 
-import numpy as np  # noqa: E402
-import torch  # noqa: E402
-from PIL import Image  # noqa: E402
+from app import default_threads
+from app.align import FaceAligner
+from app.directions import Directions, cosine_gram
+from app.service import DIRECTIONS_FILE, SLIDERS, EditorService, animated_gif
+from app.ui import DISPLAY_FORMAT
+from flow_model.config import GlowConfig
+from flow_model.glow import Glow
 
 ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT))
-
-from app import default_threads  # noqa: E402
-from app.ui import DISPLAY_FORMAT  # noqa: E402
-from flow_model.align import FaceAligner  # noqa: E402
-from flow_model.config import GlowConfig  # noqa: E402
-from flow_model.directions import Directions, cosine_gram  # noqa: E402
-from flow_model.editing import DIRECTIONS_FILE, SLIDERS, EditorService, animated_gif  # noqa: E402
-from flow_model.glow import Glow  # noqa: E402
-
 CELEBA = ROOT.parent / "shared" / "data" / "celeba"
 SHIPPED = GlowConfig(image_size=64, n_bits=5, levels=3, depth=16, hidden=128)
 

@@ -1,6 +1,6 @@
 """The least time a training step of the reference Glow can take on this machine with PyTorch's own kernels.
 
-    python bench/kernel_floor.py [--batch-size 16] [--threads 2] [--repeats 20] [--depth 16 --hidden 128 ...]
+    python -m bench.kernel_floor [--batch-size 16] [--threads 2] [--repeats 20] [--depth 16 --hidden 128 ...]
 
 Lists every convolution and matrix product that a training step runs (read off the model: per step of flow the
 coupling net's conv3x3 -> conv1x1 -> conv3x3 and the invertible 1x1 conv, per split its prior's conv), times each
@@ -13,7 +13,6 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import statistics
-import sys
 import time
 from collections import Counter
 from pathlib import Path
@@ -21,11 +20,10 @@ from pathlib import Path
 import torch
 import torch.nn.functional as F
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-
-from bench.throughput import CONFIG, _positive_int  # noqa: E402
-from flow_model.glow import Glow  # noqa: E402
-from flow_model.layers import ConvNet, InvertibleConv  # noqa: E402
+from bench.throughput import CONFIG
+from flow_model.commands import positive_int
+from flow_model.glow import Glow
+from flow_model.layers import ConvNet, InvertibleConv
 
 
 @dataclasses.dataclass(frozen=True)
@@ -86,12 +84,12 @@ def time_fwd_bwd(kernel: Kernel, batch: int, repeats: int) -> float:
 
 def main(argv: list[str] | None = None) -> None:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    p.add_argument("--batch-size", type=_positive_int, default=16)
-    p.add_argument("--threads", type=_positive_int, default=2)
-    p.add_argument("--repeats", type=_positive_int, default=20)
+    p.add_argument("--batch-size", type=positive_int, default=16)
+    p.add_argument("--threads", type=positive_int, default=2)
+    p.add_argument("--repeats", type=positive_int, default=20)
     shape = p.add_argument_group("model shape (defaults: the reference model)")
     for field in ("levels", "depth", "hidden"):
-        shape.add_argument(f"--{field}", type=_positive_int, default=getattr(CONFIG, field))
+        shape.add_argument(f"--{field}", type=positive_int, default=getattr(CONFIG, field))
     args = p.parse_args(argv)
     torch.set_num_threads(args.threads)
     config = dataclasses.replace(CONFIG, levels=args.levels, depth=args.depth, hidden=args.hidden)

@@ -15,46 +15,38 @@ import dataclasses
 import os
 import platform
 import statistics
-import sys
 import time
 from pathlib import Path
 
 import torch
 
 ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT))
 
-from flow_model.config import GlowConfig  # noqa: E402
-from flow_model.data import load_images, open_dataset  # noqa: E402
-from flow_model.glow import Glow, reduce_bits  # noqa: E402
+from flow_model.commands import positive_int
+from flow_model.config import GlowConfig
+from flow_model.data import load_images, open_dataset
+from flow_model.glow import Glow, reduce_bits
 
 CELEBA = ROOT.parent / "shared" / "data" / "celeba"
 CONFIG = GlowConfig(image_size=64, n_bits=5, levels=3, depth=16, hidden=128, coupling="affine", permutation="lu")
 
 
-def _positive_int(text: str) -> int:
-    value = int(text)
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"must be >= 1, got {value}")
-    return value
-
-
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    p.add_argument("--steps", type=_positive_int, default=8, help="timed training steps")
-    p.add_argument("--decodes", type=_positive_int, default=30, help="timed single-image decodes")
-    p.add_argument("--warmup", type=_positive_int, default=2, help="untimed repeats before each measurement")
-    p.add_argument("--batch-size", type=_positive_int, default=16)
-    p.add_argument("--threads", type=_positive_int, default=min(2, os.cpu_count() or 1), help="torch intra-op threads")
+    p.add_argument("--steps", type=positive_int, default=8, help="timed training steps")
+    p.add_argument("--decodes", type=positive_int, default=30, help="timed single-image decodes")
+    p.add_argument("--warmup", type=positive_int, default=2, help="untimed repeats before each measurement")
+    p.add_argument("--batch-size", type=positive_int, default=16)
+    p.add_argument("--threads", type=positive_int, default=min(2, os.cpu_count() or 1), help="torch intra-op threads")
     p.add_argument("--channels-last", action=argparse.BooleanOptionalAction, default=True,
                    help="activations in channels_last inside the flow (the library's default)")
     p.add_argument("--fused-adam", action=argparse.BooleanOptionalAction, default=True,
                    help="Adam's fused CPU kernel instead of its per-parameter loop")
     p.add_argument("--data", type=Path, default=CELEBA, help="CelebA-layout folder; uint8 noise when it is missing")
     shape = p.add_argument_group("model shape (defaults: the reference model)")
-    shape.add_argument("--levels", type=_positive_int, default=CONFIG.levels)
-    shape.add_argument("--depth", type=_positive_int, default=CONFIG.depth)
-    shape.add_argument("--hidden", type=_positive_int, default=CONFIG.hidden)
+    shape.add_argument("--levels", type=positive_int, default=CONFIG.levels)
+    shape.add_argument("--depth", type=positive_int, default=CONFIG.depth)
+    shape.add_argument("--hidden", type=positive_int, default=CONFIG.hidden)
     shape.add_argument("--coupling", choices=("affine", "additive", "mixlogistic"), default=CONFIG.coupling)
     return p.parse_args(argv)
 

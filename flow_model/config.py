@@ -10,8 +10,7 @@ COUPLINGS = ("affine", "additive", "mixlogistic")
 PERMUTATIONS = ("lu", "conv", "shuffle", "reverse")
 COND_NETS = ("conv", "attention")
 DEQUANTS = ("uniform", "variational")
-INT_FIELDS = ("image_size", "n_bits", "in_channels", "levels", "depth", "hidden", "mixture_components",
-              "attention_heads", "cond_blocks", "dequant_depth", "dequant_hidden")
+CHOICES = {"coupling": COUPLINGS, "permutation": PERMUTATIONS, "cond_net": COND_NETS, "dequant": DEQUANTS}
 
 
 @dataclass
@@ -103,3 +102,8 @@ class GlowConfig:
         if not isinstance(data, dict):
             raise ValueError(f"model config {path} must hold a JSON object")
         return cls.from_dict(data)
+
+
+FIELD_TYPES = {f.name: f.type for f in dataclasses.fields(GlowConfig)}  # "int", "float" or "str"
+INT_FIELDS = tuple(name for name, kind in FIELD_TYPES.items() if kind == "int")
+MODEL_FIELDS = tuple(name for name in FIELD_TYPES if name != "in_channels")  # what the command lines set

@@ -9,15 +9,11 @@ from __future__ import annotations
 
 import argparse
 import json
-import sys
 from pathlib import Path
 
-ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT))
-
-from flow_model.data import load_images, open_dataset, select  # noqa: E402
-from flow_model.editing import BPD_RANGE_FILE, EditorService  # noqa: E402
-from flow_model.train import load_model  # noqa: E402
+from app.service import BPD_RANGE_FILE, EditorService
+from flow_model.data import load_images, open_dataset, select
+from flow_model.training.checkpoint import load_model
 
 
 def main() -> None:

@@ -4,29 +4,27 @@
 
 Exports the EMA or the raw weights, whichever has the lower validation bits/dim (fp16 when that moves it by < 0.01), measures validation bits/dim on the
 run's own split, and draws the sample grids, the training curve and the edit strip that MODEL_CARD.md shows.
-Run `python -m flow_model directions` into the same folder first for the edit strip.
+Run `python -m app directions` into the same folder first for the edit strip.
 """
 from __future__ import annotations
 
 import argparse
 import json
 import shutil
-import sys
 from pathlib import Path
 
 import torch
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-
-from flow_model.checkpoint import CHECKPOINT_NAME, load_checkpoint  # noqa: E402
-from flow_model.data import load_images, open_dataset, select  # noqa: E402
-from flow_model.directions import load_directions  # noqa: E402
-from flow_model.editing import EditorService  # noqa: E402
-from flow_model.evaluate import evaluate_bpd  # noqa: E402
-from flow_model.fileio import write_text  # noqa: E402
-from flow_model.glow import Glow  # noqa: E402
-from flow_model.train import model_from_checkpoint  # noqa: E402
-from flow_model.visualize import image_grid, plot_curves  # noqa: E402
+from app.directions import load_directions
+from app.service import EditorService
+from flow_model.data import load_images, open_dataset, select
+from flow_model.evaluate import evaluate_bpd
+from flow_model.fileio import write_text
+from flow_model.glow import Glow
+from flow_model.training.checkpoint import CHECKPOINT_NAME, load_checkpoint
+from flow_model.training.checkpoint import model_from_checkpoint
+from flow_model.training.curves import plot_run
+from flow_model.visualize import image_grid
 
 STRIP = [("original", None, 0.0), ("+smile", "Smiling", 1.0), ("-smile", "Smiling", -1.0),
          ("+age", "Young", -1.0), ("+blond hair", "Blond_Hair", 1.0)]
@@ -92,7 +90,7 @@ def main() -> None:
         for t in (0.0, 0.5, 0.7, 1.0):
             grid = model.sample(16, temperature=t, generator=torch.Generator().manual_seed(0))
             image_grid(grid, 8).save(out / f"samples_t{t:g}.png")
-    plot_curves(Path(args.run) / "metrics.jsonl", out / "training_curve.png",
+    plot_run(Path(args.run) / "metrics.jsonl", out / "training_curve.png",
                 title=f"Glow, {model.config.n_bits}-bit {model.config.image_size}x{model.config.image_size}")
     shutil.copy(Path(args.run) / "split.json", out / "split.json")
 

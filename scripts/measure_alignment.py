@@ -1,4 +1,4 @@
-"""Measure where dlib puts the five landmarks in the training crop: the numbers behind flow_model.align.TEMPLATE.
+"""Measure where dlib puts the five landmarks in the training crop: the numbers behind app.align.TEMPLATE.
 
     python scripts/measure_alignment.py --data ../shared/data/celeba --n 300
 
@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import sys
 from pathlib import Path
 
 import numpy as np
@@ -17,10 +16,9 @@ from PIL import Image
 from tqdm.auto import tqdm
 
 ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT))
 
-from flow_model.align import LANDMARK_NAMES, FaceAligner, measure_template  # noqa: E402
-from flow_model.data import open_dataset  # noqa: E402
+from app.align import LANDMARK_NAMES, FaceAligner, measure_template
+from flow_model.data import open_dataset
 
 
 def main() -> None:

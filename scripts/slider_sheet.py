@@ -1,5 +1,5 @@
 """Render every editor slider at -2, -1, 0, +1, +2 on a few held-out faces: the sheet to judge and tune the sliders'
-calibration (SliderSpec.scale in flow_model/editing.py) on a trained model.
+calibration (SliderSpec.scale in app/service.py) on a trained model.
 
     python scripts/slider_sheet.py --model assets/celeba64 --data ../shared/data/celeba \
         --split assets/celeba64/split.json --out slider_sheet.png [--method classifier] [--faces 3]
@@ -10,21 +10,13 @@ from __future__ import annotations
 
 import argparse
 import json
-import sys
 from pathlib import Path
 
-import matplotlib
+import torch
 
-matplotlib.use("Agg")
-import matplotlib.pyplot as plt  # noqa: E402
-import torch  # noqa: E402
-
-ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT))
-
-from flow_model.data import load_images, open_dataset, select  # noqa: E402
-from flow_model.editing import METHOD_LABELS, EditorService  # noqa: E402
-from flow_model.visualize import image_grid  # noqa: E402
+from app.service import METHOD_LABELS, EditorService
+from flow_model.data import load_images, open_dataset, select
+from flow_model.visualize import image_grid, pyplot
 
 VALUES = (-2.0, -1.0, 0.0, 1.0, 2.0)
 
@@ -46,7 +38,7 @@ def main() -> None:
     images, _ = load_images(select(open_dataset(args.data), names), service.image_size, workers=0, progress=False)
     faces = [service.encode(x) for x in images]
 
-    fig, axes = plt.subplots(len(service.sliders), 1, figsize=(len(faces) * len(VALUES) * 0.75,
+    fig, axes = pyplot().subplots(len(service.sliders), 1, figsize=(len(faces) * len(VALUES) * 0.75,
                                                                 len(service.sliders) * 0.85))
     for ax, spec in zip(axes, service.sliders):
         row = [service.edit(face, {spec.label: v}, method=args.method).image for face in faces for v in VALUES]

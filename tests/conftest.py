@@ -2,11 +2,14 @@
 from __future__ import annotations
 
 import os
-import sys
 from pathlib import Path
 
 import pytest
 import torch
+
+from flow_model.config import GlowConfig
+from flow_model.glow import Glow
+from flow_model.layers import ActNorm, ZeroConv2d
 
 os.environ.setdefault("GRADIO_ANALYTICS_ENABLED", "False")
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
@@ -14,12 +17,6 @@ torch.set_num_threads(max(1, min(2, os.cpu_count() or 1)))
 
 ROOT = Path(__file__).resolve().parents[1]
 CELEBA = ROOT.parent / "shared" / "data" / "celeba"
-if str(ROOT) not in sys.path:  # `pytest tests` (not only `python -m pytest`) must import flow_model from the checkout
-    sys.path.insert(0, str(ROOT))
-
-from flow_model.config import GlowConfig  # noqa: E402
-from flow_model.glow import Glow  # noqa: E402
-from flow_model.layers import ActNorm, ZeroConv2d  # noqa: E402
 
 FACES = 240  # real faces in the small CelebA-layout copy the training and CLI tests share
 
@@ -106,7 +103,7 @@ def jacobian_logdet(fn, x: torch.Tensor) -> torch.Tensor:
 
 def train_config(data: Path, out: Path, **overrides):
     """A TrainConfig sized for tests: batches of 8, a checkpoint every 2 steps, no sample grids mid-run."""
-    from flow_model.train import TrainConfig
+    from flow_model.training.trainer import TrainConfig
 
     values = dict(data=str(data), out=str(out), batch_size=8, lr=2e-3, warmup_steps=5, max_steps=4, ckpt_every=2,
                   sample_every=10**6, log_every=1, val_fraction=0.1, val_max=32, workers=0, init_batch=32,
@@ -118,7 +115,7 @@ def train_config(data: Path, out: Path, **overrides):
 @pytest.fixture(scope="session")
 def tiny_run(faces_dir: Path, tmp_path_factory) -> Path:
     """A finished 4-step run directory (with EMA weights) of the 8x8 tiny model, for the CLI and export tests."""
-    from flow_model.train import Trainer
+    from flow_model.training.trainer import Trainer
 
     out = tmp_path_factory.mktemp("tiny_run") / "run"
     config = train_config(faces_dir, out, ema=0.5, limit=64, cache=str(out.parent / "cache.safetensors"))

@@ -5,7 +5,7 @@ Rank 1's clock runs ten times fast. It stands in for the skew between ranks' clo
 checkpoints and sample grids, so it reaches each time check later): stopping by the clock must still stop every
 rank at the same step, or the ranks deadlock in their next collective.
 
-    python -m torch.distributed.run --standalone --nproc_per_node=2 tests/ddp_worker.py DATA OUT
+    python -m torch.distributed.run --standalone --nproc_per_node=2 -m tests.ddp_worker DATA OUT   (from the root)
 """
 from __future__ import annotations
 
@@ -16,12 +16,9 @@ from pathlib import Path
 
 from safetensors.torch import save_file
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-
-from conftest import tiny_config, train_config  # noqa: E402
-
-import flow_model.train  # noqa: E402
-from flow_model.train import Trainer  # noqa: E402
+import flow_model.training.trainer
+from flow_model.training.trainer import Trainer
+from tests.conftest import tiny_config, train_config
 
 
 class FastClock:
@@ -35,7 +32,7 @@ class FastClock:
 def main(data: str, out: str) -> None:
     out_dir, rank = Path(out), os.environ["RANK"]
     if rank == "1":
-        flow_model.train.time = FastClock(10.0)
+        flow_model.training.trainer.time = FastClock(10.0)
     config = train_config(Path(data), out_dir, max_steps=200, max_minutes=0.1, limit=80,
                           cache=str(out_dir.parent / "ddp_cache.safetensors"))
     trainer = Trainer(config, tiny_config())

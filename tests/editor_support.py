@@ -19,8 +19,8 @@ import torch
 from PIL import Image
 
 from flow_model.config import GlowConfig
-from flow_model.directions import Directions, cosine_gram
-from flow_model.editing import BPD_RANGE_FILE, DIRECTIONS_FILE, EditorService
+from app.directions import Directions, cosine_gram
+from app.service import BPD_RANGE_FILE, DIRECTIONS_FILE, EditorService
 from flow_model.glow import Glow
 from flow_model.imaging import celeba_crop, to_tensor
 

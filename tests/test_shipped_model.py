@@ -10,7 +10,7 @@ import torch
 
 from flow_model import Glow, reduce_bits
 from flow_model.data import load_images, open_dataset, select
-from flow_model.directions import load_directions
+from app.directions import load_directions
 
 ASSETS = Path(__file__).resolve().parents[1] / "assets" / "celeba64"
 

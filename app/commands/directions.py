@@ -1,0 +1,66 @@
+"""`python -m app directions`: encode a labelled CelebA folder and write the editor's attribute directions."""
+from __future__ import annotations
+
+import argparse
+import time
+from pathlib import Path
+
+
+def add_parser(sub) -> None:
+    p = sub.add_parser("directions", help="attribute directions (mean difference, classifier) from CelebA labels")
+    p.add_argument("--model", required=True, help="pretrained directory or run directory")
+    p.add_argument("--data", required=True, help="CelebA-layout folder: img_align_celeba/ + list_attr_celeba.txt")
+    p.add_argument("--out", required=True, help="directions file to write (.safetensors)")
+    p.add_argument("--limit", type=int, help="use only the first N labelled images")
+    p.add_argument("--batch-size", type=int, default=64)
+    p.add_argument("--val-fraction", type=float, help="held out to score the directions (default 0.2)")
+    p.add_argument("--C", type=float, help="inverse L2 strength of the logistic regression, sklearn's C (default 1e-4)")
+    p.add_argument("--figures", help="folder for the figures (default: the folder of --out)")
+    p.add_argument("--seed", type=int, help="train/validation split (default 0)")
+    p.add_argument("--workers", type=int, default=2, help="image decoding processes")
+    p.add_argument("--device", default="auto", help="auto, cpu, cuda or cuda:N (for encoding)")
+    p.add_argument("--no-progress", dest="progress", action="store_false")
+
+
+def run(args: argparse.Namespace) -> int:
+    from flow_model.data import load_images, open_dataset
+    from flow_model.device import resolve_device
+    from flow_model.training.checkpoint import load_model
+
+    from ..direction_report import auc_table, plot_aucs, plot_projections
+    from ..directions import DirectionConfig, compute_directions, encode_images, split_indices
+
+    for flag, value in (("--limit", args.limit), ("--batch-size", args.batch_size)):
+        if value is not None and value < 1:
+            raise ValueError(f"{flag} must be >= 1, got {value}")
+    given = {"val_fraction": args.val_fraction, "seed": args.seed, "C": args.C}
+    config = DirectionConfig(**{k: v for k, v in given.items() if v is not None})
+    out = Path(args.out)
+    figures = Path(args.figures) if args.figures else out.parent
+
+    model = load_model(args.model, resolve_device(args.device))
+    data = open_dataset(args.data, limit=args.limit)
+    if data.labels is None:
+        raise ValueError(f"{args.data} has no attribute labels: directions need the CelebA layout "
+                         "(img_align_celeba/ and list_attr_celeba.txt)")
+    started = time.perf_counter()
+    images, data = load_images(data, model.config.image_size, workers=args.workers, progress=args.progress)
+    decoded = time.perf_counter()
+    latents = encode_images(model, images, args.batch_size, progress=args.progress)
+    encoded = time.perf_counter()
+    directions = compute_directions(latents, data.labels, data.attributes, config,
+                                    model_config=model.config.to_dict(), progress=args.progress)
+    fitted = time.perf_counter()
+    directions.save(out)
+
+    print(auc_table(directions))
+    _, val = split_indices(len(latents), config.val_fraction, config.seed)
+    stem = out.name.split(".")[0]
+    plot_aucs(directions, figures / f"{stem}_auc.png")
+    shown = plot_projections(directions, latents[val], data.labels[val] > 0, figures / f"{stem}_projections.png")
+    print(f"wrote {len(directions.names)} attributes x {len(directions.vectors)} methods "
+          f"({directions.latent_dim}-dim standardised latents of {len(latents)} images) to {out}")
+    print(f"figures: {figures / f'{stem}_auc.png'}, {figures / f'{stem}_projections.png'} ({', '.join(shown)})")
+    print(f"time: decode {decoded - started:.1f} s, encode {encoded - decoded:.1f} s, "
+          f"directions {fitted - encoded:.1f} s, total {time.perf_counter() - started:.1f} s")
+    return 0

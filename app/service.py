@@ -1,0 +1,487 @@
+"""The face editor's latent logic, with no UI: align + encode a photo, attribute edits, interpolation, sampling and
+custom directions (the Glow paper's Figure 6 system). Stateless across users: per-session data (a Face, custom
+directions) is passed in and returned, so one service serves every session of the app.
+
+All edits act on flat standardised latents (`model.flatten_latents(model.encode(x, standardized=True))`), the
+space the attribute directions are fitted in.
+"""
+from __future__ import annotations
+
+import io
+import json
+import logging
+import math
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Mapping, Sequence
+
+import numpy as np
+import torch
+from PIL import Image
+from sklearn.linear_model import LogisticRegression
+
+from flow_model.fileio import write_text
+from flow_model.glow import Glow, to_bins
+from flow_model.imaging import ImageError, load_image, to_pil, to_tensor
+from flow_model.training.checkpoint import load_model
+
+from .align import FaceAligner
+from .directions import Directions, load_directions
+
+log = logging.getLogger(__name__)
+
+DIRECTIONS_FILE = "directions.safetensors"
+BPD_RANGE_FILE = "bpd_range.json"
+METHOD_LABELS = {"classifier": "classifier normal", "mean_diff": "mean difference (Glow paper)"}
+MIN_IMAGE_SIDE = 40  # below this no face can be found; an image of exactly the model's size is a ready crop
+MIN_CUSTOM_EXAMPLES = 3
+MAX_FRAMES = 64
+MAX_SAMPLES = 64
+MAX_DECODED = 2.0  # flow inputs live in [-0.5, 0.5); a decode beyond this has left the region the flow inverts stably
+BACKOFF_FRACTIONS = 16  # a diverging edit is retried at 1/16, 2/16, ... of its strength, in one batch
+
+
+@dataclass(frozen=True)
+class SliderSpec:
+    """A named slider over one CelebA attribute; sign -1 turns e.g. Young into Age. Value 1 moves a face by the
+    gap between the attribute's class means along its direction (how the directions are calibrated) times scale."""
+
+    label: str
+    attribute: str
+    sign: float = 1.0
+    scale: float = 1.0
+
+
+# Scales from scripts/slider_sheet.py on the shipped model: at a class-mean gap, age, brown hair and narrow eyes
+# (noisy labels, weak directions) barely show and black hair, bangs, beard and male are subtle; the rest are clear.
+SLIDERS = (
+    SliderSpec("Smiling", "Smiling"),
+    SliderSpec("Age", "Young", -1.0, 2.0),
+    SliderSpec("Blond hair", "Blond_Hair"),
+    SliderSpec("Black hair", "Black_Hair", scale=1.5),
+    SliderSpec("Brown hair", "Brown_Hair", scale=2.0),
+    SliderSpec("Gray hair", "Gray_Hair"),
+    SliderSpec("Bald", "Bald"),
+    SliderSpec("Bangs", "Bangs", scale=1.5),
+    SliderSpec("Beard", "No_Beard", -1.0, 1.5),
+    SliderSpec("Eyeglasses", "Eyeglasses"),
+    SliderSpec("Male", "Male", scale=1.5),
+    SliderSpec("Pale skin", "Pale_Skin"),
+    SliderSpec("Narrow eyes", "Narrow_Eyes", scale=2.0),
+    SliderSpec("Heavy makeup", "Heavy_Makeup"),
+    SliderSpec("Mouth slightly open", "Mouth_Slightly_Open"),
+)
+SLIDER_BY_LABEL = {s.label: s for s in SLIDERS}
+
+
+@dataclass
+class Face:
+    """One encoded face, kept in per-session state so each upload is encoded once."""
+
+    latent: torch.Tensor  # (D,) float32 flat standardised latent, on the CPU
+    image: torch.Tensor  # (3, S, S) uint8: decode(latent), the model's n-bit version of the input
+    bpd: float
+    crop: Image.Image  # what was encoded, at display size: the aligned crop of a photo
+    notes: list[str] = field(default_factory=list)
+
+
+@dataclass(frozen=True)
+class Edited:
+    """An edited face and the fraction of the requested edit it shows: below 1 when the full edit diverged."""
+
+    image: torch.Tensor  # (3, S, S) uint8
+    strength: float = 1.0
+
+    @property
+    def note(self) -> str:
+        if self.strength >= 1.0:
+            return ""
+        return (f"Shown at {self.strength:.0%} of the requested strength: further along, this model cannot decode the "
+                "edit (its inverse diverges far from the faces it was trained on). Lower a slider for a full edit.")
+
+
+@dataclass
+class CustomDirection:
+    """A direction fitted from the user's photos, with what went into it."""
+
+    vector: torch.Tensor  # (D,), calibrated like the built-in directions
+    n_with: int
+    n_without: int
+    skipped: list[str]
+
+
+@dataclass
+class BpdRange:
+    """Per-image bits/dim of validation faces, measured the way the editor measures an upload."""
+
+    p01: float
+    p50: float
+    p99: float
+    n: int
+    n_bits: int
+    image_size: int
+
+    def is_far_above(self, bpd: float) -> bool:
+        """Beyond the 99th percentile by more than the median-to-99th spread again."""
+        return bpd > self.p99 + (self.p99 - self.p50)
+
+    def save(self, path: str | Path) -> None:
+        write_text(path, json.dumps(asdict(self), indent=2) + "\n")
+
+    @classmethod
+    def load(cls, path: str | Path) -> "BpdRange":
+        try:
+            return cls(**json.loads(Path(path).read_text()))
+        except (OSError, TypeError, ValueError) as err:
+            raise ValueError(f"{path} is not a bits/dim range file: {err}") from None
+
+
+def interpolation_weights(n: int) -> torch.Tensor:
+    if not 2 <= n <= MAX_FRAMES:
+        raise ValueError(f"the number of frames must be in 2..{MAX_FRAMES}, got {n}")
+    return torch.linspace(0.0, 1.0, n, dtype=torch.float64)
+
+
+def lerp(a: torch.Tensor, b: torch.Tensor, n: int) -> torch.Tensor:
+    """(n, D) points from a to b; the first and last rows are a and b exactly."""
+    t = interpolation_weights(n).to(a.dtype)[:, None]
+    out = (1 - t) * a + t * b
+    out[0], out[-1] = a, b
+    return out
+
+
+def slerp(a: torch.Tensor, b: torch.Tensor, n: int) -> torch.Tensor:
+    """Great-circle path between the directions of a and b with the norm interpolated linearly: it keeps the
+    in-between latents at a typical Gaussian radius, where linear paths pass closer to the (atypical) mean."""
+    t = interpolation_weights(n)[:, None]
+    a64, b64 = a.double(), b.double()
+    na, nb = a64.norm(), b64.norm()
+    if na == 0 or nb == 0:
+        return lerp(a, b, n)
+    cos = torch.clamp((a64 @ b64) / (na * nb), -1.0, 1.0)
+    omega = torch.arccos(cos)
+    if omega < 1e-6:
+        return lerp(a, b, n)
+    ua, ub = a64 / na, b64 / nb
+    direction = (torch.sin((1 - t) * omega) * ua + torch.sin(t * omega) * ub) / torch.sin(omega)
+    out = (direction * ((1 - t) * na + t * nb)).to(a.dtype)
+    out[0], out[-1] = a, b
+    return out
+
+
+def orthogonalize(vectors: torch.Tensor, kept: torch.Tensor) -> torch.Tensor:
+    """Each row minus its projection on span(kept), rescaled to its old norm (InterFaceGAN's conditional edit):
+    moving along the result leaves every kept attribute's linear score unchanged. A row inside the span -> 0."""
+    if kept.numel() == 0:
+        return vectors
+    basis, r = torch.linalg.qr(kept.double().T)
+    rank = int((r.diagonal().abs() > 1e-9 * r.diagonal().abs().max().clamp_min(1e-30)).sum())
+    basis = basis[:, :rank]
+    v = vectors.double()
+    perp = v - (v @ basis) @ basis.T
+    perp = perp - (perp @ basis) @ basis.T  # a second pass removes the float rounding of the first
+    old, new = v.norm(dim=1, keepdim=True), perp.norm(dim=1, keepdim=True)
+    gain = torch.where(new > 1e-6 * old, old / new.clamp_min(1e-30), torch.zeros_like(new))
+    return (perp * gain).to(vectors.dtype)
+
+
+def upscale(x: torch.Tensor, size: int) -> Image.Image:
+    """uint8 (3, S, S) -> size x size PIL image for display and download."""
+    img = to_pil(x)
+    return img if img.size == (size, size) else img.resize((size, size), Image.Resampling.LANCZOS)
+
+
+def animated_gif(frames: Sequence[Image.Image], frame_ms: int = 120) -> bytes:
+    """A looping GIF that plays the frames forward and back, so it has no jump at the loop point. Each frame is
+    quantised once with a fast octree palette: Pillow's default median cut takes ~50x longer."""
+    if not frames:
+        raise ValueError("an animation needs at least one frame")
+    paletted = [f.convert("RGB").quantize(method=Image.Quantize.FASTOCTREE) for f in frames]
+    sequence = paletted + paletted[-2:0:-1]
+    buffer = io.BytesIO()
+    sequence[0].save(buffer, format="GIF", save_all=True, append_images=sequence[1:], duration=frame_ms, loop=0)
+    return buffer.getvalue()
+
+
+class EditorService:
+    """Everything the editor does to latents; thread-safe for concurrent sessions (the model is only read)."""
+
+    def __init__(self, model: Glow, directions: Directions | None = None, aligner: FaceAligner | None = None,
+                 bpd_range: BpdRange | None = None, display_size: int = 256) -> None:
+        if directions is not None and directions.latent_dim != model.latent_dim:
+            raise ValueError(f"the directions are for a latent of {directions.latent_dim} values, but the model's "
+                             f"latent has {model.latent_dim}: they belong to a different model")
+        c = model.config
+        if bpd_range is not None and (bpd_range.n_bits, bpd_range.image_size) != (c.n_bits, c.image_size):
+            raise ValueError(f"the bits/dim range was measured at {bpd_range.n_bits} bits, {bpd_range.image_size}px "
+                             f"but the model works at {c.n_bits} bits, {c.image_size}px")
+        self.model = model.eval()
+        self.device = next(model.parameters()).device
+        self.directions = directions
+        self.aligner = aligner
+        self.bpd_range = bpd_range
+        self.display_size = display_size
+        self.image_size = model.config.image_size
+
+    @classmethod
+    def load(cls, model_dir: str | Path, device: str = "cpu", align: bool = True,
+             display_size: int = 256) -> "EditorService":
+        """A pretrained (or run) directory, with its directions.safetensors and bpd_range.json when present."""
+        model_dir = Path(model_dir)
+        if not model_dir.is_dir():
+            raise FileNotFoundError(f"model directory not found: {model_dir}")
+        model = load_model(model_dir, device=device)
+        directions = load_directions(model_dir / DIRECTIONS_FILE) if (model_dir / DIRECTIONS_FILE).is_file() else None
+        if directions is None:
+            log.warning("%s has no %s: attribute sliders are off", model_dir, DIRECTIONS_FILE)
+        bpd_range = BpdRange.load(model_dir / BPD_RANGE_FILE) if (model_dir / BPD_RANGE_FILE).is_file() else None
+        return cls(model, directions, FaceAligner() if align else None, bpd_range, display_size)
+
+    # -- faces -------------------------------------------------------------------------------------
+    def prepare(self, source: str | Path | bytes | Image.Image) -> tuple[torch.Tensor, Image.Image, list[str]]:
+        """An image -> the model-size uint8 crop to encode, the crop at display size, and notes for the user.
+
+        A photo is aligned onto the training framing; an image of exactly the model's size (a sample, an example,
+        a downloaded edit) already is such a crop and is used as it is.
+        """
+        img = load_image(source)
+        size = self.image_size
+        if img.size == (size, size):
+            return to_tensor(img), upscale(to_tensor(img), self.display_size), []
+        if min(img.size) < MIN_IMAGE_SIDE:
+            raise ImageError(f"the image is only {img.width}x{img.height} pixels; a face photo needs at least "
+                             f"{MIN_IMAGE_SIDE} pixels a side (or exactly {size}x{size}, a ready-made model crop)")
+        if self.aligner is None:
+            raise ImageError(f"face alignment is off in this editor: upload a {size}x{size} face crop")
+        aligned = self.aligner.align(img, self.display_size)
+        x = to_tensor(aligned.crop.resize((size, size), Image.Resampling.LANCZOS))
+        return x, aligned.crop, [aligned.note] if aligned.note else []
+
+    @torch.inference_mode()
+    def _forward(self, images: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Flat standardised latents (N, D) and bits/dim (N,) of uint8 images, from one pass of the flow.
+
+        The bits/dim is taken at the pixel-bin centres, the point encode() maps, rather than with random
+        dequantisation noise, so the same photo always gets the same number.
+        """
+        size, config = self.image_size, self.model.config
+        if not isinstance(images, torch.Tensor) or images.dtype != torch.uint8 or images.dim() != 4 \
+                or tuple(images.shape[1:]) != (3, size, size):
+            raise ValueError(f"expected uint8 images (N, 3, {size}, {size}), got "
+                             f"{getattr(images, 'dtype', type(images))} {tuple(getattr(images, 'shape', ()))}")
+        bins = to_bins(images.to(self.device), config.n_bits)
+        _, eps, logp = self.model.flow_forward((bins + 0.5) / config.n_bins - 0.5)
+        bpd = -(logp - config.dims * math.log(config.n_bins)) / (config.dims * math.log(2))
+        return self.model.flatten_latents(eps).float().cpu(), bpd.double().cpu()
+
+    def encode(self, x: torch.Tensor, crop: Image.Image | None = None, notes: Sequence[str] = ()) -> Face:
+        """Latent, reconstruction and bits/dim of one model-size uint8 image (3, S, S)."""
+        latents, bpd = self._forward(x.unsqueeze(0) if isinstance(x, torch.Tensor) and x.dim() == 3 else x)
+        image = self.decode(latents[0])
+        return Face(latents[0], image, float(bpd[0]), crop if crop is not None else upscale(x, self.display_size),
+                    [*notes, *self.bpd_notes(float(bpd[0]))])
+
+    def measure_bpd_range(self, images: torch.Tensor, batch_size: int = 64) -> BpdRange:
+        """The spread of bits/dim over (validation) faces, measured exactly as uploads are."""
+        if len(images) < 2:
+            raise ValueError(f"need at least 2 images to measure a range, got {len(images)}")
+        bpd = torch.cat([self._forward(images[i:i + batch_size])[1] for i in range(0, len(images), batch_size)])
+        p01, p50, p99 = (float(v) for v in torch.quantile(bpd, torch.tensor([0.01, 0.5, 0.99], dtype=bpd.dtype)))
+        c = self.model.config
+        return BpdRange(p01, p50, p99, len(bpd), c.n_bits, c.image_size)
+
+    def face_from_image(self, source: str | Path | bytes | Image.Image) -> Face:
+        """Load (robustly), align and encode one image."""
+        return self.encode(*self.prepare(source))
+
+    def latent_of(self, source: str | Path | bytes | Image.Image) -> torch.Tensor:
+        """Only the (D,) latent of an image: what interpolation and custom directions need (no reconstruction)."""
+        return self._forward(self.prepare(source)[0].unsqueeze(0))[0][0]
+
+    def bpd_notes(self, bpd: float) -> list[str]:
+        r = self.bpd_range
+        if r is None or not r.is_far_above(bpd):
+            return []
+        return [f"{bpd:.2f} bits/dim is far above the validation faces' {r.p01:.2f}-{r.p99:.2f}: the model finds this "
+                "image unusual (not a face photo like CelebA's, or an odd crop), so edits may look off"]
+
+    # -- decoding ----------------------------------------------------------------------------------
+    def decode(self, latents: torch.Tensor) -> torch.Tensor:
+        """Flat standardised latents (D,) or (N, D) -> uint8 images (3, S, S) or (N, 3, S, S), on the CPU."""
+        images = self.decode_checked(latents.unsqueeze(0) if latents.dim() == 1 else latents)[0]
+        return images[0] if latents.dim() == 1 else images
+
+    @torch.inference_mode()
+    def decode_checked(self, latents: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """(N, D) latents -> uint8 images and, per image, whether the inverse stayed finite and in range. Affine
+        couplings invert by dividing by their scales, so latents far from the data can blow up to inf/NaN, which
+        would otherwise show as black or saturated blotches."""
+        x = self.model.flow_inverse(self.model.unflatten_latents(latents.to(self.device)), standardized=True)
+        ok = (x.abs().flatten(1).amax(1) <= MAX_DECODED).cpu()  # NaN compares False
+        return self.model.quantize(x).cpu(), ok
+
+    def display(self, x: torch.Tensor) -> Image.Image:
+        return upscale(x, self.display_size)
+
+    # -- attribute edits ---------------------------------------------------------------------------
+    @property
+    def attributes(self) -> list[str]:
+        return list(self.directions.names) if self.directions is not None else []
+
+    @property
+    def sliders(self) -> list[SliderSpec]:
+        """The built-in sliders this model's directions support."""
+        return [s for s in SLIDERS if s.attribute in self.attributes]
+
+    def vector(self, key: str, method: str = "classifier",
+               custom: Mapping[str, torch.Tensor] | None = None) -> torch.Tensor:
+        """The (D,) edit vector of a slider label, a CelebA attribute name or a custom direction."""
+        custom = custom or {}
+        if key in custom:
+            return custom[key].float()
+        if method not in METHOD_LABELS:
+            raise ValueError(f"unknown direction method {method!r}; valid: {list(METHOD_LABELS)}")
+        if self.directions is None:
+            raise KeyError(f"unknown edit {key!r}: this model has no attribute directions ({DIRECTIONS_FILE}), so "
+                           "only custom sliders can be used")
+        spec = SLIDER_BY_LABEL.get(key)
+        if spec is not None and spec.attribute in self.attributes:
+            return spec.sign * spec.scale * self.directions.vector(spec.attribute, method)
+        if key in self.attributes:
+            return self.directions.vector(key, method)
+        raise KeyError(f"unknown edit {key!r}: use a slider label ({', '.join(s.label for s in self.sliders)}), "
+                       f"a CelebA attribute name or a custom slider's name")
+
+    def level_mask(self, levels: Sequence[int] | None) -> torch.Tensor | None:
+        """Boolean (D,) mask of the latent levels an edit may touch; None means every level."""
+        if levels is None:
+            return None
+        slices = self.model.level_slices()
+        bad = [lv for lv in levels if not 0 <= int(lv) < len(slices)]
+        if bad or not levels:
+            raise ValueError(f"levels must be a non-empty subset of 0..{len(slices) - 1} (0 is the finest), got "
+                             f"{list(levels)}")
+        mask = torch.zeros(self.model.latent_dim, dtype=torch.bool)
+        for lv in levels:
+            mask[slices[int(lv)]] = True
+        return mask
+
+    def level_choices(self) -> dict[str, tuple[int, ...] | None]:
+        """UI names for the level sets an edit may touch: all, or only the coarsest k levels (keeps identity)."""
+        shapes = self.model.latent_shapes
+        top = len(shapes) - 1
+        choices: dict[str, tuple[int, ...] | None] = {"all levels": None}
+        for k in range(1, len(shapes)):
+            levels = tuple(range(top - k + 1, top + 1))
+            sizes = ", ".join(f"{shapes[lv][1]}x{shapes[lv][2]}" for lv in reversed(levels))
+            name = "coarse only" if k == 1 else f"coarsest {k} levels"
+            choices[f"{name} ({sizes})"] = levels
+        return choices
+
+    def edit_vectors(self, keys: Sequence[str], method: str = "classifier", keep: Sequence[str] = (),
+                     levels: Sequence[int] | None = None,
+                     custom: Mapping[str, torch.Tensor] | None = None) -> torch.Tensor:
+        """(K, D) vectors the slider values multiply: restricted to the chosen levels and, for each, made
+        orthogonal to the (equally restricted) directions of the kept attributes other than itself."""
+        mask = self.level_mask(levels)
+        rows = []
+        for key in keys:
+            v = self.vector(key, method, custom)
+            kept = [self.vector(k, method, custom) for k in keep if k != key and self._attribute_of(k) !=
+                    self._attribute_of(key)]
+            if mask is not None:
+                v = v * mask
+                kept = [k * mask for k in kept]
+            rows.append(orthogonalize(v[None], torch.stack(kept))[0] if kept else v)
+        return torch.stack(rows) if rows else torch.zeros(0, self.model.latent_dim)
+
+    def _attribute_of(self, key: str) -> str:
+        spec = SLIDER_BY_LABEL.get(key)
+        return spec.attribute if spec is not None else key
+
+    def edit_latent(self, latent: torch.Tensor, edits: Mapping[str, float], method: str = "classifier",
+                    keep: Sequence[str] = (), levels: Sequence[int] | None = None,
+                    custom: Mapping[str, torch.Tensor] | None = None) -> torch.Tensor:
+        """latent + sum of value x vector over the non-zero edits; exactly the latent when every value is 0."""
+        active = {k: float(v) for k, v in edits.items() if v}
+        bad = [k for k, v in active.items() if not math.isfinite(v)]
+        if bad:
+            raise ValueError(f"edit values must be finite numbers; got {[(k, active[k]) for k in bad]}")
+        if not active:
+            return latent
+        vectors = self.edit_vectors(list(active), method, keep, levels, custom)
+        values = torch.tensor(list(active.values()), dtype=vectors.dtype)
+        return latent + values @ vectors
+
+    def edit(self, face: Face, edits: Mapping[str, float], method: str = "classifier", keep: Sequence[str] = (),
+             levels: Sequence[int] | None = None, custom: Mapping[str, torch.Tensor] | None = None) -> Edited:
+        """The edited face; with every value at 0, the face's reconstruction itself. An edit the model cannot
+        decode is shown at the largest fraction of its strength that decodes, and says so."""
+        latent = self.edit_latent(face.latent, edits, method, keep, levels, custom)
+        if latent is face.latent:
+            return Edited(face.image)
+        images, ok = self.decode_checked(latent[None])
+        if ok[0]:
+            return Edited(images[0])
+        fractions = torch.arange(1, BACKOFF_FRACTIONS) / BACKOFF_FRACTIONS
+        images, ok = self.decode_checked(face.latent + fractions[:, None] * (latent - face.latent))
+        usable = int(ok.long().cumprod(0).sum())  # the strengths up to the first failure
+        if usable == 0:
+            return Edited(face.image, 0.0)
+        return Edited(images[usable - 1], float(fractions[usable - 1]))
+
+    # -- custom directions -------------------------------------------------------------------------
+    def fit_direction(self, positives: torch.Tensor, negatives: torch.Tensor, C: float = 1.0) -> torch.Tensor:
+        """A slider direction from a few faces with and without a property: the normal of a balanced logistic
+        regression on their latents, scaled to the gap between the two groups' mean projections on it (the
+        calibration of the built-in directions, so +1 means "as much as the examples differ")."""
+        pos, neg = np.asarray(positives, np.float64), np.asarray(negatives, np.float64)
+        if min(len(pos), len(neg)) < MIN_CUSTOM_EXAMPLES:
+            raise ValueError(f"a custom slider needs at least {MIN_CUSTOM_EXAMPLES} faces with and "
+                             f"{MIN_CUSTOM_EXAMPLES} without the property (5 or more each work better); got "
+                             f"{len(pos)} and {len(neg)}")
+        x = np.concatenate([pos, neg])
+        y = np.r_[np.ones(len(pos)), np.zeros(len(neg))]
+        clf = LogisticRegression(C=C, class_weight="balanced", max_iter=1000).fit(x, y)
+        norm = float(np.linalg.norm(clf.coef_[0]))
+        unit = clf.coef_[0] / max(norm, 1e-30)
+        gap = float((pos @ unit).mean() - (neg @ unit).mean())
+        if norm == 0 or not gap > 0:
+            raise ValueError("the two sets of faces cannot be told apart (the same photos in both?)")
+        return torch.from_numpy(unit * gap).float()
+
+    def fit_custom_direction(self, with_sources: Sequence, without_sources: Sequence) -> CustomDirection:
+        """Align and encode two small sets of photos and fit their direction; photos that cannot be used (no
+        face, not an image, ...) are skipped and named, and enough must remain."""
+        groups, skipped = [], []
+        for sources in (with_sources, without_sources):
+            latents = []
+            for source in sources:
+                try:
+                    latents.append(self.latent_of(source))
+                except ImageError as err:
+                    name = Path(source).name if isinstance(source, (str, Path)) else "an uploaded image"
+                    skipped.append(f"{name}: {err}")
+            groups.append(torch.stack(latents) if latents else torch.zeros(0, self.model.latent_dim))
+        try:
+            vector = self.fit_direction(*groups)
+        except ValueError as err:
+            raise ValueError(f"{err}" + (f" after skipping {len(skipped)}: {'; '.join(skipped)}" if skipped else "")) \
+                from None
+        return CustomDirection(vector, len(groups[0]), len(groups[1]), skipped)
+
+    # -- interpolation and sampling ----------------------------------------------------------------
+    def interpolate(self, a: torch.Tensor, b: torch.Tensor, n: int = 8, spherical: bool = False) -> torch.Tensor:
+        """n uint8 frames (n, 3, S, S) from latent a to latent b, both ends included."""
+        path = slerp(a, b, n) if spherical else lerp(a, b, n)
+        return self.decode(path)
+
+    @torch.inference_mode()
+    def sample(self, n: int, temperature: float = 0.7, seed: int = 0) -> torch.Tensor:
+        """n uint8 faces with standardised latents ~ N(0, T^2), reproducible from the seed."""
+        if not 1 <= n <= MAX_SAMPLES:
+            raise ValueError(f"the sample count must be in 1..{MAX_SAMPLES}, got {n}")
+        if not 0.0 <= temperature <= 1.0:
+            raise ValueError(f"the temperature must be in [0, 1], got {temperature}")
+        generator = torch.Generator().manual_seed(int(seed))
+        return self.model.sample(n, temperature, generator=generator).cpu()

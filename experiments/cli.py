@@ -1,0 +1,18 @@
+"""`python -m experiments COMMAND ...`: ablation (Flow++ pieces at equal wall-clock), pilot-report (compare runs)."""
+from __future__ import annotations
+
+import argparse
+
+from flow_model.commands import build_parser as _build_parser, run_command
+
+from .commands import ablation, pilot_report
+
+COMMANDS = {"ablation": ablation, "pilot-report": pilot_report}
+
+
+def build_parser() -> argparse.ArgumentParser:
+    return _build_parser("python -m experiments", __doc__, COMMANDS)
+
+
+def main(argv: list[str] | None = None) -> int:
+    return run_command(build_parser(), COMMANDS, argv)

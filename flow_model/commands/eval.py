@@ -1,0 +1,42 @@
+"""`python -m flow_model eval`: bits/dim (mean ± s.e.) over a folder or a run's split."""
+from __future__ import annotations
+
+import argparse
+import json
+from pathlib import Path
+
+from . import positive_int
+
+
+def add_parser(sub) -> None:
+    p = sub.add_parser("eval", help="bits/dim (mean ± s.e.) over a folder or a run's split")
+    p.add_argument("--model", required=True, help="pretrained directory or run directory")
+    p.add_argument("--data", required=True)
+    p.add_argument("--split", help="a run's split.json: evaluate only its --subset")
+    p.add_argument("--subset", default="val", choices=("val", "train"))
+    p.add_argument("--limit", type=positive_int)
+    p.add_argument("--batch-size", type=positive_int, default=64)
+    p.add_argument("--importance-samples", type=positive_int, default=1)
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--workers", type=int, default=2)
+    p.add_argument("--device", default="cpu")
+
+
+def run(args: argparse.Namespace) -> int:
+    from ..data import load_images, open_dataset, select
+    from ..evaluate import evaluate_bpd
+    from ..training.checkpoint import load_model
+
+    model = load_model(args.model, args.device)
+    data = open_dataset(args.data, limit=args.limit)
+    if args.split:
+        split = json.loads(Path(args.split).read_text())
+        if not isinstance(split, dict) or args.subset not in split:
+            raise ValueError(f"{args.split} has no {args.subset!r} list; pass the split.json of a run")
+        data = select(data, split[args.subset])
+    images, used = load_images(data, model.config.image_size, None, args.workers)
+    mean, se = evaluate_bpd(model, images, args.batch_size, args.seed, args.importance_samples, progress=True)
+    c = model.config
+    print(f"{mean:.4f} ± {se:.4f} bits/dim (mean ± s.e., {len(used)} images, {c.n_bits}-bit, "
+          f"{c.image_size}x{c.image_size}, dequant={c.dequant}, importance samples={args.importance_samples})")
+    return 0

@@ -1,0 +1,415 @@
+"""Maximum-likelihood training of a Glow: checkpoints that resume exactly, a NaN guard, EMA, DDP."""
+from __future__ import annotations
+
+import dataclasses
+import json
+import logging
+import os
+import signal
+import threading
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+import torch.distributed as dist
+from torch.nn.parallel import DistributedDataParallel
+from torch.optim.swa_utils import AveragedModel, get_ema_multi_avg_fn
+from torch.utils.data import DataLoader
+from tqdm.auto import tqdm
+
+from ..config import GlowConfig
+from ..data import (EpochSampler, FaceFiles, IndexedImages, _collate, load_images, open_dataset, random_flip, select,
+                   split_keeping_validation, split_names)
+from ..device import resolve_device
+from ..evaluate import evaluate_bpd
+from ..fileio import write_text
+from ..glow import Glow
+from ..visualize import temperature_grid
+from .checkpoint import CHECKPOINT_NAME, load_checkpoint, save_checkpoint
+from .curves import plot_run
+
+log = logging.getLogger(__name__)
+
+
+class TrainingError(RuntimeError):
+    """Training cannot continue (e.g. the loss stayed non-finite); the last good checkpoint is kept."""
+
+
+@dataclass
+class TrainConfig:
+    """Options of one training run; stored in the checkpoint so `--resume` continues with the same ones."""
+
+    data: str
+    out: str
+    batch_size: int = 16
+    optimizer: str = "adamax"
+    lr: float = 1e-3
+    warmup_steps: int = 200
+    grad_clip: float = 50.0
+    ema: float = 0.0
+    max_steps: int | None = None
+    epochs: int | None = None
+    max_minutes: float | None = None
+    ckpt_every: int = 200
+    sample_every: int = 500
+    log_every: int = 10
+    val_fraction: float = 0.05
+    val_max: int | None = 1000
+    seed: int = 0
+    workers: int = 2
+    cache: str | None = None
+    limit: int | None = None
+    device: str = "auto"
+    amp: str = "none"
+    max_bad_steps: int = 10
+    init_batch: int = 256
+    init_from: str | None = None
+    val_split: str | None = None
+    image_dirs: list[str] | None = None
+    progress: bool = True
+
+    def __post_init__(self) -> None:
+        checks = [
+            (self.batch_size >= 1, f"batch_size must be >= 1, got {self.batch_size}"),
+            (self.optimizer in ("adam", "adamax"), f"optimizer must be adam or adamax, got {self.optimizer!r}"),
+            (self.lr > 0, f"lr must be > 0, got {self.lr}"),
+            (self.warmup_steps >= 0, "warmup_steps must be >= 0"),
+            (self.grad_clip > 0, "grad_clip must be > 0"),
+            (0.0 <= self.ema < 1.0, f"ema decay must be in [0, 1), got {self.ema}"),
+            (self.device in ("auto", "cpu", "cuda") or self.device.startswith("cuda:"), f"unknown device {self.device!r}"),
+            (self.amp in ("none", "bf16", "fp16"), f"amp must be none, bf16 or fp16, got {self.amp!r}"),
+            (self.ckpt_every >= 1 and self.sample_every >= 1 and self.log_every >= 1, "intervals must be >= 1"),
+            (self.max_bad_steps >= 1, "max_bad_steps must be >= 1"),
+            (self.max_steps is None or self.max_steps >= 0, "max_steps must be >= 0"),
+            (self.max_minutes is None or self.max_minutes > 0, "max_minutes must be > 0"),
+        ]
+        for ok, message in checks:
+            if not ok:
+                raise ValueError(message)
+
+
+def _distributed() -> tuple[int, int, int]:
+    if int(os.environ.get("WORLD_SIZE", "1")) > 1:
+        return int(os.environ["RANK"]), int(os.environ["WORLD_SIZE"]), int(os.environ.get("LOCAL_RANK", "0"))
+    return 0, 1, 0
+
+
+def _rows_up_to(text: str, step: int) -> list[str]:
+    """Metrics lines logged at or before `step`; a line cut short by a kill is dropped too."""
+    kept = []
+    for line in text.splitlines():
+        try:
+            if json.loads(line).get("step", 0) <= step:
+                kept.append(line)
+        except json.JSONDecodeError:
+            continue
+    return kept
+
+
+class Trainer:
+    """Owns the model, optimiser, data order and RNGs of one run; everything needed to resume goes in its checkpoint."""
+
+    def __init__(self, train: TrainConfig, model_config: GlowConfig | None = None, resume: bool = False) -> None:
+        self.rank, self.world, local_rank = _distributed()
+        self.out = Path(train.out)
+        self.checkpoint_path = self.out / CHECKPOINT_NAME
+        state = None
+        if resume:
+            state = load_checkpoint(self.checkpoint_path)
+            model_config = GlowConfig.from_dict(state["meta"]["model_config"])
+        if model_config is None:
+            raise ValueError("a model config is needed for a new run")
+        self.cfg, self.model_config = train, model_config
+        self.device = resolve_device(train.device, local_rank)
+        if self.world > 1 and not dist.is_initialized():
+            dist.init_process_group("nccl" if self.device.type == "cuda" else "gloo")
+        if self.device.type == "cuda":
+            torch.cuda.set_device(self.device)
+        if self.device.type != "cuda" and train.amp != "none":
+            log.warning("autocast %s is only used on CUDA; training in float32 on %s", train.amp, self.device)
+        self.is_main = self.rank == 0
+        if self.is_main:
+            self.out.mkdir(parents=True, exist_ok=True)
+            for stale in self.out.glob(f".{CHECKPOINT_NAME}.*.tmp"):  # left by a kill during a checkpoint write
+                stale.unlink()
+
+        self._load_data(state)
+        torch.manual_seed(train.seed)
+        self.model = Glow(model_config, seed=train.seed).to(self.device)
+        self.optimizer = (torch.optim.Adamax if train.optimizer == "adamax" else torch.optim.Adam)(
+            self.model.parameters(), lr=train.lr, foreach=True
+        )
+        warmup = max(1, train.warmup_steps)
+        self.scheduler = torch.optim.lr_scheduler.LambdaLR(self.optimizer, lambda s: min(1.0, (s + 1) / warmup))
+        self.ema = (
+            AveragedModel(self.model, multi_avg_fn=get_ema_multi_avg_fn(train.ema), use_buffers=True)
+            if train.ema > 0 else None
+        )
+        self.flip_gen = torch.Generator().manual_seed(train.seed * 7919 + self.rank)
+        self.noise_gen = torch.Generator(device=self.device).manual_seed(train.seed * 104_729 + self.rank)
+        self.step = self.epoch = self.batch_in_epoch = self.bad_steps = 0
+        self._signalled = False
+        self.elapsed = 0.0
+        if state is not None:
+            self._restore(state)
+        else:
+            self._initialize()
+        self.net = (
+            DistributedDataParallel(self.model, device_ids=[self.device.index] if self.device.type == "cuda" else None)
+            if self.world > 1 else self.model
+        )
+        self.scaler = torch.amp.GradScaler(self.device.type, enabled=train.amp == "fp16" and self.device.type == "cuda")
+
+    # -- setup -------------------------------------------------------------------------------------------
+    def _load_data(self, state: dict | None) -> None:
+        cfg = self.cfg
+        data = open_dataset(cfg.data, limit=cfg.limit, image_dirs=cfg.image_dirs)
+        self.split = state["meta"]["split"] if state is not None else self._new_split(data)
+        if self.is_main and state is None:
+            write_text(self.out / "split.json", json.dumps(self.split))
+        train_set = select(data, self.split["train"])
+        val_set = select(data, self.split["val"][: cfg.val_max] if cfg.val_max else self.split["val"])
+        size = self.model_config.image_size
+        if cfg.cache:
+            if self.is_main:
+                load_images(train_set, size, cfg.cache, cfg.workers, progress=cfg.progress)
+            if self.world > 1:
+                dist.barrier()
+            images, train_set = load_images(train_set, size, cfg.cache, cfg.workers, progress=False)
+            dataset, workers = IndexedImages(images), 0
+        else:
+            dataset, workers = FaceFiles(train_set.files, size), cfg.workers
+        self.val_images, _ = load_images(val_set, size, None, cfg.workers, progress=False)
+        self.sampler = EpochSampler(len(dataset), cfg.batch_size, cfg.seed, self.rank, self.world)
+        if self.sampler.batches_per_epoch() == 0:
+            raise ValueError(f"{len(dataset)} training images are fewer than one batch of {cfg.batch_size} per rank")
+        self.loader = DataLoader(dataset, batch_sampler=self.sampler, num_workers=workers, collate_fn=_collate,
+                                 generator=torch.Generator(), persistent_workers=False)
+        self.train_dataset = dataset
+        self.n_train = len(dataset)
+
+    def _new_split(self, data) -> dict[str, list[str]]:
+        """A given validation list (--val-split, or the split.json of --init-from's release), else a fresh split."""
+        cfg = self.cfg
+        source = cfg.val_split
+        if source is None and cfg.init_from and (Path(cfg.init_from) / "split.json").is_file():
+            source = str(Path(cfg.init_from) / "split.json")
+        if source is None:
+            return split_names(data, cfg.val_fraction, cfg.seed)
+        try:
+            stored = json.loads(Path(source).read_text())
+            val = stored["val"]
+        except (OSError, ValueError, KeyError, TypeError) as err:
+            raise ValueError(f"cannot read a validation list from {source}: {err!r}") from None
+        if self.is_main:
+            log.info("validation: the %d images listed in %s; every other image trains", len(val), source)
+        return split_keeping_validation(data, val)
+
+    def _initialize(self) -> None:
+        if self.cfg.init_from:
+            source = Glow.from_pretrained(self.cfg.init_from)
+            if source.config != self.model_config:
+                raise ValueError(f"--init-from {self.cfg.init_from} has a different architecture than this run")
+            self.model.load_weights(source.state_dict(), source=self.cfg.init_from)
+        else:
+            g = torch.Generator().manual_seed(self.cfg.seed)
+            take = torch.randperm(self.n_train, generator=g)[: self.cfg.init_batch].tolist()
+            _, batch, _ = _collate([self.train_dataset[i] for i in take])
+            self.model.train()
+            self.model.initialize(batch.to(self.device))
+        if self.ema is not None:
+            self.ema.module.load_state_dict(self.model.state_dict())
+
+    def _restore(self, state: dict) -> None:
+        meta = state["meta"]
+        self.model.load_weights(state["model"], source=str(self.checkpoint_path))
+        self.optimizer.load_state_dict(state["optimizer"])
+        self.scheduler.load_state_dict(meta["scheduler"])
+        if self.ema is not None:
+            if state["ema"] is None:
+                self.ema.module.load_state_dict(self.model.state_dict())
+            else:
+                self.ema.module.load_weights(state["ema"], source="EMA weights")
+                self.ema.n_averaged.fill_(meta.get("ema_n_averaged", 1))
+        self.step, self.epoch, self.batch_in_epoch = meta["step"], meta["epoch"], meta["batch_in_epoch"]
+        self.bad_steps, self.elapsed = meta.get("bad_steps", 0), meta.get("elapsed", 0.0)
+        metrics = self.out / "metrics.jsonl"
+        if self.is_main and metrics.exists():  # drop rows a killed run logged after its last checkpoint
+            write_text(metrics, "".join(line + "\n" for line in _rows_up_to(metrics.read_text(), self.step)))
+        rng = state["rng"]
+        if self.rank == 0:
+            torch.set_rng_state(rng["torch"])
+            self.flip_gen.set_state(rng["flip"])
+            self.noise_gen.set_state(rng["noise"].to(self.noise_gen.get_state().device))
+        else:  # only rank 0's streams are saved; other ranks restart theirs from the step
+            self.flip_gen.manual_seed(self.cfg.seed * 7919 + self.rank + 1_000_003 * self.step)
+            self.noise_gen.manual_seed(self.cfg.seed * 104_729 + self.rank + 1_000_003 * self.step)
+
+    # -- one step ------------------------------------------------------------------------------------
+    def train_step(self, batch: torch.Tensor) -> dict:
+        """One optimiser step; a non-finite loss or gradient skips the update instead of poisoning the weights."""
+        self.model.train()
+        x = random_flip(batch, self.flip_gen).to(self.device, non_blocking=True)
+        amp_dtype = {"bf16": torch.bfloat16, "fp16": torch.float16}.get(self.cfg.amp)
+        with torch.autocast(self.device.type, dtype=amp_dtype or torch.float32,
+                            enabled=amp_dtype is not None and self.device.type == "cuda"):
+            bpd = self.net(x, generator=self.noise_gen)
+        loss = bpd.float().mean()
+        self.scaler.scale(loss).backward()
+        self.scaler.unscale_(self.optimizer)
+        grad_norm = torch.nn.utils.clip_grad_norm_(self.model.parameters(), self.cfg.grad_clip)
+        ok = torch.stack([loss.detach(), grad_norm.detach()]).isfinite().all().float()
+        if self.world > 1:
+            dist.all_reduce(ok, op=dist.ReduceOp.MIN)
+        finite = bool(ok.item())
+        if finite:
+            self.scaler.step(self.optimizer)
+            self.bad_steps = 0
+            if self.ema is not None:
+                self.ema.update_parameters(self.model)
+        else:
+            self.bad_steps += 1
+            log.warning("step %d: non-finite loss (%s) or gradient norm (%s); update skipped (%d in a row)",
+                        self.step + 1, loss.item(), grad_norm.item(), self.bad_steps)
+        self.scaler.update()
+        self.optimizer.zero_grad(set_to_none=True)
+        self.scheduler.step()
+        self.step += 1
+        row = {"step": self.step, "train_bpd": loss.item(), "grad_norm": grad_norm.item(),
+               "lr": self.scheduler.get_last_lr()[0], "skipped": not finite}
+        if self.bad_steps >= self.cfg.max_bad_steps:
+            self._log({**row, "epoch": self.epoch})
+            raise TrainingError(
+                f"{self.bad_steps} consecutive steps had a non-finite loss or gradient; stopping at step {self.step}. "
+                f"The last good checkpoint is {self.checkpoint_path}. Try a lower --lr or --grad-clip."
+            )
+        return row
+
+    # -- outputs -------------------------------------------------------------------------------------
+    @property
+    def eval_model(self) -> Glow:
+        return self.ema.module if self.ema is not None else self.model
+
+    def describe(self) -> str:
+        c = self.model_config
+        return f"{c.n_bits}-bit {c.image_size}x{c.image_size}"
+
+    def validate(self) -> dict:
+        mean, se = evaluate_bpd(self.eval_model, self.val_images, batch_size=64, seed=self.cfg.seed)
+        return {"step": self.step, "epoch": self.epoch, "val_bpd": mean, "val_bpd_se": se,
+                "n_bits": self.model_config.n_bits, "image_size": self.model_config.image_size}
+
+    def save(self) -> None:
+        if not self.is_main:
+            return
+        meta = {
+            "step": self.step, "epoch": self.epoch, "batch_in_epoch": self.batch_in_epoch,
+            "bad_steps": self.bad_steps, "elapsed": self.elapsed,
+            "model_config": self.model_config.to_dict(), "train_config": dataclasses.asdict(self.cfg),
+            "scheduler": self.scheduler.state_dict(), "split": self.split,
+            "ema_n_averaged": int(self.ema.n_averaged.item()) if self.ema is not None else 0,
+        }
+        rng = {"torch": torch.get_rng_state(), "flip": self.flip_gen.get_state(), "noise": self.noise_gen.get_state()}
+        save_checkpoint(self.checkpoint_path, model=self.model.state_dict(), optimizer=self.optimizer.state_dict(),
+                        rng=rng, meta=meta, ema=self.ema.module.state_dict() if self.ema is not None else None)
+
+    def _log(self, row: dict) -> None:
+        if self.is_main:
+            with open(self.out / "metrics.jsonl", "a") as f:
+                f.write(json.dumps(row) + "\n")
+
+    def _figures(self) -> None:
+        if not self.is_main:
+            return
+        title = f"{self.describe()}, step {self.step}"
+        temperature_grid(self.eval_model, self.out / "samples.png", title=title)
+        (self.out / "samples").mkdir(exist_ok=True)
+        temperature_grid(self.eval_model, self.out / "samples" / f"step_{self.step:07d}.png", title=title)
+        if (self.out / "metrics.jsonl").exists():
+            plot_run(self.out / "metrics.jsonl", self.out / "bpd.png", title=f"Glow, {self.describe()}")
+
+    # -- the loop ------------------------------------------------------------------------------------
+    def _done(self, started: float) -> str | None:
+        cfg = self.cfg
+        if cfg.max_steps is not None and self.step >= cfg.max_steps:
+            return "max_steps"
+        if cfg.epochs is not None and self.epoch >= cfg.epochs:
+            return "epochs"
+        stop = 0
+        if self._signalled:
+            stop = 2
+        elif cfg.max_minutes is not None and (time.time() - started) / 60 >= cfg.max_minutes:
+            stop = 1
+        if self.world > 1:
+            # rank 0 decides for every rank: ranks stopping at different steps deadlock in the next collective
+            flag = torch.tensor(float(stop), device=self.device)
+            dist.broadcast(flag, src=0)
+            stop = int(flag.item())
+        return {0: None, 1: "max_minutes", 2: "signal"}[stop]
+
+    def _request_stop(self, signum: int, _frame) -> None:
+        log.warning("received signal %d: finishing this step, then writing a checkpoint", signum)
+        self._signalled = True
+
+    def run(self) -> dict:
+        """Train until a limit is reached; always leaves a final checkpoint. Returns the last validation row."""
+        cfg = self.cfg
+        started, last_val = time.time(), {}
+        handlers = {}
+        if threading.current_thread() is threading.main_thread():  # SIGTERM/SIGINT end cleanly with a checkpoint
+            handlers = {s: signal.signal(s, self._request_stop) for s in (signal.SIGTERM, signal.SIGINT)}
+        reason = self._done(started)
+        bar = tqdm(total=cfg.max_steps, initial=self.step, disable=not (cfg.progress and self.is_main),
+                   desc=f"train ({self.describe()})", unit="step")
+        try:
+            while reason is None:
+                self.sampler.set_position(self.epoch, self.batch_in_epoch)
+                tick = window = time.time()
+                seen = 0
+                for _, batch, _ in self.loader:
+                    if batch is None:
+                        self.batch_in_epoch += 1
+                        continue
+                    row = self.train_step(batch)
+                    self.batch_in_epoch += 1
+                    seen += batch.shape[0] * self.world
+                    now = time.time()
+                    self.elapsed += now - tick
+                    tick = now
+                    if self.step % cfg.log_every == 0 or row["skipped"]:
+                        row.update(epoch=self.epoch, img_per_s=seen / max(now - window, 1e-9), minutes=self.elapsed / 60)
+                        self._log(row)
+                        window, seen = now, 0
+                    bar.update(1)
+                    bar.set_postfix(bpd=f"{row['train_bpd']:.3f}", epoch=self.epoch)
+                    if self.step % cfg.ckpt_every == 0:
+                        self.save()
+                    if self.step % cfg.sample_every == 0:
+                        self._figures()
+                    reason = self._done(started)
+                    if reason is not None:
+                        break
+                else:
+                    self.epoch += 1
+                    self.batch_in_epoch = 0
+                    if self.is_main:
+                        last_val = self.validate()
+                        self._log(last_val)
+                        log.info("epoch %d: validation %.4f ± %.4f bits/dim (%s)", self.epoch, last_val["val_bpd"],
+                                 last_val["val_bpd_se"], self.describe())
+                    reason = self._done(started)
+        finally:
+            bar.close()
+            self.save()
+            for signum, handler in handlers.items():
+                signal.signal(signum, handler)
+        if reason == "signal":  # whoever sent it may not wait for a validation pass
+            return last_val
+        if self.is_main:
+            last_val = self.validate()
+            self._log({**last_val, "final": True, "reason": reason})
+            self._figures()
+        if self.world > 1:
+            dist.barrier()
+        return last_val

@@ -1,0 +1,258 @@
+"""Attribute directions: recovery of planted directions, calibration, the file format and the CLI end to end."""
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import pytest
+import torch
+from safetensors.torch import save_file
+
+from flow_model import Glow, GlowConfig
+from app.cli import main
+from flow_model.data import load_images, open_dataset
+from app.directions import DirectionConfig, Directions, compute_directions, load_directions
+
+
+def _planted(n: int, d: int, seed: int, covariance: np.ndarray | None = None, noise: float = 0.05):
+    """Latents, +/-1 labels of sign(t . x + small noise) and the true unit normal t."""
+    rng = np.random.default_rng(seed)
+    x = rng.standard_normal((n, d))
+    if covariance is not None:
+        x = x @ np.linalg.cholesky(covariance).T
+    t = rng.standard_normal(d)
+    t /= np.linalg.norm(t)
+    y = np.where(x @ t + 0.3 + noise * rng.standard_normal(n) > 0, 1, -1)
+    return x.astype(np.float32), y[:, None], t
+
+
+def _cos(a: torch.Tensor, b: np.ndarray) -> float:
+    a = a.double().numpy()
+    return float(a @ b / np.linalg.norm(a) / np.linalg.norm(b))
+
+
+def test_isotropic_latents_recover_the_true_direction_with_both_methods():
+    x, y, t = _planted(3000, 20, seed=0)
+    d = compute_directions(x, y, ["attr"], DirectionConfig(C=1.0), progress=False)
+    assert _cos(d.vector("attr", "classifier"), t) > 0.99
+    assert _cos(d.vector("attr", "mean_diff"), t) > 0.97
+    assert d.info["attr"]["classifier"]["auc"] > 0.99
+    assert d.info["attr"]["mean_diff"]["auc"] > 0.98
+    assert d.info["attr"]["classifier"]["accuracy"] > 0.95
+
+
+def test_classifier_finds_the_normal_where_correlated_latents_bias_the_mean_difference():
+    rng = np.random.default_rng(1)
+    a = rng.standard_normal((20, 20))
+    covariance = a @ a.T / 20 + 0.1 * np.eye(20)
+    x, y, t = _planted(4000, 20, seed=2, covariance=covariance)
+    d = compute_directions(x, y, ["attr"], DirectionConfig(C=1.0), progress=False)
+    clf, md = _cos(d.vector("attr", "classifier"), t), _cos(d.vector("attr", "mean_diff"), t)
+    assert clf > 0.98
+    assert md < clf - 0.1  # the mean difference is Sigma t, not t
+    assert d.info["attr"]["classifier"]["auc"] > 0.99
+    assert d.info["attr"]["classifier"]["auc"] > d.info["attr"]["mean_diff"]["auc"]
+
+
+def test_adding_a_vector_to_the_mean_negative_moves_it_to_the_mean_positive():
+    x, y, _ = _planted(2000, 16, seed=3, covariance=np.diag(np.linspace(0.2, 3.0, 16)))
+    d = compute_directions(x, y, ["attr"], DirectionConfig(C=1.0), progress=False)
+    pos, neg = x[y[:, 0] > 0].astype(np.float64), x[y[:, 0] < 0].astype(np.float64)
+    mean_pos, mean_neg = pos.mean(0), neg.mean(0)
+    np.testing.assert_allclose(mean_neg + d.vector("attr", "mean_diff").double().numpy(), mean_pos, atol=1e-5)
+    v = d.vector("attr", "classifier").double().numpy()
+    u = v / np.linalg.norm(v)
+    assert (mean_neg + v) @ u == pytest.approx(mean_pos @ u, abs=1e-5)
+    assert d.info["attr"]["classifier"]["norm"] == pytest.approx(np.linalg.norm(v), rel=1e-5)
+    assert (mean_pos - mean_neg) @ u > 0  # the normal points to the positives
+
+
+def test_rare_and_empty_attributes_fall_back_to_finite_mean_differences():
+    x, y, _ = _planted(500, 12, seed=4)
+    rare = -np.ones(500, dtype=int)
+    rare[:4] = 1
+    empty = -np.ones(500, dtype=int)
+    labels = np.stack([y[:, 0], rare, empty], axis=1)
+    d = compute_directions(x, labels, ["common", "rare", "empty"], progress=False)
+    for name in ("rare", "empty"):
+        stats = d.info[name]["classifier"]
+        assert stats["fallback"] is True and math.isnan(stats["auc"]) and math.isnan(stats["accuracy"])
+        assert torch.equal(d.vector(name, "classifier"), d.vector(name, "mean_diff"))
+    assert d.info["common"]["classifier"]["fallback"] is False
+    assert d.info["rare"]["mean_diff"]["n_pos"] == 4
+    assert torch.count_nonzero(d.vector("empty", "mean_diff")) == 0
+    for m in ("mean_diff", "classifier"):
+        assert torch.isfinite(d.vectors[m]).all() and d.vectors[m].shape == (3, 12)
+        assert torch.isfinite(d.gram[m]).all()
+        assert torch.count_nonzero(d.gram[m][2]) == 0  # a zero vector is orthogonal to everything
+
+
+def test_gram_matrices_are_cosine_similarities():
+    x, _, _ = _planted(800, 10, seed=5)
+    rng = np.random.default_rng(6)
+    labels = np.where(x[:, :4] + 0.5 * rng.standard_normal((800, 4)) > 0, 1, -1)
+    d = compute_directions(x, labels, ["a", "b", "c", "d"], progress=False)
+    for m in ("mean_diff", "classifier"):
+        v = d.vectors[m].double()
+        expected = (v @ v.T) / torch.outer(v.norm(dim=1), v.norm(dim=1))
+        torch.testing.assert_close(d.gram[m].double(), expected, atol=1e-5, rtol=0)
+        assert torch.allclose(d.gram[m].diagonal(), torch.ones(4))
+
+
+@pytest.mark.parametrize(
+    "latents, labels, names, message",
+    [
+        (np.zeros((10, 4)), np.zeros((10, 1)), ["a"], "labels must be"),
+        (np.zeros((10, 4)), np.ones((9, 1)), ["a"], "labels must be"),
+        (np.full((10, 4), np.nan), np.ones((10, 1)), ["a"], "non-finite"),
+        (np.zeros((10, 4)), np.ones((10, 2)), ["a", "a"], "distinct attribute names"),
+        (np.zeros(10), np.ones((10, 1)), ["a"], "latents must be"),
+    ],
+)
+def test_bad_inputs_are_named(latents, labels, names, message):
+    with pytest.raises(ValueError, match=message):
+        compute_directions(latents, labels, names, progress=False)
+
+
+def _small_directions() -> Directions:
+    x, _, _ = _planted(400, 8, seed=7)
+    rng = np.random.default_rng(8)
+    labels = np.where(x[:, :3] + rng.standard_normal((400, 3)) > 0, 1, -1)
+    labels[:, 2] = -1
+    return compute_directions(x, labels, ["Smiling", "Young", "Bald"], model_config={"image_size": 8},
+                              progress=False)
+
+
+def test_save_load_round_trip(tmp_path):
+    d = _small_directions()
+    path = tmp_path / "directions.safetensors"
+    d.save(path)
+    back = load_directions(path)
+    assert back.names == d.names and back.latent_dim == 8 and back.model_config == {"image_size": 8}
+    for m in ("mean_diff", "classifier"):
+        assert torch.equal(back.vectors[m], d.vectors[m]) and back.vectors[m].dtype == torch.float32
+        assert torch.equal(back.gram[m], d.gram[m])
+    assert math.isnan(back.info["Bald"]["classifier"]["auc"])
+    assert back.info["Young"] == d.info["Young"]
+    assert back.config == d.config
+    assert torch.equal(back.vector("Young"), d.vectors["classifier"][1])
+    with pytest.raises(KeyError, match="Smiling"):
+        back.vector("Smile")
+    with pytest.raises(KeyError, match="mean_diff"):
+        back.vector("Smiling", "pca")
+
+
+def test_save_refuses_vectors_that_do_not_fit(tmp_path):
+    d = _small_directions()
+    d.vectors["classifier"][0, 0] = float("nan")
+    with pytest.raises(ValueError, match="non-finite"):
+        d.save(tmp_path / "nan.safetensors")
+    d.latent_dim = 9
+    with pytest.raises(ValueError, match="do not fit"):
+        d.save(tmp_path / "shape.safetensors")
+    assert not list(tmp_path.iterdir())
+
+
+def test_load_errors_name_the_problem(tmp_path):
+    with pytest.raises(FileNotFoundError, match="not found"):
+        load_directions(tmp_path / "nope.safetensors")
+    junk = tmp_path / "junk.safetensors"
+    junk.write_bytes(b"\x00\x01not a safetensors file at all" * 10)
+    with pytest.raises(ValueError, match="not a readable directions file"):
+        load_directions(junk)
+    good = tmp_path / "good.safetensors"
+    _small_directions().save(good)
+    truncated = tmp_path / "truncated.safetensors"
+    truncated.write_bytes(good.read_bytes()[:-100])
+    with pytest.raises(ValueError, match="directions file"):
+        load_directions(truncated)
+    partial = tmp_path / "partial.safetensors"
+    save_file({"mean_diff": torch.zeros(1, 4)}, str(partial), metadata={"attributes": '["a"]'})
+    with pytest.raises(ValueError, match="missing tensors.*classifier"):
+        load_directions(partial)
+    wrong = tmp_path / "wrong.safetensors"
+    tensors = {"mean_diff": torch.zeros(1, 4), "classifier": torch.zeros(1, 4),
+               "gram_mean_diff": torch.zeros(1, 1), "gram_classifier": torch.zeros(1, 1)}
+    meta = {"attributes": '["a"]', "info": '{"a": {}}', "latent": "raw", "latent_dim": "4"}
+    save_file(tensors, str(wrong), metadata=meta)
+    with pytest.raises(ValueError, match="'raw' latents"):
+        load_directions(wrong)
+    save_file(tensors, str(wrong), metadata={**meta, "latent": "standardized", "latent_dim": "5"})
+    with pytest.raises(ValueError, match="expected \\(1, 5\\)"):
+        load_directions(wrong)
+
+
+@pytest.fixture(scope="module")
+def faces_dir(tmp_path_factory, celeba_dir):
+    """300 real faces from ../shared in the CelebA layout, with only their attribute rows (parsed in a blink)."""
+    root = tmp_path_factory.mktemp("celeba300")
+    (root / "img_align_celeba").mkdir()
+    files = sorted((celeba_dir / "img_align_celeba").glob("*.jpg"))[:300]
+    for f in files:
+        (root / "img_align_celeba" / f.name).symlink_to(f)
+    wanted = {f.name for f in files}
+    lines = (celeba_dir / "list_attr_celeba.txt").read_text().splitlines()
+    rows = [line for line in lines[2:] if line.split(maxsplit=1)[0] in wanted]
+    (root / "list_attr_celeba.txt").write_text("\r\n".join([str(len(rows)), lines[1], *rows]) + "\r\n")
+    return root
+
+
+@pytest.fixture(scope="module")
+def tiny_model_dir(tmp_path_factory, faces_dir):
+    model = Glow(GlowConfig(image_size=16, levels=2, depth=2, hidden=16), seed=0)
+    images, _ = load_images(open_dataset(faces_dir, limit=64), 16, workers=0, progress=False)
+    model.initialize(images)
+    path = tmp_path_factory.mktemp("tiny_model")
+    model.save_pretrained(path)
+    return path
+
+
+def test_command_end_to_end_on_real_faces(tmp_path, tiny_model_dir, faces_dir, capsys):
+    out = tmp_path / "dirs" / "celeba16.safetensors"
+    rc = main(["directions", "--model", str(tiny_model_dir), "--data", str(faces_dir), "--out", str(out),
+               "--limit", "280", "--batch-size", "64", "--workers", "0", "--device", "cpu", "--no-progress"])
+    assert rc == 0
+    printed = capsys.readouterr().out
+    assert "Smiling" in printed and "mean held-out AUC" in printed
+    d = load_directions(out)
+    model = Glow.from_pretrained(tiny_model_dir)
+    assert len(d.names) == 40 and len(set(d.names)) == 40 and "Smiling" in d.names
+    assert d.latent_dim == model.latent_dim == 16 * 16 * 3
+    assert d.model_config == model.config.to_dict()
+    for m in ("mean_diff", "classifier"):
+        assert d.vectors[m].shape == (40, d.latent_dim) and torch.isfinite(d.vectors[m]).all()
+        assert d.gram[m].shape == (40, 40)
+    assert d.config["val_fraction"] == 0.2 and d.config["C"] == DirectionConfig.C
+    images, used = load_images(open_dataset(faces_dir, limit=280), 16, workers=0, progress=False)
+    n = len(used)
+    fitted = 0
+    for name in d.names:
+        md, clf = d.info[name]["mean_diff"], d.info[name]["classifier"]
+        assert md["n_pos"] + md["n_neg"] == n
+        assert clf["n_pos"] + clf["n_neg"] + clf["n_val_pos"] + clf["n_val_neg"] == n
+        assert clf["n_val_pos"] + clf["n_val_neg"] == round(0.2 * n)
+        for stats in (md, clf):
+            assert math.isnan(stats["auc"]) or 0.0 <= stats["auc"] <= 1.0
+        fitted += not clf["fallback"]
+    assert fitted >= 20  # most CelebA attributes have 10+ of each class in 224 faces
+
+    # the stored mean difference is that of the exact standardised latents of the same crop
+    with torch.no_grad():
+        flat = model.flatten_latents(model.encode(images, standardized=True)).double()
+    smiling = torch.from_numpy(used.labels[:, used.attributes.index("Smiling")] > 0)
+    expected = flat[smiling].mean(0) - flat[~smiling].mean(0)
+    torch.testing.assert_close(d.vector("Smiling", "mean_diff").double(), expected, atol=1e-4, rtol=1e-4)
+    assert (tmp_path / "dirs" / "celeba16_auc.png").stat().st_size > 0
+    assert (tmp_path / "dirs" / "celeba16_projections.png").stat().st_size > 0
+
+
+def test_command_refuses_unlabelled_folders(tmp_path, tiny_model_dir, faces_dir, capsys):
+    folder = tmp_path / "plain"
+    folder.mkdir()
+    first = sorted((faces_dir / "img_align_celeba").iterdir())[0]
+    (folder / first.name).write_bytes(first.read_bytes())
+    rc = main(["directions", "--model", str(tiny_model_dir), "--data", str(folder), "--out",
+               str(tmp_path / "d.safetensors"), "--device", "cpu", "--no-progress"])
+    assert rc == 2
+    assert "no attribute labels" in capsys.readouterr().err
+    assert not (tmp_path / "d.safetensors").exists()

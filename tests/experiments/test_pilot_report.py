@@ -1,0 +1,53 @@
+"""`python -m experiments pilot-report` on two tiny real runs: the table ranks them, the figures exist, bad input is named."""
+from __future__ import annotations
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from experiments import cli as experiments_cli
+from experiments import pilots
+from flow_model import cli
+
+TRAIN = ["--image-size", "8", "--levels", "2", "--depth", "1", "--batch-size", "4", "--val-fraction", "0.25",
+         "--workers", "0", "--init-batch", "8", "--max-steps", "12", "--log-every", "2", "--sample-every", "1000",
+         "--no-progress"]
+
+
+@pytest.fixture(scope="module")
+def runs(tmp_path_factory):
+    root = tmp_path_factory.mktemp("pilots")
+    rng = np.random.default_rng(0)
+    for i in range(24):
+        img = np.clip(rng.integers(0, 256, 3) + rng.normal(0, 30, (12, 10, 3)), 0, 255).astype(np.uint8)
+        Image.fromarray(img).save(root / f"{i:03d}.png")
+    dirs = []
+    for name, hidden in (("narrow", "4"), ("wide", "16")):
+        assert cli.main(["train", "--data", str(root), "--out", str(root / name), "--hidden", hidden, *TRAIN]) == 0
+        dirs.append(root / name)
+    return dirs
+
+
+def test_report_ranks_pilots_and_keeps_the_account(runs, tmp_path, capsys) -> None:
+    out = tmp_path / "docs" / "pilots.md"
+    assert experiments_cli.main(["pilot-report", *map(str, runs), "--out", str(out), "--per-row", "2"]) == 0
+    text = out.read_text()
+    found = {r["name"]: r for r in map(pilots.read_run, runs)}
+    assert all(r["steps"] == 12 and r["img_per_s"] > 0 and np.isfinite(r["val_bpd"]) for r in found.values())
+    assert found["narrow"]["glow"].num_parameters() < found["wide"]["glow"].num_parameters()
+    table = [line for line in text.splitlines() if line.startswith(("| narrow", "| wide"))]
+    best = min(found.values(), key=lambda r: r["val_bpd"])
+    assert len(table) == 2 and table[0].startswith(f"| {best['name']} ")
+    assert f"{best['val_bpd']:.4f}" in table[0] and "| 2 × 1, " in table[0]
+    for figure in ("pilots_bpd.png", "pilots_samples.png"):
+        assert figure in text and (out.parent / figure).stat().st_size > 0
+    assert "python -m experiments pilot-report" in text and best["name"] in capsys.readouterr().out
+
+    out.write_text(text.split("## Account")[0] + "## Account\n\nours\n")
+    assert experiments_cli.main(["pilot-report", *map(str, runs), "--out", str(out), "--per-row", "2"]) == 0
+    assert out.read_text().endswith("## Account\n\nours\n")
+
+
+def test_report_names_a_directory_without_a_run(runs, tmp_path, capsys) -> None:
+    assert experiments_cli.main(["pilot-report", str(runs[0]), str(tmp_path), "--out", str(tmp_path / "p.md")]) == 2
+    assert str(tmp_path) in capsys.readouterr().err and not (tmp_path / "p.md").exists()

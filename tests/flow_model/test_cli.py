@@ -1,0 +1,233 @@
+"""`python -m flow_model`: every command end to end on a tiny run, and bad input -> one clear line and exit code 2."""
+from __future__ import annotations
+
+import json
+import re
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from tests.conftest import ROOT
+from PIL import Image
+from safetensors.torch import load_file, save_file
+
+from flow_model import reduce_bits
+from flow_model.training.checkpoint import CHECKPOINT_NAME
+from flow_model.cli import main
+from flow_model.data import load_images, open_dataset
+from flow_model.evaluate import evaluate_bpd
+from flow_model.imaging import celeba_crop, load_image, to_tensor
+from flow_model.training.checkpoint import load_model, model_from_run
+
+
+def run_cli(capsys, *args) -> tuple[int, str, str]:
+    """main() in-process: exit code (argparse's SystemExit included), stdout, stderr."""
+    try:
+        code = main([str(a) for a in args])
+    except SystemExit as exit_:
+        code = exit_.code if isinstance(exit_.code, int) else 1
+    out, err = capsys.readouterr()
+    return code, out, err
+
+
+@pytest.fixture(scope="module")
+def pretrained(tiny_run: Path, tmp_path_factory) -> Path:
+    out = tmp_path_factory.mktemp("pretrained") / "model"
+    assert main(["export", "--run", str(tiny_run), "--out", str(out)]) == 0
+    return out
+
+
+def face_files(faces_dir: Path, n: int) -> list[Path]:
+    return sorted((faces_dir / "img_align_celeba").iterdir())[:n]
+
+
+def test_export(tiny_run, tmp_path, capsys):
+    code, out, _ = run_cli(capsys, "export", "--run", tiny_run, "--out", tmp_path / "half", "--fp16", "--no-ema")
+    assert code == 0 and "exported" in out
+    assert sorted(p.name for p in (tmp_path / "half").iterdir()) == ["config.json", "model.safetensors"]
+    weights = load_file(str(tmp_path / "half" / "model.safetensors"))
+    assert weights["top_prior.mean"].dtype == torch.float16
+
+
+def test_eval_reports_the_models_bits_per_dim(pretrained, faces_dir, capsys):
+    code, out, _ = run_cli(capsys, "eval", "--model", pretrained, "--data", faces_dir, "--limit", 24, "--workers", 0,
+                           "--batch-size", 8)
+    assert code == 0
+    match = re.search(r"([\d.]+) ± ([\d.]+) bits/dim .*24 images, 5-bit, 8x8", out)
+    assert match, out
+    images, _ = load_images(open_dataset(faces_dir, limit=24), 8, workers=0, progress=False)
+    expected, se = evaluate_bpd(load_model(pretrained), images, batch_size=8)
+    assert float(match.group(1)) == pytest.approx(expected, abs=1e-4)
+    assert float(match.group(2)) == pytest.approx(se, abs=1e-4)
+
+
+def test_eval_on_a_runs_split(tiny_run, faces_dir, capsys):
+    code, out, _ = run_cli(capsys, "eval", "--model", tiny_run, "--data", faces_dir, "--split", tiny_run / "split.json",
+                           "--subset", "val", "--workers", 0)
+    n_val = len(json.loads((tiny_run / "split.json").read_text())["val"])
+    assert code == 0 and f"{n_val} images" in out
+
+
+def test_sample_at_temperature_zero(tiny_run, tmp_path, capsys):
+    code, out, _ = run_cli(capsys, "sample", "--model", tiny_run, "--out", tmp_path / "s.png", "--n", 4,
+                           "--temperature", 0)
+    assert code == 0 and "wrote 4 samples" in out
+    grid = np.asarray(Image.open(tmp_path / "s.png"))
+    assert grid.shape == (2 + 10, 2 + 4 * 10, 3)  # one row of four 8x8 tiles with a 2-pixel gutter
+    tiles = [grid[2:10, 2 + 10 * i : 10 + 10 * i] for i in range(4)]
+    assert all(np.array_equal(tiles[0], t) for t in tiles[1:]), "T=0 must give the same image every time"
+
+
+@pytest.mark.parametrize("standardized", [False, True])
+def test_encode_then_decode_gives_back_the_reduced_crops(pretrained, faces_dir, tmp_path, capsys, standardized):
+    files = face_files(faces_dir, 3)
+    flag = ["--standardized"] if standardized else []
+    code, out, _ = run_cli(capsys, "encode", "--model", pretrained, "--images", *files, "--out",
+                           tmp_path / "z.safetensors", *flag)
+    assert code == 0 and "encoded 3 images" in out and "192 values each" in out
+    code, out, _ = run_cli(capsys, "decode", "--model", pretrained, "--latents", tmp_path / "z.safetensors",
+                           "--out-dir", tmp_path / "decoded")
+    assert code == 0 and "decoded 3 images" in out
+    for f in files:
+        decoded = to_tensor(Image.open(tmp_path / "decoded" / f"{f.stem}.png"))
+        assert torch.equal(decoded, reduce_bits(to_tensor(celeba_crop(load_image(f), 8)), 5)), f.name
+
+
+def broken_copy(src: Path, dest: Path, name: str, content: bytes) -> Path:
+    shutil.copytree(src, dest)
+    (dest / name).write_bytes(content)
+    return dest
+
+
+BAD_CONFIGS = {
+    "not_json": (b"{not json", "is not valid JSON"),
+    "wrong_type": (json.dumps({"n_bits": "5"}).encode(), "n_bits must be an integer"),
+    "unknown_field": (json.dumps({"levls": 2}).encode(), r"unknown field\(s\) \['levls'\]"),
+}
+
+
+@pytest.mark.parametrize("kind", BAD_CONFIGS)
+def test_invalid_config_json(pretrained, tmp_path, capsys, kind):
+    content, message = BAD_CONFIGS[kind]
+    model = broken_copy(pretrained, tmp_path / "m", "config.json", content)
+    code, out, err = run_cli(capsys, "sample", "--model", model, "--out", tmp_path / "s.png")
+    assert code == 2 and re.search(message, err) and err.startswith("error:"), err
+
+
+def test_corrupt_weights(pretrained, tmp_path, capsys):
+    model = broken_copy(pretrained, tmp_path / "m", "model.safetensors", b"\x00" * 64)
+    code, _, err = run_cli(capsys, "sample", "--model", model, "--out", tmp_path / "s.png")
+    assert code == 2 and "cannot read weights" in err
+
+
+def test_corrupt_checkpoint(tiny_run, faces_dir, tmp_path, capsys):
+    run = broken_copy(tiny_run, tmp_path / "run", CHECKPOINT_NAME, b"garbage")
+    for args in (["eval", "--model", run, "--data", faces_dir], ["export", "--run", run, "--out", tmp_path / "x"],
+                 ["train", "--out", run, "--resume"]):
+        code, _, err = run_cli(capsys, *args)
+        assert code == 2 and "is damaged or not a flow_model checkpoint" in err, (args, err)
+
+
+def test_missing_paths(pretrained, tmp_path, capsys):
+    cases = [
+        (["eval", "--model", pretrained, "--data", tmp_path / "nodata"], "data directory not found"),
+        (["sample", "--model", tmp_path / "nomodel", "--out", tmp_path / "s.png"], "not a pretrained model directory"),
+        (["export", "--run", tmp_path / "norun", "--out", tmp_path / "x"], "no checkpoint at"),
+        (["train", "--out", tmp_path / "norun", "--resume"], "no checkpoint at"),
+        (["train", "--data", tmp_path / "nodata", "--out", tmp_path / "new"], "data directory not found"),
+        (["encode", "--model", pretrained, "--images", tmp_path / "none.jpg", "--out", tmp_path / "z"],
+         "no such image file"),
+        (["decode", "--model", pretrained, "--latents", tmp_path / "none.safetensors", "--out-dir", tmp_path / "d"],
+         "none.safetensors"),
+    ]
+    for args, message in cases:
+        code, _, err = run_cli(capsys, *args)
+        assert code == 2 and message in err, (args, code, err)
+
+
+def test_bad_latents_and_images(pretrained, tmp_path, capsys):
+    (tmp_path / "garbage.safetensors").write_bytes(b"garbage")
+    save_file({"latents": torch.zeros(2, 5)}, str(tmp_path / "short.safetensors"))
+    (tmp_path / "text.jpg").write_text("not an image")
+    cases = [
+        (["decode", "--model", pretrained, "--latents", tmp_path / "garbage.safetensors", "--out-dir", tmp_path / "d"],
+         "garbage.safetensors"),
+        (["decode", "--model", pretrained, "--latents", tmp_path / "short.safetensors", "--out-dir", tmp_path / "d"],
+         "must have 192 values per image, got 5"),
+        (["encode", "--model", pretrained, "--images", tmp_path / "text.jpg", "--out", tmp_path / "z"],
+         "not an image"),
+    ]
+    for args, message in cases:
+        code, _, err = run_cli(capsys, *args)
+        assert code == 2 and message in err, (args, code, err)
+
+
+def test_wrong_kinds_of_file(pretrained, tiny_run, faces_dir, tmp_path, capsys):
+    (tmp_path / "a_dir.png").mkdir()
+    (tmp_path / "a_file").write_text("x")
+    cases = [
+        (["eval", "--model", pretrained, "--data", faces_dir, "--split", pretrained / "config.json"],
+         "has no 'val' list"),
+        (["sample", "--model", pretrained, "--out", tmp_path / "a_dir.png"], "a_dir.png"),
+        (["export", "--run", tiny_run, "--out", tmp_path / "a_file"], "a_file"),
+    ]
+    for args, message in cases:
+        code, _, err = run_cli(capsys, *args)
+        assert code == 2 and message in err and err.startswith("error:"), (args, code, err)
+
+
+def test_train_argument_errors(tiny_run, faces_dir, tmp_path, capsys):
+    cases = [
+        (["train", "--out", tmp_path / "new"], "--data is required"),
+        (["train", "--data", faces_dir, "--out", tiny_run], "already holds a run"),
+        (["train", "--data", faces_dir, "--out", tmp_path / "new", "--image-size", 12], "image_size must be"),
+        (["train", "--data", faces_dir, "--out", tmp_path / "new", "--lr", -1], "lr must be > 0"),
+        (["train", "--data", faces_dir, "--out", tmp_path / "new", "--levels", 0], "must be >= 1"),
+        (["sample", "--model", tiny_run, "--out", tmp_path / "s.png", "--n", "many"], "invalid positive_int value"),
+    ]
+    for args, message in cases:
+        code, _, err = run_cli(capsys, *args)
+        assert code == 2 and message in err, (args, code, err)
+    assert not (tmp_path / "new").exists()
+
+
+def test_the_module_entry_point_exits_2_without_a_traceback(tmp_path):
+    done = subprocess.run([sys.executable, "-m", "flow_model", "sample", "--model", str(tmp_path / "none"), "--out",
+                           str(tmp_path / "s.png")], cwd=ROOT, capture_output=True, text=True, timeout=120)
+    assert done.returncode == 2
+    assert "Traceback" not in done.stderr and done.stderr.startswith("error:"), done.stderr
+
+
+def test_train_init_from_a_release(pretrained, tiny_run, faces_dir, tmp_path, capsys):
+    """--init-from: the release's config, weights and ActNorm state, and its validation images kept as validation."""
+    release = tmp_path / "release"
+    shutil.copytree(pretrained, release)
+    shutil.copy(tiny_run / "split.json", release / "split.json")
+    common = ["train", "--data", faces_dir, "--init-from", release, "--batch-size", 8, "--workers", 0,
+              "--val-max", 8, "--no-progress", "--device", "cpu"]
+    code, _, err = run_cli(capsys, *common, "--out", tmp_path / "same", "--max-steps", 0, "--image-size", 8)
+    assert code == 0, err
+    started = model_from_run(tmp_path / "same", use_ema=False)
+    source = load_model(release)
+    assert started.config == source.config
+    for k, v in source.state_dict().items():
+        assert torch.equal(started.state_dict()[k], v), k  # ActNorm's initialised flag included: no re-init
+    released_val = json.loads((tiny_run / "split.json").read_text())["val"]
+    split = json.loads((tmp_path / "same" / "split.json").read_text())
+    assert split["val"] == sorted(released_val) and not set(split["train"]) & set(released_val)
+    assert len(split["train"]) + len(split["val"]) == len(open_dataset(faces_dir))
+
+    code, _, err = run_cli(capsys, *common, "--out", tmp_path / "trained", "--max-steps", 2)
+    assert code == 0, err
+    trained = model_from_run(tmp_path / "trained", use_ema=False).state_dict()
+    assert any(not torch.equal(trained[k], v) for k, v in source.state_dict().items())
+
+    code, _, err = run_cli(capsys, *common, "--out", tmp_path / "bad", "--hidden", 64)
+    assert code == 2 and "--init-from" in err and "hidden=8" in err and "--hidden" in err
+    (release / "split.json").write_text("[1, 2]")
+    code, _, err = run_cli(capsys, *common, "--out", tmp_path / "bad2")
+    assert code == 2 and "cannot read a validation list" in err
