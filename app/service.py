@@ -21,7 +21,7 @@ from PIL import Image
 from sklearn.linear_model import LogisticRegression
 
 from flow_model.fileio import write_text
-from flow_model.glow import Glow, to_bins
+from flow_model.glow import Glow
 from flow_model.imaging import ImageError, load_image, to_pil, to_tensor
 from flow_model.training.checkpoint import load_model
 
@@ -259,19 +259,17 @@ class EditorService:
 
     @torch.inference_mode()
     def _forward(self, images: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """Flat standardised latents (N, D) and bits/dim (N,) of uint8 images, from one pass of the flow.
+        """Flat standardised latents (N, D) and bits/dim (N,) of uint8 images, from one pass (Glow.encode_with_bpd).
 
         The bits/dim is taken at the pixel-bin centres, the point encode() maps, rather than with random
         dequantisation noise, so the same photo always gets the same number.
         """
-        size, config = self.image_size, self.model.config
+        size = self.image_size
         if not isinstance(images, torch.Tensor) or images.dtype != torch.uint8 or images.dim() != 4 \
                 or tuple(images.shape[1:]) != (3, size, size):
             raise ValueError(f"expected uint8 images (N, 3, {size}, {size}), got "
                              f"{getattr(images, 'dtype', type(images))} {tuple(getattr(images, 'shape', ()))}")
-        bins = to_bins(images.to(self.device), config.n_bits)
-        _, eps, logp = self.model.flow_forward((bins + 0.5) / config.n_bins - 0.5)
-        bpd = -(logp - config.dims * math.log(config.n_bins)) / (config.dims * math.log(2))
+        eps, bpd = self.model.encode_with_bpd(images, standardized=True)
         return self.model.flatten_latents(eps).float().cpu(), bpd.double().cpu()
 
     def encode(self, x: torch.Tensor, crop: Image.Image | None = None, notes: Sequence[str] = ()) -> Face:

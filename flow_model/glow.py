@@ -15,8 +15,6 @@ from .config import GlowConfig
 from .fileio import save_safetensors
 from .layers import (
     ActNorm,
-    AdditiveCoupling,
-    AffineCoupling,
     EvalCache,
     FlowSequential,
     InvertibleConv,
@@ -27,6 +25,7 @@ from .layers import (
     conv1x1,
     gaussian_log_prob,
     make_cond_net,
+    make_coupling,
     make_permutation,
     tensors_of,
 )
@@ -49,17 +48,6 @@ def reduce_bits(x: torch.Tensor, n_bits: int) -> torch.Tensor:
     return from_bins(to_bins(x, n_bits), n_bits)
 
 
-def make_coupling(config: GlowConfig, channels: int) -> nn.Module:
-    make_net = partial(make_cond_net, config)
-    if config.coupling == "affine":
-        return AffineCoupling(channels, make_net)
-    if config.coupling == "additive":
-        return AdditiveCoupling(channels, make_net)
-    from .layers.mixture import MixLogisticCoupling
-
-    return MixLogisticCoupling(channels, make_net, components=config.mixture_components)
-
-
 def make_dequantizer(config: GlowConfig) -> nn.Module:
     if config.dequant == "uniform":
         return UniformDequantizer()
@@ -75,7 +63,7 @@ class FlowStep(FlowSequential):
         super().__init__(
             ActNorm(channels),
             make_permutation(config.permutation, channels, generator),
-            make_coupling(config, channels),
+            make_coupling(config, channels, partial(make_cond_net, config)),
         )
 
     def frozen_inverse(self, memory_format: torch.memory_format) -> Callable[[torch.Tensor], torch.Tensor]:
@@ -217,11 +205,17 @@ class Glow(nn.Module):
 
     def encode(self, x: torch.Tensor, standardized: bool = False) -> list[torch.Tensor]:
         """Exact latents of every level, with each pixel at its bin centre (no noise)."""
+        return self.encode_with_bpd(x, standardized)[0]
+
+    def encode_with_bpd(self, x: torch.Tensor, standardized: bool = False) -> tuple[list[torch.Tensor], torch.Tensor]:
+        """encode(x), and from the same pass each image's bits/dim at its pixels' bin centres: no dequantisation
+        noise (and no dequantiser), so the same image always gets the same number."""
         self._check_images(x)
         device = next(self.parameters()).device
         bins = to_bins(x.to(device), self.config.n_bits)
-        latents, eps, _ = self.flow_forward(self._continuous(bins, torch.full_like(bins, 0.5)))
-        return [z.contiguous() for z in (eps if standardized else latents)]
+        latents, eps, logp = self.flow_forward(self._continuous(bins, torch.full_like(bins, 0.5)))
+        bpd = -(logp - self.config.dims * math.log(self.config.n_bins)) / (self.config.dims * math.log(2))
+        return [z.contiguous() for z in (eps if standardized else latents)], bpd
 
     def decode(self, latents: list[torch.Tensor], standardized: bool = False) -> torch.Tensor:
         """uint8 images; decode(encode(x)) == reduce_bits(x) exactly."""

@@ -82,3 +82,15 @@ class AdditiveCoupling(FlowLayer):
     def _invert(self, y: torch.Tensor, context: torch.Tensor | None = None, net: Callable | None = None) -> torch.Tensor:
         ya, yb = halves(y, self.split)
         return torch.cat([ya, yb - (self.net if net is None else net)(net_input(ya, context))], dim=1)
+
+
+def make_coupling(config, channels: int, make_net: Callable[[int, int], nn.Module]) -> FlowLayer:
+    """The coupling `config.coupling` names (affine, additive or mixlogistic), its nets made by make_net(in, out):
+    the one place a coupling is chosen, for the flow's steps and the variational dequantiser's alike."""
+    if config.coupling == "affine":
+        return AffineCoupling(channels, make_net)
+    if config.coupling == "additive":
+        return AdditiveCoupling(channels, make_net)
+    from .mixture import MixLogisticCoupling  # deferred: mixture.py imports net_input from here
+
+    return MixLogisticCoupling(channels, make_net, components=config.mixture_components)

@@ -10,8 +10,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from .actnorm import ActNorm
-from .coupling import AdditiveCoupling, AffineCoupling
-from .mixture import MixLogisticCoupling
+from .coupling import make_coupling
 from .multiscale import gaussian_log_prob
 from .nets import ConvNet
 from .permutation import make_permutation
@@ -46,12 +45,7 @@ class ConditionalStep(nn.Module):
         def make_net(in_ch: int, out_ch: int) -> nn.Module:
             return ConvNet(in_ch + hidden, out_ch, hidden)
 
-        if config.coupling == "affine":
-            self.coupling = AffineCoupling(channels, make_net)
-        elif config.coupling == "additive":
-            self.coupling = AdditiveCoupling(channels, make_net)
-        else:
-            self.coupling = MixLogisticCoupling(channels, make_net, components=config.mixture_components)
+        self.coupling = make_coupling(config, channels, make_net)
 
     def forward(self, x: torch.Tensor, context: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         x, logdet_norm = self.norm(x)
