@@ -48,10 +48,10 @@ def example_faces(service: EditorService, n: int, folder: Path) -> list[str]:
 
 
 def serve(options: ServerOptions) -> None:
-    # A slider update is one batch-1 decode: on an idle 2-core CPU its p50 is 45 ms with 2 threads and 54 ms with 1
-    # (bench/editor.py). Only cores // threads requests run at once (one, by default) and the rest wait in the queue:
-    # two multi-thread decodes side by side make their OpenMP threads wait on each other (p50 690 ms once measured on
-    # a loaded machine), and --threads 1 lets two requests run side by side instead.
+    # A slider update is one batch-1 decode, a little faster with 2 threads than with 1 on an idle CPU (bench/editor.py
+    # times both; the README has the figures). Only cores // threads requests run at once (one, by default) and the
+    # rest wait in the queue: two multi-thread decodes side by side make their OpenMP threads wait on each other (many
+    # times slower on a loaded machine), and --threads 1 lets two requests run side by side instead.
     torch.set_num_threads(options.threads)
     device = resolve_device(options.device)
     service = EditorService.load(options.model, device=str(device))

@@ -21,8 +21,8 @@ EXTRA_SLOTS = 6  # sliders that "Add attribute" and custom directions can fill
 SLIDER_LIMIT = 2.0
 SLIDER_STEP = 0.05
 MAX_UI_FRAMES = 32
-# Images shown in the page are JPEG: at 256x256 Gradio encodes one in ~1 ms against ~25 ms for PNG, which matters
-# on every slider move. Downloads are PNG.
+# Images shown in the page are JPEG: Gradio encodes a 256x256 JPEG many times faster than a PNG, which matters on
+# every slider move (bench/editor.py includes it in the slider update). Downloads are PNG.
 DISPLAY_FORMAT = "jpeg"
 
 INTRO = """# Glow face editor
