@@ -97,14 +97,26 @@ def warp(img: Image.Image, matrix: np.ndarray, size: int) -> Image.Image:
 
 
 @dataclass
-class AlignedFace:
-    """One aligned face: the crop, where its landmarks were in the photo, and a note for the user."""
+class FaceLocation:
+    """Where the face to edit is in a photo: its landmarks, the transform onto the training framing, a note."""
 
-    crop: Image.Image
     landmarks: np.ndarray  # (5, 2) in photo pixels, LANDMARK_NAMES order
     box: tuple[int, int, int, int]  # the detection (left, top, right, bottom) in photo pixels
     faces_found: int
     note: str
+    unit_matrix: np.ndarray  # (2, 3): photo pixels -> the crop as the unit square; scale it for any crop size
+
+    def matrix(self, size: int) -> np.ndarray:
+        """photo pixels -> pixels of a size x size crop."""
+        return np.diag([float(size), float(size)]) @ self.unit_matrix
+
+
+@dataclass
+class AlignedFace:
+    """One aligned face: the crop and where it came from."""
+
+    crop: Image.Image
+    location: FaceLocation
 
 
 class FaceAligner:
@@ -161,8 +173,8 @@ class FaceAligner:
         pts = np.array([(p.x, p.y) for p in shape.parts()], np.float64) + region[:2]
         return np.stack([pts[36:42].mean(0), pts[42:48].mean(0), pts[30], pts[48], pts[54]])
 
-    def align(self, img: Image.Image, size: int) -> AlignedFace:
-        """The largest face, warped into a size x size crop framed like the training images."""
+    def locate(self, img: Image.Image) -> FaceLocation:
+        """The largest face and the similarity transform that frames it like the training images."""
         boxes = self.detect(img)
         if not boxes:
             raise ImageError("no face found: use a photo with one face looking roughly at the camera, "
@@ -172,9 +184,14 @@ class FaceAligner:
             raise ImageError(f"the face is only {box[2] - box[0]} pixels wide; use a photo where it is at least "
                              f"{MIN_FACE_PIXELS} pixels wide")
         points = self.landmarks(img, box)
-        matrix = similarity_transform(points[FIT_POINTS], TEMPLATE[FIT_POINTS] * size)
+        unit = similarity_transform(points[FIT_POINTS], TEMPLATE[FIT_POINTS])
         note = f"{len(boxes)} faces found; editing the largest" if len(boxes) > 1 else ""
-        return AlignedFace(warp(img, matrix, size), points, box, len(boxes), note)
+        return FaceLocation(points, box, len(boxes), note, unit)
+
+    def align(self, img: Image.Image, size: int) -> AlignedFace:
+        """The largest face, warped into a size x size crop framed like the training images."""
+        location = self.locate(img)
+        return AlignedFace(warp(img, location.matrix(size), size), location)
 
 
 def crop_landmarks(aligner: FaceAligner, img: Image.Image) -> np.ndarray | None:

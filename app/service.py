@@ -25,14 +25,18 @@ from flow_model.glow import Glow
 from flow_model.imaging import ImageError, load_image, to_pil, to_tensor
 from flow_model.training.checkpoint import load_model
 
-from .align import FaceAligner
+from .align import FaceAligner, warp
+from .calibration import CALIBRATION_FILE, Calibration
 from .directions import Directions, load_directions
+from .photo import UPSAMPLERS, FacePhoto, compose, crop_side, edited_photo, to_image
 
 log = logging.getLogger(__name__)
 
 DIRECTIONS_FILE = "directions.safetensors"
 BPD_RANGE_FILE = "bpd_range.json"
-METHOD_LABELS = {"classifier": "classifier normal", "mean_diff": "mean difference (Glow paper)"}
+AUTO_METHOD = "auto"  # each slider's calibrated method (calibration.json), else the classifier normal
+METHOD_LABELS = {AUTO_METHOD: "calibrated per slider", "classifier": "classifier normal",
+                 "mean_diff": "mean difference (Glow paper)"}
 MIN_IMAGE_SIDE = 40  # below this no face can be found; an image of exactly the model's size is a ready crop
 MIN_CUSTOM_EXAMPLES = 3
 MAX_FRAMES = 64
@@ -50,6 +54,13 @@ class SliderSpec:
     attribute: str
     sign: float = 1.0
     scale: float = 1.0
+    method: str = "classifier"  # the direction used under AUTO_METHOD
+    keep: tuple[str, ...] = ()  # attributes held fixed by default (orthogonalised against), on top of the user's
+    default: bool = True  # False: not among the default sliders (reachable under "more attributes")
+    method_scales: tuple[tuple[str, float], ...] = ()  # calibrated scale per method, when it differs from scale
+
+    def scale_for(self, method: str) -> float:
+        return self.scale if method == self.method else dict(self.method_scales).get(method, self.scale)
 
 
 # Scales from scripts/slider_sheet.py on the shipped model: at a class-mean gap, age, brown hair and narrow eyes
@@ -74,23 +85,46 @@ SLIDERS = (
 SLIDER_BY_LABEL = {s.label: s for s in SLIDERS}
 
 
+def calibrated_sliders(calibration: Calibration | None) -> dict[str, SliderSpec]:
+    """SLIDERS with the measured scale, method, kept attributes and default-set membership of calibration.json
+    (app/calibration.py, written by `python -m app evaluate-edits --calibrate`) where it has them."""
+    out = {}
+    for spec in SLIDERS:
+        c = calibration.get(spec.label) if calibration is not None else None
+        out[spec.label] = spec if c is None else SliderSpec(
+            spec.label, spec.attribute, spec.sign, c.scale, c.method, tuple(c.keep), c.default,
+            tuple(sorted(c.scales.items())))
+    return out
+
+
 @dataclass
 class Face:
-    """One encoded face, kept in per-session state so each upload is encoded once."""
+    """One encoded face, kept in per-session state so each upload is aligned and encoded once."""
 
     latent: torch.Tensor  # (D,) float32 flat standardised latent, on the CPU
     image: torch.Tensor  # (3, S, S) uint8: decode(latent), the model's n-bit version of the input
     bpd: float
-    crop: Image.Image  # what was encoded, at display size: the aligned crop of a photo
+    photo: FacePhoto  # the photo behind it and the aligned crop at the photo's own resolution
+    decoded: torch.Tensor  # (3, S, S) float: the decoder's continuous output for latent, before rounding to n bits
     notes: list[str] = field(default_factory=list)
+
+    @property
+    def crop(self) -> Image.Image:
+        """What was encoded, at display size."""
+        return to_image(self.photo.view)
 
 
 @dataclass(frozen=True)
 class Edited:
-    """An edited face and the fraction of the requested edit it shows: below 1 when the full edit diverged."""
+    """An edited face and the fraction of the requested edit it shows: below 1 when the full edit diverged.
 
-    image: torch.Tensor  # (3, S, S) uint8
+    `change` is the model's change to the face, decode(edited) - decode(face) in pixel units before rounding, which
+    the photo-resolution views add to the user's own pixels; None when nothing changed.
+    """
+
+    image: torch.Tensor  # (3, S, S) uint8: the model's own output
     strength: float = 1.0
+    change: torch.Tensor | None = None  # (3, S, S) float32
 
     @property
     def note(self) -> str:
@@ -235,11 +269,16 @@ class EditorService:
         if directions is None:
             log.warning("%s has no %s: attribute sliders are off", model_dir, DIRECTIONS_FILE)
         bpd_range = BpdRange.load(model_dir / BPD_RANGE_FILE) if (model_dir / BPD_RANGE_FILE).is_file() else None
-        return cls(model, directions, FaceAligner() if align else None, bpd_range, display_size)
+        service = cls(model, directions, FaceAligner() if align else None, bpd_range, display_size)
+        if (model_dir / CALIBRATION_FILE).is_file():
+            service.set_calibration(Calibration.load(model_dir / CALIBRATION_FILE))
+        return service
 
     # -- faces -------------------------------------------------------------------------------------
-    def prepare(self, source: str | Path | bytes | Image.Image) -> tuple[torch.Tensor, Image.Image, list[str]]:
-        """An image -> the model-size uint8 crop to encode, the crop at display size, and notes for the user.
+    def prepare(self, source: str | Path | bytes | Image.Image,
+                keep_photo: bool = True) -> tuple[torch.Tensor, FacePhoto | None, list[str]]:
+        """An image -> the model-size uint8 crop to encode, the photo with its face crop at the photo's own
+        resolution (None unless keep_photo), and notes for the user.
 
         A photo is aligned onto the training framing; an image of exactly the model's size (a sample, an example,
         a downloaded edit) already is such a crop and is used as it is.
@@ -247,15 +286,18 @@ class EditorService:
         img = load_image(source)
         size = self.image_size
         if img.size == (size, size):
-            return to_tensor(img), upscale(to_tensor(img), self.display_size), []
+            return to_tensor(img), FacePhoto.from_crop(img, self.display_size) if keep_photo else None, []
         if min(img.size) < MIN_IMAGE_SIDE:
             raise ImageError(f"the image is only {img.width}x{img.height} pixels; a face photo needs at least "
                              f"{MIN_IMAGE_SIDE} pixels a side (or exactly {size}x{size}, a ready-made model crop)")
         if self.aligner is None:
             raise ImageError(f"face alignment is off in this editor: upload a {size}x{size} face crop")
-        aligned = self.aligner.align(img, self.display_size)
-        x = to_tensor(aligned.crop.resize((size, size), Image.Resampling.LANCZOS))
-        return x, aligned.crop, [aligned.note] if aligned.note else []
+        location = self.aligner.locate(img)
+        side = crop_side(location.unit_matrix) if keep_photo else self.display_size
+        crop = warp(img, location.matrix(side), side)
+        x = to_tensor(crop.resize((size, size), Image.Resampling.LANCZOS))
+        photo = FacePhoto.from_crop(crop, self.display_size, img, location.matrix(side)) if keep_photo else None
+        return x, photo, [location.note] if location.note else []
 
     @torch.inference_mode()
     def _forward(self, images: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
@@ -272,11 +314,13 @@ class EditorService:
         eps, bpd = self.model.encode_with_bpd(images, standardized=True)
         return self.model.flatten_latents(eps).float().cpu(), bpd.double().cpu()
 
-    def encode(self, x: torch.Tensor, crop: Image.Image | None = None, notes: Sequence[str] = ()) -> Face:
-        """Latent, reconstruction and bits/dim of one model-size uint8 image (3, S, S)."""
+    def encode(self, x: torch.Tensor, photo: FacePhoto | None = None, notes: Sequence[str] = ()) -> Face:
+        """Latent, reconstruction and bits/dim of one model-size uint8 image (3, S, S); without a photo, the image
+        itself is the face's crop."""
         latents, bpd = self._forward(x.unsqueeze(0) if isinstance(x, torch.Tensor) and x.dim() == 3 else x)
-        image = self.decode(latents[0])
-        return Face(latents[0], image, float(bpd[0]), crop if crop is not None else upscale(x, self.display_size),
+        decoded, _ = self.decode_checked(latents[:1])
+        photo = photo if photo is not None else FacePhoto.from_crop(to_pil(x), self.display_size)
+        return Face(latents[0], self.model.quantize(decoded[0]), float(bpd[0]), photo, decoded[0],
                     [*notes, *self.bpd_notes(float(bpd[0]))])
 
     def measure_bpd_range(self, images: torch.Tensor, batch_size: int = 64) -> BpdRange:
@@ -294,7 +338,7 @@ class EditorService:
 
     def latent_of(self, source: str | Path | bytes | Image.Image) -> torch.Tensor:
         """Only the (D,) latent of an image: what interpolation and custom directions need (no reconstruction)."""
-        return self._forward(self.prepare(source)[0].unsqueeze(0))[0][0]
+        return self._forward(self.prepare(source, keep_photo=False)[0].unsqueeze(0))[0][0]
 
     def bpd_notes(self, bpd: float) -> list[str]:
         r = self.bpd_range
@@ -306,34 +350,71 @@ class EditorService:
     # -- decoding ----------------------------------------------------------------------------------
     def decode(self, latents: torch.Tensor) -> torch.Tensor:
         """Flat standardised latents (D,) or (N, D) -> uint8 images (3, S, S) or (N, 3, S, S), on the CPU."""
-        images = self.decode_checked(latents.unsqueeze(0) if latents.dim() == 1 else latents)[0]
+        images = self.model.quantize(self.decode_checked(latents.unsqueeze(0) if latents.dim() == 1 else latents)[0])
         return images[0] if latents.dim() == 1 else images
 
     @torch.inference_mode()
     def decode_checked(self, latents: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """(N, D) latents -> uint8 images and, per image, whether the inverse stayed finite and in range. Affine
-        couplings invert by dividing by their scales, so latents far from the data can blow up to inf/NaN, which
-        would otherwise show as black or saturated blotches."""
+        """(N, D) latents -> the decoder's continuous output (N, 3, S, S) in [-0.5, 0.5) and, per image, whether
+        the inverse stayed finite and in range. Affine couplings invert by dividing by their scales, so latents far
+        from the data can blow up to inf/NaN, which would otherwise show as black or saturated blotches."""
         x = self.model.flow_inverse(self.model.unflatten_latents(latents.to(self.device)), standardized=True)
         ok = (x.abs().flatten(1).amax(1) <= MAX_DECODED).cpu()  # NaN compares False
-        return self.model.quantize(x).cpu(), ok
+        return x.float().cpu(), ok
 
     def display(self, x: torch.Tensor) -> Image.Image:
+        """A model-size uint8 image enlarged to display size (Lanczos): for samples and the model's own output."""
         return upscale(x, self.display_size)
+
+    # -- the user's own pixels -----------------------------------------------------------------------
+    def view(self, face: Face, edited: Edited | None = None, upsampling: str = "guided") -> Image.Image:
+        """The face at display size: the user's crop with the model's change added (the reconstruction when
+        nothing is edited is the crop itself)."""
+        return to_image(compose(face.photo.view, edited.change if edited else None, upsampling))
+
+    def edited_crop(self, face: Face, edited: Edited | None = None, upsampling: str = "guided") -> Image.Image:
+        """The aligned face crop at the photo's own resolution, edited."""
+        return to_image(compose(face.photo.crop, edited.change if edited else None, upsampling))
+
+    def edited_photo(self, face: Face, edited: Edited | None = None, upsampling: str = "guided") -> Image.Image:
+        """The whole photo at its own resolution with the edit pasted back; pixels outside the face mask keep
+        their original bytes. A face without a photo behind it (a model-size crop) gives its edited crop."""
+        if upsampling not in UPSAMPLERS:
+            raise ValueError(f"unknown upsampling {upsampling!r}; valid: {', '.join(UPSAMPLERS)}")
+        return edited_photo(face.photo, edited.change if edited else None, upsampling)
 
     # -- attribute edits ---------------------------------------------------------------------------
     @property
     def attributes(self) -> list[str]:
         return list(self.directions.names) if self.directions is not None else []
 
+    calibration: Calibration | None = None
+    _specs: Mapping[str, SliderSpec] = SLIDER_BY_LABEL
+
+    def set_calibration(self, calibration: Calibration | None) -> None:
+        """Apply measured slider defaults (scale, method, kept attributes, default set); None restores SLIDERS."""
+        self.calibration = calibration
+        self._specs = calibrated_sliders(calibration)
+
+    def slider(self, label: str) -> SliderSpec | None:
+        """A built-in slider's spec with this service's calibration applied."""
+        return self._specs.get(label)
+
     @property
     def sliders(self) -> list[SliderSpec]:
-        """The built-in sliders this model's directions support."""
-        return [s for s in SLIDERS if s.attribute in self.attributes]
+        """The default sliders this model's directions support (calibrated; those that cannot make a clear edit
+        are left out, see more_sliders)."""
+        return [s for s in self._specs.values() if s.attribute in self.attributes and s.default]
 
-    def vector(self, key: str, method: str = "classifier",
+    @property
+    def more_sliders(self) -> list[SliderSpec]:
+        """Built-in sliders outside the default set: measured too weak on this model (calibration.json says why)."""
+        return [s for s in self._specs.values() if s.attribute in self.attributes and not s.default]
+
+    def vector(self, key: str, method: str = AUTO_METHOD,
                custom: Mapping[str, torch.Tensor] | None = None) -> torch.Tensor:
-        """The (D,) edit vector of a slider label, a CelebA attribute name or a custom direction."""
+        """The (D,) edit vector of a slider label, a CelebA attribute name or a custom direction. AUTO_METHOD is a
+        slider's calibrated method (the classifier normal for attribute names)."""
         custom = custom or {}
         if key in custom:
             return custom[key].float()
@@ -342,11 +423,12 @@ class EditorService:
         if self.directions is None:
             raise KeyError(f"unknown edit {key!r}: this model has no attribute directions ({DIRECTIONS_FILE}), so "
                            "only custom sliders can be used")
-        spec = SLIDER_BY_LABEL.get(key)
+        spec = self.slider(key)
         if spec is not None and spec.attribute in self.attributes:
-            return spec.sign * spec.scale * self.directions.vector(spec.attribute, method)
+            method = spec.method if method == AUTO_METHOD else method
+            return spec.sign * spec.scale_for(method) * self.directions.vector(spec.attribute, method)
         if key in self.attributes:
-            return self.directions.vector(key, method)
+            return self.directions.vector(key, "classifier" if method == AUTO_METHOD else method)
         raise KeyError(f"unknown edit {key!r}: use a slider label ({', '.join(s.label for s in self.sliders)}), "
                        f"a CelebA attribute name or a custom slider's name")
 
@@ -376,16 +458,19 @@ class EditorService:
             choices[f"{name} ({sizes})"] = levels
         return choices
 
-    def edit_vectors(self, keys: Sequence[str], method: str = "classifier", keep: Sequence[str] = (),
+    def edit_vectors(self, keys: Sequence[str], method: str = AUTO_METHOD, keep: Sequence[str] = (),
                      levels: Sequence[int] | None = None,
                      custom: Mapping[str, torch.Tensor] | None = None) -> torch.Tensor:
         """(K, D) vectors the slider values multiply: restricted to the chosen levels and, for each, made
-        orthogonal to the (equally restricted) directions of the kept attributes other than itself."""
+        orthogonal to the (equally restricted) directions of the kept attributes other than itself: those given
+        and, for a built-in slider, those its calibration holds fixed by default."""
         mask = self.level_mask(levels)
         rows = []
         for key in keys:
             v = self.vector(key, method, custom)
-            kept = [self.vector(k, method, custom) for k in keep if k != key and self._attribute_of(k) !=
+            spec = self.slider(key)
+            held = list(dict.fromkeys([*keep, *(spec.keep if spec is not None else ())]))
+            kept = [self.vector(k, method, custom) for k in held if k != key and self._attribute_of(k) !=
                     self._attribute_of(key)]
             if mask is not None:
                 v = v * mask
@@ -394,10 +479,10 @@ class EditorService:
         return torch.stack(rows) if rows else torch.zeros(0, self.model.latent_dim)
 
     def _attribute_of(self, key: str) -> str:
-        spec = SLIDER_BY_LABEL.get(key)
+        spec = self.slider(key)
         return spec.attribute if spec is not None else key
 
-    def edit_latent(self, latent: torch.Tensor, edits: Mapping[str, float], method: str = "classifier",
+    def edit_latent(self, latent: torch.Tensor, edits: Mapping[str, float], method: str = AUTO_METHOD,
                     keep: Sequence[str] = (), levels: Sequence[int] | None = None,
                     custom: Mapping[str, torch.Tensor] | None = None) -> torch.Tensor:
         """latent + sum of value x vector over the non-zero edits; exactly the latent when every value is 0."""
@@ -411,22 +496,26 @@ class EditorService:
         values = torch.tensor(list(active.values()), dtype=vectors.dtype)
         return latent + values @ vectors
 
-    def edit(self, face: Face, edits: Mapping[str, float], method: str = "classifier", keep: Sequence[str] = (),
+    def edit(self, face: Face, edits: Mapping[str, float], method: str = AUTO_METHOD, keep: Sequence[str] = (),
              levels: Sequence[int] | None = None, custom: Mapping[str, torch.Tensor] | None = None) -> Edited:
         """The edited face; with every value at 0, the face's reconstruction itself. An edit the model cannot
         decode is shown at the largest fraction of its strength that decodes, and says so."""
         latent = self.edit_latent(face.latent, edits, method, keep, levels, custom)
         if latent is face.latent:
             return Edited(face.image)
-        images, ok = self.decode_checked(latent[None])
+        decoded, ok = self.decode_checked(latent[None])
         if ok[0]:
-            return Edited(images[0])
+            return self._edited(face, decoded[0], 1.0)
         fractions = torch.arange(1, BACKOFF_FRACTIONS) / BACKOFF_FRACTIONS
-        images, ok = self.decode_checked(face.latent + fractions[:, None] * (latent - face.latent))
+        decoded, ok = self.decode_checked(face.latent + fractions[:, None] * (latent - face.latent))
         usable = int(ok.long().cumprod(0).sum())  # the strengths up to the first failure
         if usable == 0:
             return Edited(face.image, 0.0)
-        return Edited(images[usable - 1], float(fractions[usable - 1]))
+        return self._edited(face, decoded[usable - 1], float(fractions[usable - 1]))
+
+    def _edited(self, face: Face, decoded: torch.Tensor, strength: float) -> Edited:
+        """Flow inputs span one unit per 256 pixel levels, so the change in pixels is 256 x the change in x."""
+        return Edited(self.model.quantize(decoded), strength, (decoded - face.decoded) * 256.0)
 
     # -- custom directions -------------------------------------------------------------------------
     def fit_direction(self, positives: torch.Tensor, negatives: torch.Tensor, C: float = 1.0) -> torch.Tensor:
@@ -470,9 +559,27 @@ class EditorService:
 
     # -- interpolation and sampling ----------------------------------------------------------------
     def interpolate(self, a: torch.Tensor, b: torch.Tensor, n: int = 8, spherical: bool = False) -> torch.Tensor:
-        """n uint8 frames (n, 3, S, S) from latent a to latent b, both ends included."""
+        """n uint8 frames (n, 3, S, S) from latent a to latent b, both ends included: the model's own output."""
         path = slerp(a, b, n) if spherical else lerp(a, b, n)
         return self.decode(path)
+
+    def interpolate_faces(self, a: Face, b: Face, n: int = 8, spherical: bool = False) -> list[Image.Image]:
+        """n display-size frames from face A to face B that keep both photos' detail: frame t is the upsampled
+        decode of the mixed latent plus (1 - t) x A's detail plus t x B's, where a face's detail is its crop minus
+        its upsampled reconstruction. Frame 0 is A's crop and frame n-1 B's, and every frame is sharp."""
+        path = slerp(a.latent, b.latent, n) if spherical else lerp(a.latent, b.latent, n)
+        decoded, _ = self.decode_checked(path)
+        size = self.display_size
+
+        def enlarge(x: torch.Tensor) -> torch.Tensor:
+            return torch.nn.functional.interpolate((x + 0.5) * 256.0, size=(size, size), mode="bicubic",
+                                                   align_corners=False)
+
+        detail_a = a.photo.view - enlarge(a.decoded[None])[0]
+        detail_b = b.photo.view - enlarge(b.decoded[None])[0]
+        t = interpolation_weights(n).float()[:, None, None, None]
+        frames = enlarge(decoded) + (1 - t) * detail_a + t * detail_b
+        return [to_image(f) for f in frames]
 
     @torch.inference_mode()
     def sample(self, n: int, temperature: float = 0.7, seed: int = 0) -> torch.Tensor:

@@ -111,43 +111,55 @@ class EditorUI:
         return "\n\n".join([text, *(f"⚠ {note}" for note in face.notes)])
 
     # -- edit tab ----------------------------------------------------------------------------------
-    def encode(self, photo: dict | None):
+    def _shown(self, face: Face, edited: Edited | None, model_output: bool) -> Image.Image:
+        """The user's face with the edit (their own pixels plus the model's change), or the model's own output."""
+        if model_output:
+            return self.service.display(edited.image if edited is not None else face.image)
+        return self.service.view(face, edited)
+
+    def encode(self, photo: dict | None, model_output: bool = False):
         """Align + encode an upload once; the latent stays in the session's state for every slider move."""
         source = raw_image(photo)
         if source is None:
-            return None, None, None, ""
+            return None, None, ""
         face = self._face(source)
-        return face, face.crop, self.service.display(face.image), self.describe(face)
+        return face, self._shown(face, None, model_output), self.describe(face)
 
     def render(self, face: Face | None, custom: dict, slots: list[str], method: str, disentangle: bool,
-               keep: list[str], levels: str, *values: float) -> tuple[Image.Image | None, str]:
+               keep: list[str], levels: str, model_output: bool, *values: float) -> tuple[Image.Image | None, str]:
         if face is None:
             return None, ""
         edited = self._render(face, self._edits(slots, values), method, keep if disentangle else [], levels, custom)
-        return self.service.display(edited.image), edited.note
+        return self._shown(face, edited, model_output), edited.note
 
     def api_edit(self, face: Face | None, custom: dict, edits: dict | None, method: str, keep: list[str] | None,
                  levels: str) -> Image.Image:
-        """API: edit the session's encoded face by {slider label or attribute: value}; keep = attributes to hold."""
+        """API: edit the session's encoded face by {slider label or attribute: value}; keep = attributes to hold.
+        Returns the whole photo, edited, at its own resolution."""
         if face is None:
             raise gr.Error("no face yet: call /encode with a photo first (in the same client session)")
         if not isinstance(edits, dict) or not all(isinstance(v, (int, float)) for v in edits.values()):
             raise gr.Error('edits must be a JSON object of numbers, e.g. {"Smiling": 1.0, "Age": -0.5}')
-        return self.service.display(self._render(face, edits, method, keep or [], levels, custom).image)
+        return self.service.edited_photo(face, self._render(face, edits, method, keep or [], levels, custom))
 
-    def reset(self, face: Face | None):
-        image = self.service.display(face.image) if face is not None else None
+    def reset(self, face: Face | None, model_output: bool):
+        image = self._shown(face, None, model_output) if face is not None else None
         return [0.0] * (len(self.labels) + EXTRA_SLOTS) + [image, ""]
 
-    def download(self, face: Face | None, custom: dict, slots: list[str], method: str, disentangle: bool,
-                 keep: list[str], levels: str, *values: float) -> list[str]:
+    def whole_photo(self, face: Face | None, custom: dict, slots: list[str], method: str, disentangle: bool,
+                    keep: list[str], levels: str, model_output: bool, *values: float):
+        """The whole edited photo at its own resolution (shown, and offered as PNG downloads with the edited face
+        crop and the model's own output): computed on request, not on every slider move."""
         if face is None:
             raise gr.Error("upload a photo first")
-        edited = self._render(face, self._edits(slots, values), method, keep if disentangle else [], levels,
-                              custom).image
-        size, model_size = self.service.display_size, self.service.image_size
-        return [save_output(png_bytes(self.service.display(edited)), f"edit_{size}px.png"),
-                save_output(png_bytes(to_pil(edited)), f"edit_{model_size}px.png")]
+        edited = self._render(face, self._edits(slots, values), method, keep if disentangle else [], levels, custom)
+        photo = self.service.edited_photo(face, edited)
+        crop = self.service.edited_crop(face, edited)
+        model_size = self.service.image_size
+        files = [save_output(png_bytes(photo), f"edited_photo_{photo.width}x{photo.height}.png"),
+                 save_output(png_bytes(crop), f"edited_face_{crop.width}px.png"),
+                 save_output(png_bytes(to_pil(edited.image)), f"model_output_{model_size}px.png")]
+        return photo, files
 
     def _slot_updates(self, slots: list[str], fresh: str | None = None) -> list[dict]:
         updates = []
@@ -210,11 +222,13 @@ class EditorUI:
         n = int(frames)
         if not 2 <= n <= MAX_UI_FRAMES:
             raise gr.Error(f"the number of frames must be in 2..{MAX_UI_FRAMES}, got {n}")
-        try:
-            latents = [self.service.latent_of(a), self.service.latent_of(b)]
-        except (ImageError, ValueError) as err:
-            raise user_error(err) from None
-        images = [self.service.display(x) for x in self.service.interpolate(*latents, n, spherical)]
+        faces = []
+        for name, source in (("A", a), ("B", b)):
+            try:
+                faces.append(self.service.face_from_image(source))
+            except (ImageError, ValueError) as err:
+                raise gr.Error(f"face {name}: {err}", duration=None) from None
+        images = self.service.interpolate_faces(*faces, n, spherical)
         gif = save_output(animated_gif(images), "interpolation.gif")
         return images, gr.update(maximum=n - 1, value=0, visible=True), images[0], gif, images
 
@@ -264,11 +278,13 @@ class EditorUI:
                                 gr.Examples(self.examples, inputs=photo, label="Examples (samples of this model)")
                             info = gr.Markdown(label="info", elem_id="info")
                         shown = dict(interactive=False, format=DISPLAY_FORMAT)
-                        aligned = gr.Image(label="Aligned crop", elem_id="aligned", **shown)
-                        recon = gr.Image(label=f"Reconstruction ({size}x{size})", elem_id="reconstruction", **shown)
-                        with gr.Column(scale=1, min_width=160):
-                            edited = gr.Image(label="Edit", elem_id="edited", **shown)
+                        view = service.display_size
+                        aligned = gr.Image(label="Your face, aligned", elem_id="aligned", height=view, **shown)
+                        with gr.Column(scale=1, min_width=view):
+                            edited = gr.Image(label="Edited", elem_id="edited", height=view, **shown)
                             edit_note = gr.Markdown(elem_id="edit-note")
+                            model_output = gr.Checkbox(label=f"Show the model's own {size}x{size} output "
+                                                       f"(enlarged) instead of your photo's pixels", value=False)
                     if not self.labels:
                         gr.Markdown("This model has no attribute directions (directions.safetensors): only custom "
                                     "sliders are available.")
@@ -290,9 +306,13 @@ class EditorUI:
                                               label="Latent levels an edit touches (coarse only keeps identity)")
                             with gr.Row():
                                 reset = gr.Button("Reset")
-                                save = gr.Button("Download edit")
-                            files = gr.File(label="Edit as PNG (display size and model size)", file_count="multiple",
-                                            interactive=False, height=140)
+                                save = gr.Button("Whole photo")
+                    with gr.Accordion("Whole photo, edited, at its own resolution", open=False) as whole:
+                        with gr.Row():
+                            whole_image = gr.Image(label="Edited photo", elem_id="whole-photo", interactive=False,
+                                                   format="png", height=480)
+                            files = gr.File(label="PNG downloads: whole photo, face crop, model output",
+                                            file_count="multiple", interactive=False, height=140)
                     with gr.Accordion("More attributes", open=False):
                         with gr.Row():
                             other = gr.Dropdown(self.other_attributes, label="Attribute", value=None)
@@ -331,24 +351,28 @@ class EditorUI:
                         seed = gr.Number(value=0, precision=0, label="Seed")
                         count = gr.Slider(1, 32, value=8, step=1, label="Samples")
                         draw = gr.Button("Sample", variant="primary")
-                    gallery = gr.Gallery(label="Samples (click one to pick it)", columns=8, height="auto",
+                    gallery = gr.Gallery(label=f"Samples: the model's {size}x{size} output, enlarged to "
+                                         f"{service.display_size}px (Lanczos); click one to pick it", columns=8, height="auto",
                                          format=DISPLAY_FORMAT)
                     with gr.Row():
                         to_edit = gr.Button("Edit this face")
                         to_a = gr.Button("Use as face A")
                         to_b = gr.Button("Use as face B")
 
-            controls = [face, custom, slots, method, disentangle, keep, levels, *base, *extra]
+            controls = [face, custom, slots, method, disentangle, keep, levels, model_output, *base, *extra]
             render = dict(fn=self.render, inputs=controls, outputs=[edited, edit_note], show_progress="hidden",
                           api_visibility="private", concurrency_id="render")
-            photo.change(self.encode, photo, [face, aligned, recon, info], api_name="encode",
+            photo.change(self.encode, photo, [face, aligned, info], api_name="encode",
                          preprocess=False).success(**render)
-            gr.on([s.input for s in (*base, *extra)] + [c.change for c in (method, disentangle, keep, levels)],
+            gr.on([s.input for s in (*base, *extra)]
+                  + [c.change for c in (method, disentangle, keep, levels, model_output)],
                   trigger_mode="always_last", **render)
-            api_button.click(self.api_edit, [face, custom, api_edits, method, keep, levels], edited,
+            api_button.click(self.api_edit, [face, custom, api_edits, method, keep, levels], whole_image,
                              api_name="edit", concurrency_id="render")
-            reset.click(self.reset, face, [*base, *extra, edited, edit_note], api_visibility="private")
-            save.click(self.download, controls, files, api_visibility="private")
+            reset.click(self.reset, [face, model_output], [*base, *extra, edited, edit_note],
+                        api_visibility="private")
+            save.click(lambda: gr.Accordion(open=True), None, whole, api_visibility="private").then(
+                self.whole_photo, controls, [whole_image, files], api_name="whole_photo")
             add.click(self.add_attribute, [other, slots], [slots, *extra], api_visibility="private")
             fit.click(self.custom_slider, [custom_name, with_files, without_files, custom, slots, keep],
                       [custom, slots, fit_message, keep, *extra], api_name="custom_slider")

@@ -21,7 +21,7 @@ def test_the_edit_view_says_when_an_edit_is_shown_at_reduced_strength(ui, celeba
 
     def render(smile: float):
         values[ui.labels.index("Smiling")] = smile
-        return ui.render(face, {}, [], "classifier", False, [], "all levels", *values)
+        return ui.render(face, {}, [], "classifier", False, [], "all levels", False, *values)
 
     image, note = render(1.0)
     assert image.size == (ui.service.display_size,) * 2 and note == ""
