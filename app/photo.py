@@ -147,7 +147,7 @@ def paste_back(photo: np.ndarray, matrix: np.ndarray, change: torch.Tensor, mask
     layers = torch.cat([change, mask[None]])[None].float()
     sampled = F.grid_sample(layers, grid, mode="bilinear", padding_mode="zeros", align_corners=False)[0]
     weight = sampled[3].clamp(0, 1)
-    region = torch.from_numpy(photo[top:bottom, left:right]).permute(2, 0, 1).float()
+    region = torch.from_numpy(photo[top:bottom, left:right].copy()).permute(2, 0, 1).float()
     edited = (region + weight * sampled[:3]).round_().clamp_(0, 255)
     touched = weight > 0
     region = torch.where(touched, edited, region)

@@ -46,6 +46,16 @@ def full_size_faces(celeba_dir: Path, n: int) -> list[Path]:
     return found
 
 
+def photo_of(face: Image.Image, angle: float, scale: float, offset: tuple[int, int],
+             canvas: tuple[int, int] = (900, 760)) -> Image.Image:
+    """The face rotated, enlarged and placed off-centre on a plain background, like an ordinary photo."""
+    big = face.resize((round(face.width * scale), round(face.height * scale)), Image.Resampling.BICUBIC)
+    big = big.rotate(angle, expand=True, resample=Image.Resampling.BICUBIC, fillcolor=(120, 140, 110))
+    photo = Image.new("RGB", canvas, (190, 175, 160))
+    photo.paste(big, offset)
+    return photo
+
+
 def random_directions(names: list[str], dim: int, seed: int = 0, shared: float = 0.6) -> Directions:
     """Random directions with a common component (pairwise cosine ~0.25), correlated like real attributes are,
     so that disentangling them changes something."""

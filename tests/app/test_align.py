@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from tests.editor_support import full_size_faces
+from tests.editor_support import full_size_faces, photo_of
 from app.align import TEMPLATE, FaceAligner, apply_transform, crop_landmarks, measure_template, \
     similarity_transform
 from flow_model.imaging import ImageError, celeba_crop
@@ -24,16 +24,6 @@ def aligner() -> FaceAligner:
 @pytest.fixture(scope="module")
 def faces(celeba_dir: Path) -> list[Image.Image]:
     return [Image.open(p).convert("RGB") for p in full_size_faces(celeba_dir, 40)]
-
-
-def photo_of(face: Image.Image, angle: float, scale: float, offset: tuple[int, int],
-             canvas: tuple[int, int] = (900, 760)) -> Image.Image:
-    """The face rotated, enlarged and placed off-centre on a plain background, like an ordinary photo."""
-    big = face.resize((round(face.width * scale), round(face.height * scale)), Image.Resampling.BICUBIC)
-    big = big.rotate(angle, expand=True, resample=Image.Resampling.BICUBIC, fillcolor=(120, 140, 110))
-    photo = Image.new("RGB", canvas, (190, 175, 160))
-    photo.paste(big, offset)
-    return photo
 
 
 def test_similarity_transform_recovers_a_known_map():
