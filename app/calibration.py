@@ -1,0 +1,72 @@
+"""Per-slider calibration measured by `python -m app evaluate-edits --calibrate`: the scale that makes +1 a clear
+edit, the direction method, the attributes held fixed by default, and whether the slider is in the default set.
+
+Stored as calibration.json beside the model's directions.safetensors; `EditorService.load` applies it when present.
+"""
+from __future__ import annotations
+
+import json
+import math
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+from flow_model.fileio import write_text
+
+CALIBRATION_FILE = "calibration.json"
+FORMAT_VERSION = 1
+TARGET_FLIP = 0.6  # +1 should flip at least this share of the faces that start on the other side
+MIN_FLIP = 0.3  # a slider that cannot reach this at any decodable strength leaves the default set
+MAX_LEAKAGE = 0.05  # mean |dP| of another attribute above which that attribute is held fixed by default
+METHODS = ("classifier", "mean_diff")
+
+
+@dataclass
+class SliderCalibration:
+    """One slider: value 1 = `scale` x the class-mean gap along the `method` direction, orthogonal to `keep`."""
+
+    method: str = "classifier"
+    scale: float = 1.0
+    keep: list[str] = field(default_factory=list)
+    default: bool = True  # False: out of the default set (reachable under "more")
+    scales: dict[str, float] = field(default_factory=dict)  # the calibrated scale of each method, for overrides
+    flip_at_1: float | None = None  # measured on the calibration faces
+    leakage: dict[str, float] = field(default_factory=dict)  # mean |dP| at +1 of the held attributes, as measured
+    reason: str = ""
+
+    def __post_init__(self) -> None:
+        if self.method not in METHODS:
+            raise ValueError(f"unknown method {self.method!r}; valid: {list(METHODS)}")
+        if not (math.isfinite(self.scale) and self.scale > 0):
+            raise ValueError(f"a slider's scale must be a positive number, got {self.scale}")
+        bad = {m: s for m, s in self.scales.items() if m not in METHODS or not (math.isfinite(s) and s > 0)}
+        if bad:
+            raise ValueError(f"bad per-method scales {bad}")
+        self.keep = [str(k) for k in self.keep]
+
+    def scale_for(self, method: str) -> float:
+        return self.scale if method == self.method else self.scales.get(method, self.scale)
+
+
+@dataclass
+class Calibration:
+    sliders: dict[str, SliderCalibration]
+    info: dict = field(default_factory=dict)  # how it was measured: faces, classifier, grid
+
+    def get(self, label: str) -> SliderCalibration | None:
+        return self.sliders.get(label)
+
+    def save(self, path: str | Path) -> None:
+        doc = {"format_version": FORMAT_VERSION, "info": self.info,
+               "sliders": {k: asdict(v) for k, v in self.sliders.items()}}
+        write_text(path, json.dumps(doc, indent=2) + "\n")
+
+    @classmethod
+    def load(cls, path: str | Path) -> "Calibration":
+        try:
+            doc = json.loads(Path(path).read_text())
+            if doc.get("format_version") != FORMAT_VERSION:
+                raise ValueError(f"format_version {doc.get('format_version')!r}, expected {FORMAT_VERSION}")
+            sliders = {str(k): SliderCalibration(**v) for k, v in doc["sliders"].items()}
+        except (OSError, TypeError, KeyError, AttributeError, ValueError) as err:
+            raise ValueError(f"{path} is not a slider calibration file: {err}") from None
+        return cls(sliders, doc.get("info", {}))
