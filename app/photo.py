@@ -19,6 +19,7 @@ MAX_CROP_SIDE = 1024  # beyond this the model's 64x64 change carries nothing mor
 MIN_CROP_SIDE = 256  # faces smaller than this in the photo are upscaled: the display is never below it
 FEATHER = 0.1  # fraction of the crop side over which the paste-back mask fades to zero at the crop border
 UPSAMPLERS = ("guided", "bicubic")
+MASK_SIDE = 256  # the feathered mask is smooth: this resolution of it is plenty for any crop
 
 
 @dataclass
@@ -73,33 +74,46 @@ def _box_mean(x: torch.Tensor, radius: int) -> torch.Tensor:
     return F.avg_pool2d(F.pad(x, [radius] * 4, mode="replicate"), 2 * radius + 1, stride=1)
 
 
-def upsample_change(change: torch.Tensor, guide: torch.Tensor, method: str = "guided", radius: int = 1,
-                    eps: float = 1e-3) -> torch.Tensor:
-    """(3, h, w) change at model resolution -> (3, H, W) at the guide's resolution.
+def luminance(rgb: torch.Tensor) -> torch.Tensor:
+    """(..., 3, H, W) -> (..., 1, H, W), Rec. 601 weights."""
+    return 0.299 * rgb[..., :1, :, :] + 0.587 * rgb[..., 1:2, :, :] + 0.114 * rgb[..., 2:, :, :]
 
-    "guided" is the fast guided upsampling of He & Sun (2015): per model pixel, the change is fitted as a linear
-    function of the guide's luminance there (a guided filter at low resolution), and those coefficients, upsampled
-    smoothly, are applied to the full-resolution luminance. So where the photo has an edge inside one model pixel
-    (a lip line, a hair boundary), the change follows the edge instead of spreading across it as a soft halo.
-    `guide` is the (3, H, W) crop in [0, 1]. docs/photo_edits.md compares the two on real photos.
+
+def change_coefficients(change: torch.Tensor, guide: torch.Tensor, method: str = "guided", radius: int = 1,
+                        eps: float = 1e-3) -> tuple[torch.Tensor, torch.Tensor]:
+    """Per model pixel, the change as a linear function of the guide's luminance: change ~ a * luma + b.
+
+    "guided" fits a and b by a guided filter at model resolution (the fast guided upsampling of He & Sun, 2015),
+    with the (3, H, W) guide in [0, 1] reduced to the change's size; "bicubic" is a = 0, b = change, the plain
+    upsampling it is compared with in docs/photo_edits.md.
     """
     if method not in UPSAMPLERS:
         raise ValueError(f"unknown upsampling {method!r}; valid: {', '.join(UPSAMPLERS)}")
-    size = guide.shape[-2:]
     if method == "bicubic":
-        return F.interpolate(change[None], size=size, mode="bicubic", align_corners=False)[0]
-    luma = (0.299 * guide[0] + 0.587 * guide[1] + 0.114 * guide[2])[None, None]
-    low = F.interpolate(luma, size=change.shape[-2:], mode="area")
+        return torch.zeros_like(change), change
+    low = F.interpolate(luminance(guide)[None], size=change.shape[-2:], mode="area")
     p = change[:, None]  # (3, 1, h, w): one filter per colour channel, the luminance as guide for each
     mean_i, mean_p = _box_mean(low, radius), _box_mean(p, radius)
     cov = _box_mean(low * p, radius) - mean_i * mean_p
     var = _box_mean(low * low, radius) - mean_i**2
     a = cov / (var + eps)
     b = mean_p - a * mean_i
-    a, b = _box_mean(a, radius), _box_mean(b, radius)
-    a_up = F.interpolate(a, size=size, mode="bilinear", align_corners=False)
-    b_up = F.interpolate(b, size=size, mode="bilinear", align_corners=False)
-    return (a_up * luma + b_up)[:, 0]
+    return _box_mean(a, radius)[:, 0], _box_mean(b, radius)[:, 0]
+
+
+def upsample_change(change: torch.Tensor, guide: torch.Tensor, method: str = "guided") -> torch.Tensor:
+    """(3, h, w) change at model resolution -> (3, H, W) at the guide's resolution.
+
+    Guided: the coefficients a, b are upsampled smoothly and applied to the full-resolution luminance, so where the
+    photo has an edge inside one model pixel (a lip line, a hair boundary) the change follows the edge instead of
+    spreading across it as a soft halo. `guide` is the (3, H, W) crop in [0, 1].
+    """
+    size = guide.shape[-2:]
+    if method == "bicubic":
+        return F.interpolate(change[None], size=size, mode="bicubic", align_corners=False)[0]
+    a, b = change_coefficients(change, guide, method)
+    up = F.interpolate(torch.cat([a, b])[None], size=size, mode="bilinear", align_corners=False)[0]
+    return up[:3] * luminance(guide) + up[3:]
 
 
 def feather_mask(side: int, feather: float = FEATHER) -> torch.Tensor:
@@ -117,39 +131,47 @@ def edited_photo(face: FacePhoto, change: torch.Tensor | None, method: str = "gu
         return to_image(compose(face.crop, change, method))
     if change is None:
         return face.photo.copy()
-    change_hr = upsample_change(change, face.crop / 255.0, method)
-    return Image.fromarray(paste_back(np.asarray(face.photo), face.matrix, change_hr, feather_mask(face.side)))
+    a, b = change_coefficients(change, face.crop / 255.0, method)
+    return paste_back(face.photo, face.matrix, a, b, feather_mask(MASK_SIDE), face.side)
 
 
-def paste_back(photo: np.ndarray, matrix: np.ndarray, change: torch.Tensor, mask: torch.Tensor) -> np.ndarray:
-    """photo (H, W, 3) uint8 + the (3, S, S) crop-space change, warped into the photo, under the crop-space mask.
+def paste_back(photo: Image.Image, matrix: np.ndarray, a: torch.Tensor, b: torch.Tensor, mask: torch.Tensor,
+               side: int) -> Image.Image:
+    """photo + (a * luminance + b) under the mask, where a, b (3, h, w) and the mask (m, m) cover the side x side
+    crop that `matrix` maps photo pixels to.
 
-    `matrix` maps photo pixels to crop pixels. Only the photo's region the crop covers is touched; every pixel
-    where the warped mask is 0 keeps its original byte.
+    The change is applied with the photo's own luminance as the guide, at the photo's full resolution (which may
+    exceed the crop's). a, b and the mask are smooth, so they are warped into the photo on a grid a few times
+    coarser than its pixels and then enlarged bilinearly: the warp costs little even for a 12-megapixel photo.
+    Only the region the crop covers is touched; every pixel where the warped mask is 0 keeps its original byte.
     """
-    side = change.shape[-1]
     inverse = np.linalg.inv(np.vstack([matrix, [0, 0, 1]]))[:2]
     corners = np.array([[0, 0], [side, 0], [0, side], [side, side]], np.float64) @ inverse[:, :2].T + inverse[:, 2]
-    h, w = photo.shape[:2]
-    left, top = np.floor(corners.min(0)).astype(int)
-    right, bottom = np.ceil(corners.max(0)).astype(int)
-    left, top, right, bottom = max(left, 0), max(top, 0), min(right, w), min(bottom, h)
+    left, top = np.maximum(np.floor(corners.min(0)).astype(int), 0)
+    right, bottom = np.minimum(np.ceil(corners.max(0)).astype(int), photo.size)
     out = photo.copy()
     if right <= left or bottom <= top:
         return out
-    rw, rh = right - left, bottom - top
-    centre = np.array([left + rw / 2, top + rh / 2])
+    rw, rh = int(right - left), int(bottom - top)
+    photo_per_map_pixel = side / a.shape[-1] / float(np.sqrt(abs(np.linalg.det(matrix[:, :2]))))
+    step = max(1, int(photo_per_map_pixel // 4))  # >= 4 samples per model pixel on the coarse grid
+    lw, lh = -(-rw // step), -(-rh // step)
+    ew, eh = lw * step, lh * step  # the region rounded up to whole coarse cells
+    centre = np.array([left + ew / 2, top + eh / 2])
     theta = np.empty((2, 3))  # normalised region coordinates -> normalised crop coordinates
-    theta[:, 0] = matrix[:, 0] * rw / side
-    theta[:, 1] = matrix[:, 1] * rh / side
+    theta[:, 0] = matrix[:, 0] * ew / side
+    theta[:, 1] = matrix[:, 1] * eh / side
     theta[:, 2] = 2 / side * (matrix[:, :2] @ centre + matrix[:, 2]) - 1
-    grid = F.affine_grid(torch.from_numpy(theta)[None].float(), [1, 4, rh, rw], align_corners=False)
-    layers = torch.cat([change, mask[None]])[None].float()
-    sampled = F.grid_sample(layers, grid, mode="bilinear", padding_mode="zeros", align_corners=False)[0]
-    weight = sampled[3].clamp(0, 1)
-    region = torch.from_numpy(photo[top:bottom, left:right].copy()).permute(2, 0, 1).float()
-    edited = (region + weight * sampled[:3]).round_().clamp_(0, 255)
-    touched = weight > 0
-    region = torch.where(touched, edited, region)
-    out[top:bottom, left:right] = region.permute(1, 2, 0).to(torch.uint8).numpy()
+    grid = F.affine_grid(torch.from_numpy(theta)[None].float(), [1, 1, lh, lw], align_corners=False)
+    ab = F.grid_sample(torch.cat([a, b])[None].float(), grid, mode="bilinear", padding_mode="zeros",
+                       align_corners=False)
+    weight = F.grid_sample(mask[None, None].float(), grid, mode="bilinear", padding_mode="zeros",
+                           align_corners=False).clamp_(0, 1)
+    fine = F.interpolate(ab * weight, size=(eh, ew), mode="bilinear", align_corners=False)[0, :, :rh, :rw]
+    pixels_ = np.array(photo.crop((int(left), int(top), int(right), int(bottom))))
+    region = torch.from_numpy(pixels_).permute(2, 0, 1).float()
+    luma = luminance(region).div_(255.0)
+    delta = fine[:3].mul_(luma).add_(fine[3:])  # the mask is folded into a and b on the coarse grid
+    edited = region.add_(delta).round_().clamp_(0, 255)
+    out.paste(Image.fromarray(edited.to(torch.uint8).permute(1, 2, 0).numpy()), (int(left), int(top)))
     return out
