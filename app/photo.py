@@ -18,6 +18,7 @@ from PIL import Image
 MAX_CROP_SIDE = 1024  # beyond this the model's 64x64 change carries nothing more, and memory would grow
 MIN_CROP_SIDE = 256  # faces smaller than this in the photo are upscaled: the display is never below it
 FEATHER = 0.1  # fraction of the crop side over which the paste-back mask fades to zero at the crop border
+MARGIN = 0.02  # fraction of the crop side, inside its border, where the mask is already zero
 UPSAMPLERS = ("guided", "bicubic")
 MASK_SIDE = 256  # the feathered mask is smooth: this resolution of it is plenty for any crop
 
@@ -116,11 +117,14 @@ def upsample_change(change: torch.Tensor, guide: torch.Tensor, method: str = "gu
     return up[:3] * luminance(guide) + up[3:]
 
 
-def feather_mask(side: int, feather: float = FEATHER) -> torch.Tensor:
-    """(side, side) weights: 1 inside, a raised-cosine fade to exactly 0 at the crop border."""
-    ramp = max(1.0, feather * side)
+def feather_mask(side: int, feather: float = FEATHER, margin: float = MARGIN) -> torch.Tensor:
+    """(side, side) weights: 1 inside, a raised-cosine fade to exactly 0 a small margin inside the crop border.
+
+    The margin keeps the paste-back's coarse warp (which blurs the mask by a fraction of a model pixel) from
+    reaching past the crop, so no pixel outside it ever changes."""
+    ramp, inset = max(1.0, feather * side), margin * side
     pos = torch.arange(side, dtype=torch.float32) + 0.5
-    edge = torch.minimum(pos, side - pos) / ramp
+    edge = (torch.minimum(pos, side - pos) - inset) / ramp
     w = 0.5 - 0.5 * torch.cos(torch.pi * edge.clamp(0, 1))
     return w[:, None] * w[None, :]
 
