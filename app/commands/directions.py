@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import argparse
+import json
 import time
 from pathlib import Path
 
@@ -11,6 +12,8 @@ def add_parser(sub) -> None:
     p.add_argument("--model", required=True, help="pretrained directory or run directory")
     p.add_argument("--data", required=True, help="CelebA-layout folder: img_align_celeba/ + list_attr_celeba.txt")
     p.add_argument("--out", required=True, help="directions file to write (.safetensors)")
+    p.add_argument("--split", help="a model's split.json: fit on its 'train' faces only, so the faces the model is "
+                   "validated on (and edits are evaluated on) stay unseen")
     p.add_argument("--limit", type=int, help="use only the first N labelled images")
     p.add_argument("--batch-size", type=int, default=64)
     p.add_argument("--val-fraction", type=float, help="held out to score the directions (default 0.2)")
@@ -23,7 +26,7 @@ def add_parser(sub) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from flow_model.data import load_images, open_dataset
+    from flow_model.data import load_images, open_dataset, select
     from flow_model.device import resolve_device
     from flow_model.training.checkpoint import load_model
 
@@ -43,6 +46,14 @@ def run(args: argparse.Namespace) -> int:
     if data.labels is None:
         raise ValueError(f"{args.data} has no attribute labels: directions need the CelebA layout "
                          "(img_align_celeba/ and list_attr_celeba.txt)")
+    if args.split:
+        try:
+            train = json.loads(Path(args.split).read_text())["train"]
+        except (OSError, ValueError, KeyError, TypeError) as err:
+            raise ValueError(f"cannot read a 'train' list from {args.split}: {err!r}") from None
+        data = select(data, train)
+        if len(data) == 0:
+            raise ValueError(f"none of the training faces of {args.split} are in {args.data}")
     started = time.perf_counter()
     images, data = load_images(data, model.config.image_size, workers=args.workers, progress=args.progress)
     decoded = time.perf_counter()

@@ -1,6 +1,7 @@
 """Attribute directions: recovery of planted directions, calibration, the file format and the CLI end to end."""
 from __future__ import annotations
 
+import json
 import math
 
 import numpy as np
@@ -256,3 +257,19 @@ def test_command_refuses_unlabelled_folders(tmp_path, tiny_model_dir, faces_dir,
     assert rc == 2
     assert "no attribute labels" in capsys.readouterr().err
     assert not (tmp_path / "d.safetensors").exists()
+
+
+def test_command_fits_only_the_training_faces_of_a_split(tmp_path, tiny_model_dir, faces_dir, capsys):
+    names = open_dataset(faces_dir, limit=120).names()
+    split = tmp_path / "split.json"
+    split.write_text(json.dumps({"train": names[:100], "val": names[100:]}))
+    out = tmp_path / "d.safetensors"
+    rc = main(["directions", "--model", str(tiny_model_dir), "--data", str(faces_dir), "--out", str(out),
+               "--split", str(split), "--workers", "0", "--device", "cpu", "--no-progress"])
+    assert rc == 0, capsys.readouterr().err
+    info = load_directions(out).info["Smiling"]["mean_diff"]
+    assert info["n_pos"] + info["n_neg"] == 100  # not the 240 faces of the folder, nor the 20 held out
+    split.write_text("[]")
+    rc = main(["directions", "--model", str(tiny_model_dir), "--data", str(faces_dir), "--out", str(out),
+               "--split", str(split), "--workers", "0", "--device", "cpu", "--no-progress"])
+    assert rc == 2 and "cannot read a 'train' list" in capsys.readouterr().err
