@@ -2,11 +2,14 @@
 
     python bench/throughput.py [--steps 8] [--decodes 30] [--batch-size 16] [--no-channels-last]
     python bench/throughput.py --depth 32 --hidden 64      # another shape; the issue's targets are for the default
+    python bench/throughput.py --precision                 # fp32 and bf16 coupling nets, alternating step by step
 
 Training is forward + backward + Adam step on a fixed batch (real CelebA faces when ../shared has them, else uint8
 noise), after ActNorm initialisation on that batch. Decode is `Glow.decode` of one image's latents in eval mode under
 inference_mode (the frozen inverse; the first, untimed decode builds it). Figures are medians over the timed repeats;
-warm-up repeats are not timed.
+warm-up repeats are not timed. `--precision bf16` runs the coupling nets under bf16 autocast, as `train --precision
+bf16` does; `--precision` alone (= both) alternates fp32 and bf16 steps on the same model, so both see the same
+machine load, and reports the two side by side.
 """
 from __future__ import annotations
 
@@ -25,6 +28,7 @@ ROOT = Path(__file__).resolve().parents[1]
 from flow_model.commands import positive_int
 from flow_model.config import GlowConfig
 from flow_model.data import load_images, open_dataset
+from flow_model.device import cpu_has_native_bf16
 from flow_model.glow import Glow, reduce_bits
 
 CELEBA = ROOT.parent / "shared" / "data" / "celeba"
@@ -43,6 +47,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--fused-adam", action=argparse.BooleanOptionalAction, default=True,
                    help="Adam's fused CPU kernel instead of its per-parameter loop")
     p.add_argument("--data", type=Path, default=CELEBA, help="CelebA-layout folder; uint8 noise when it is missing")
+    p.add_argument("--precision", nargs="?", choices=("fp32", "bf16", "both"), default="fp32", const="both",
+                   help="coupling nets in fp32, in bf16 autocast, or both (alternating steps; the default when the "
+                   "flag is given without a value)")
     shape = p.add_argument_group("model shape (defaults: the reference model)")
     shape.add_argument("--levels", type=positive_int, default=CONFIG.levels)
     shape.add_argument("--depth", type=positive_int, default=CONFIG.depth)
@@ -74,6 +81,20 @@ def timed(fn, repeats: int, warmup: int) -> list[float]:
     return times
 
 
+def timed_alternating(fns: dict[str, object], repeats: int, warmup: int) -> dict[str, list[float]]:
+    """Like timed, for several functions called in turn each repeat, so a change in machine load hits all alike."""
+    for _ in range(warmup):
+        for fn in fns.values():
+            fn()
+    times: dict[str, list[float]] = {name: [] for name in fns}
+    for _ in range(repeats):
+        for name, fn in fns.items():
+            start = time.perf_counter()
+            fn()
+            times[name].append(time.perf_counter() - start)
+    return times
+
+
 def percentile(values: list[float], q: float) -> float:
     ordered = sorted(values)
     return ordered[min(len(ordered) - 1, round(q * (len(ordered) - 1)))]
@@ -94,7 +115,8 @@ def main(argv: list[str] | None = None) -> None:
     optimizer = torch.optim.Adam(model.parameters(), lr=1e-4, fused=args.fused_adam)
     noise = torch.Generator().manual_seed(1)
 
-    def train_step() -> None:
+    def train_step(dtype: torch.dtype | None = None) -> None:
+        model.set_coupling_precision(dtype)
         loss = model(images, generator=noise).mean()
         loss.backward()
         optimizer.step()
@@ -106,10 +128,23 @@ def main(argv: list[str] | None = None) -> None:
     print(f"data: {source} | batch {args.batch_size} | channels_last {args.channels_last} | "
           f"fused Adam {args.fused_adam}")
 
-    step_times = timed(train_step, args.steps, args.warmup)
-    median_step = statistics.median(step_times)
-    print(f"training: {args.batch_size / median_step:.1f} img/s median, {args.batch_size / min(step_times):.1f} best "
-          f"({median_step * 1000:.0f} ms/step median over {args.steps} steps)")
+    dtypes = {"fp32": None, "bf16": torch.bfloat16}
+    names = list(dtypes) if args.precision == "both" else [args.precision]
+    if "bf16" in names:
+        print(f"bf16: coupling nets under CPU autocast; native bf16 on this CPU: {cpu_has_native_bf16()} "
+              "(avx512_bf16/amx_bf16; without it bf16 is emulated)")
+    step_times = timed_alternating({n: (lambda d=dtypes[n]: train_step(d)) for n in names}, args.steps, args.warmup)
+    model.set_coupling_precision(None)
+    rates = {}
+    for name in names:
+        median_step = statistics.median(step_times[name])
+        rates[name] = args.batch_size / median_step
+        print(f"training{' ' + name if len(names) > 1 or name != 'fp32' else ''}: {rates[name]:.1f} img/s median, "
+              f"{args.batch_size / min(step_times[name]):.1f} best "
+              f"({median_step * 1000:.0f} ms/step median over {args.steps} steps)")
+    if len(names) > 1:
+        print(f"training img/s, steps alternating: fp32 {rates['fp32']:.1f} | bf16 {rates['bf16']:.1f} | "
+              f"bf16/fp32 {rates['bf16'] / rates['fp32']:.2f}x")
 
     model.eval()
     one = images[:1]

@@ -29,6 +29,7 @@ from .layers import (
     make_permutation,
     tensors_of,
 )
+from .layers.coupling import NetPrecision
 
 CONFIG_NAME = "config.json"
 WEIGHTS_NAME = "model.safetensors"
@@ -261,6 +262,27 @@ class Glow(nn.Module):
 
     def num_parameters(self) -> int:
         return sum(p.numel() for p in self.parameters())
+
+    # -- mixed precision ---------------------------------------------------------------------------
+    def set_coupling_precision(self, dtype: torch.dtype | None) -> None:
+        """Run every coupling's net (the dequantiser's included) under autocast in `dtype` in training-mode
+        forwards, its output cast back to float32; None (or float32) turns it off. ActNorm, the 1x1 convs, the
+        log-determinants, the priors and the loss stay float32, and eval-mode forwards and every inverse (decoding)
+        are untouched. A runtime setting: module structure and state-dict keys do not change, and it is not saved."""
+        if dtype == torch.float32:
+            dtype = None
+        if dtype is not None and dtype not in (torch.bfloat16, torch.float16):
+            raise ValueError(f"coupling precision must be bfloat16, float16, float32 or None, got {dtype}")
+        for module in self.modules():
+            if isinstance(module, NetPrecision):
+                module.net_dtype = dtype
+
+    @property
+    def coupling_precision(self) -> torch.dtype:
+        """The dtype the coupling nets run in during training forwards (float32 unless set otherwise)."""
+        dtypes = {m.net_dtype for m in self.modules() if isinstance(m, NetPrecision)}
+        dtype = dtypes.pop() if len(dtypes) == 1 else None
+        return torch.float32 if dtype is None else dtype
 
     # -- persistence ---------------------------------------------------------------------------------
     def save_pretrained(self, path: str | Path, dtype: torch.dtype | None = None) -> None:

@@ -11,7 +11,7 @@ from ..ablation import PIECES, AblationConfig, run_ablation
 
 MODEL_OPTIONS = tuple(name for name in MODEL_FIELDS if name not in PIECES)  # the pieces are what the ablation varies
 TRAIN_OPTIONS = ("batch_size", "optimizer", "lr", "warmup_steps", "grad_clip", "ema", "val_fraction", "val_max",
-                 "workers", "cache", "limit", "device", "amp", "init_batch", "log_every", "ckpt_every", "sample_every")
+                 "workers", "cache", "limit", "device", "precision", "init_batch", "log_every", "ckpt_every", "sample_every")
 
 
 def add_parser(sub) -> None:
@@ -30,7 +30,7 @@ def add_parser(sub) -> None:
                       exclude=PIECES)
     train = p.add_argument_group("training, shared by all configurations (defaults: TrainConfig's)")
     for name in TRAIN_OPTIONS:
-        kind = {"optimizer": str, "device": str, "amp": str, "cache": str, "lr": float, "grad_clip": float,
+        kind = {"optimizer": str, "device": str, "precision": str, "cache": str, "lr": float, "grad_clip": float,
                 "ema": float, "val_fraction": float}.get(name, int)
         train.add_argument("--" + name.replace("_", "-"), type=kind)
 

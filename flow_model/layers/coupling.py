@@ -28,7 +28,27 @@ def net_input(xa: torch.Tensor, context: torch.Tensor | None) -> torch.Tensor:
     return xa if context is None else torch.cat([xa, context], dim=1)
 
 
-class AffineCoupling(FlowLayer):
+class NetPrecision:
+    """Mixed precision of a coupling's net, a runtime setting (not state: no parameter, buffer or state-dict key).
+
+    `net_dtype` (set by `Glow.set_coupling_precision`) makes the training forward run the net under autocast in
+    that dtype and hand its output back in the input's dtype, so everything the coupling computes from it (the
+    transform, its log-determinant) stays float32. Eval-mode forwards and every inverse ignore it.
+    """
+
+    net_dtype: torch.dtype | None = None
+    training: bool
+
+    def _net_forward(self, inp: torch.Tensor) -> torch.Tensor:
+        dtype = self.net_dtype if self.training else None
+        if dtype is None:
+            return self.net(inp)
+        with torch.autocast(inp.device.type, dtype=dtype):
+            out = self.net(inp)
+        return out.to(inp.dtype)
+
+
+class AffineCoupling(NetPrecision, FlowLayer):
     """y_b = (x_b + shift) * sigmoid(raw + 2); the +2 starts scales near 0.88, which keeps early training stable."""
 
     def __init__(self, channels: int, make_net) -> None:
@@ -43,7 +63,7 @@ class AffineCoupling(FlowLayer):
 
     def forward(self, x: torch.Tensor, context: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
         xa, xb = halves(x, self.split)
-        shift, raw = self._shift_scale(xa, context)
+        shift, raw = self._shift_scale(xa, context, self._net_forward)
         yb = (xb + shift) * torch.sigmoid(raw)
         # Channels last before the sum, so its broadcast gradient comes back channels_last (see gaussian_log_prob).
         logdet = F.logsigmoid(raw.movedim(1, -1)).flatten(1).sum(1)
@@ -61,7 +81,7 @@ class AffineCoupling(FlowLayer):
         return torch.cat([ya, yb / torch.sigmoid(raw) - shift], dim=1)
 
 
-class AdditiveCoupling(FlowLayer):
+class AdditiveCoupling(NetPrecision, FlowLayer):
     """y_b = x_b + t(x_a) (NICE): volume preserving."""
 
     def __init__(self, channels: int, make_net) -> None:
@@ -71,7 +91,7 @@ class AdditiveCoupling(FlowLayer):
 
     def forward(self, x: torch.Tensor, context: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
         xa, xb = halves(x, self.split)
-        return torch.cat([xa, xb + self.net(net_input(xa, context))], dim=1), x.new_zeros(x.shape[0])
+        return torch.cat([xa, xb + self._net_forward(net_input(xa, context))], dim=1), x.new_zeros(x.shape[0])
 
     def inverse(self, y: torch.Tensor, context: torch.Tensor | None = None) -> torch.Tensor:
         return self._invert(y, context)

@@ -6,7 +6,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from .base import FlowLayer
-from .coupling import net_input
+from .coupling import NetPrecision, net_input
 
 LOG_SCALE_BOUND = 7.0  # component log-scales live in [-7, 7] (Flow++ floors at -7): beyond, only round-off changes
 
@@ -27,7 +27,7 @@ def mixture_log_cdf(x: torch.Tensor, logits: torch.Tensor, means: torch.Tensor,
     return log_c, log_1mc, log_pdf
 
 
-class MixLogisticCoupling(FlowLayer):
+class MixLogisticCoupling(NetPrecision, FlowLayer):
     """y_b = σ⁻¹(MixLogCDF(x_b; π, μ, s))·exp(a) + b, all parameters a function of x_a.
 
     With the zero-initialised last layer of the net every component is the standard logistic, a = b = 0, so a new
@@ -47,8 +47,9 @@ class MixLogisticCoupling(FlowLayer):
         self.net: nn.Module = make_net(self.split, self.transformed * (3 * components + 2))
         self.a_scale = nn.Parameter(torch.ones(1, self.transformed, 1, 1))
 
-    def _params(self, xa: torch.Tensor, context: torch.Tensor | None):
-        h = self.net(net_input(xa, context))
+    def _params(self, xa: torch.Tensor, context: torch.Tensor | None, training_forward: bool = False):
+        inp = net_input(xa, context)
+        h = self._net_forward(inp) if training_forward else self.net(inp)
         b, _, height, width = h.shape
         k = self.components
         h = h.reshape(b, 3 * k + 2, self.transformed, height, width).transpose(1, 2)
@@ -58,7 +59,7 @@ class MixLogisticCoupling(FlowLayer):
 
     def forward(self, x: torch.Tensor, context: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
         xa, xb = x[:, : self.split], x[:, self.split :]
-        logits, means, log_scales, a, shift = self._params(xa, context)
+        logits, means, log_scales, a, shift = self._params(xa, context, training_forward=True)
         log_c, log_1mc, log_pdf = mixture_log_cdf(xb, logits, means, log_scales)
         yb = (log_c - log_1mc) * torch.exp(a) + shift
         logdet = (log_pdf - log_c - log_1mc + a).flatten(1).sum(1)

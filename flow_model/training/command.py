@@ -38,7 +38,10 @@ def add_parser(sub) -> None:
     opt.add_argument("--cache", help="file for the preprocessed uint8 images (built once, then reused)")
     opt.add_argument("--limit", type=positive_int, help="use only the first N images")
     opt.add_argument("--device", help="auto, cpu, cuda or cuda:N")
-    opt.add_argument("--amp", choices=("none", "bf16", "fp16"), help="autocast dtype (CUDA only)")
+    opt.add_argument("--precision", choices=("fp32", "bf16", "auto"),
+                     help="bf16: the coupling nets run under bf16 autocast (ActNorm, 1x1 convs, log-determinants, "
+                     "priors and the loss stay fp32); auto (default): bf16 only where the hardware has it natively "
+                     "(avx512_bf16/amx_bf16 CPUs, bf16-capable GPUs), else fp32")
     opt.add_argument("--max-bad-steps", type=positive_int, help="stop after this many non-finite steps in a row")
     opt.add_argument("--init-batch", type=positive_int, help="images for ActNorm's data-dependent init")
     opt.add_argument("--init-from", help="start from a pretrained directory (a release such as assets/celeba64): its "
@@ -59,7 +62,7 @@ def run(args: argparse.Namespace) -> int:
     resume = given.pop("resume", False)
     if resume:
         stored = load_checkpoint(Path(args.out) / CHECKPOINT_NAME)["meta"]["train_config"]
-        train = TrainConfig(**{**stored, **{k: v for k, v in given.items() if k in train_fields}})
+        train = TrainConfig.from_stored({**stored, **{k: v for k, v in given.items() if k in train_fields}})
         model_config = None
     else:
         if "data" not in given:

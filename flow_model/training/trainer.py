@@ -21,7 +21,7 @@ from tqdm.auto import tqdm
 from ..config import GlowConfig
 from ..data import (EpochSampler, FaceFiles, IndexedImages, _collate, load_images, open_dataset, random_flip, select,
                    split_keeping_validation, split_names)
-from ..device import resolve_device
+from ..device import PRECISIONS, cpu_has_native_bf16, resolve_device, resolve_precision
 from ..evaluate import evaluate_bpd
 from ..fileio import write_text
 from ..glow import Glow
@@ -61,7 +61,7 @@ class TrainConfig:
     cache: str | None = None
     limit: int | None = None
     device: str = "auto"
-    amp: str = "none"
+    precision: str = "auto"
     max_bad_steps: int = 10
     init_batch: int = 256
     init_from: str | None = None
@@ -78,7 +78,7 @@ class TrainConfig:
             (self.grad_clip > 0, "grad_clip must be > 0"),
             (0.0 <= self.ema < 1.0, f"ema decay must be in [0, 1), got {self.ema}"),
             (self.device in ("auto", "cpu", "cuda") or self.device.startswith("cuda:"), f"unknown device {self.device!r}"),
-            (self.amp in ("none", "bf16", "fp16"), f"amp must be none, bf16 or fp16, got {self.amp!r}"),
+            (self.precision in PRECISIONS, f"precision must be fp32, bf16 or auto, got {self.precision!r}"),
             (self.ckpt_every >= 1 and self.sample_every >= 1 and self.log_every >= 1, "intervals must be >= 1"),
             (self.max_bad_steps >= 1, "max_bad_steps must be >= 1"),
             (self.max_steps is None or self.max_steps >= 0, "max_steps must be >= 0"),
@@ -87,6 +87,22 @@ class TrainConfig:
         for ok, message in checks:
             if not ok:
                 raise ValueError(message)
+
+    @classmethod
+    def from_stored(cls, stored: dict) -> "TrainConfig":
+        """The config a checkpoint stored (plus any overrides merged in), from any version of this class.
+
+        Checkpoints from before `precision` have none and resume in fp32, the numerics they trained with on CPU;
+        their `amp` option (CUDA-only autocast of the whole forward) is gone, replaced by `precision`.
+        """
+        values = dict(stored)
+        amp = values.pop("amp", None)
+        if "precision" not in values:
+            values["precision"] = "fp32"
+            if amp not in (None, "none"):
+                log.warning("this checkpoint was trained with --amp %s, which no longer exists; resuming with "
+                            "--precision fp32 (pass --precision bf16 to run the coupling nets in bf16)", amp)
+        return cls(**values)
 
 
 def _distributed() -> tuple[int, int, int]:
@@ -126,8 +142,7 @@ class Trainer:
             dist.init_process_group("nccl" if self.device.type == "cuda" else "gloo")
         if self.device.type == "cuda":
             torch.cuda.set_device(self.device)
-        if self.device.type != "cuda" and train.amp != "none":
-            log.warning("autocast %s is only used on CUDA; training in float32 on %s", train.amp, self.device)
+        self.precision = resolve_precision(train.precision, self.device)
         self.is_main = self.rank == 0
         if self.is_main:
             self.out.mkdir(parents=True, exist_ok=True)
@@ -155,13 +170,27 @@ class Trainer:
             self._restore(state)
         else:
             self._initialize()
+        # After ActNorm's data-dependent init (which sees fp32 statistics), and on the trained model only: the EMA
+        # copy, made above, is only ever evaluated.
+        self.model.set_coupling_precision(torch.bfloat16 if self.precision == "bf16" else None)
+        if self.is_main:
+            log.info("precision %s (--precision %s%s)", self.precision, train.precision,
+                     f"; {self._precision_reason()}" if train.precision == "auto" else "")
+            if self.precision == "bf16" and self.device.type == "cpu" and not cpu_has_native_bf16():
+                log.warning("--precision bf16 on a CPU without native bf16: autocast emulates it, usually slower "
+                            "than fp32")
         self.net = (
             DistributedDataParallel(self.model, device_ids=[self.device.index] if self.device.type == "cuda" else None)
             if self.world > 1 else self.model
         )
-        self.scaler = torch.amp.GradScaler(self.device.type, enabled=train.amp == "fp16" and self.device.type == "cuda")
 
     # -- setup -------------------------------------------------------------------------------------------
+    def _precision_reason(self) -> str:
+        if self.device.type == "cuda":
+            return f"CUDA bf16 {'supported' if self.precision == 'bf16' else 'not supported'}"
+        return ("the CPU has native bf16" if self.precision == "bf16"
+                else "the CPU has no native bf16 (no avx512_bf16 or amx_bf16 in /proc/cpuinfo)")
+
     def _load_data(self, state: dict | None) -> None:
         cfg = self.cfg
         data = open_dataset(cfg.data, limit=cfg.limit, image_dirs=cfg.image_dirs)
@@ -251,20 +280,16 @@ class Trainer:
         """One optimiser step; a non-finite loss or gradient skips the update instead of poisoning the weights."""
         self.model.train()
         x = random_flip(batch, self.flip_gen).to(self.device, non_blocking=True)
-        amp_dtype = {"bf16": torch.bfloat16, "fp16": torch.float16}.get(self.cfg.amp)
-        with torch.autocast(self.device.type, dtype=amp_dtype or torch.float32,
-                            enabled=amp_dtype is not None and self.device.type == "cuda"):
-            bpd = self.net(x, generator=self.noise_gen)
-        loss = bpd.float().mean()
-        self.scaler.scale(loss).backward()
-        self.scaler.unscale_(self.optimizer)
+        bpd = self.net(x, generator=self.noise_gen)  # with --precision bf16 the coupling nets autocast (Glow)
+        loss = bpd.mean()
+        loss.backward()
         grad_norm = torch.nn.utils.clip_grad_norm_(self.model.parameters(), self.cfg.grad_clip)
         ok = torch.stack([loss.detach(), grad_norm.detach()]).isfinite().all().float()
         if self.world > 1:
             dist.all_reduce(ok, op=dist.ReduceOp.MIN)
         finite = bool(ok.item())
         if finite:
-            self.scaler.step(self.optimizer)
+            self.optimizer.step()
             self.bad_steps = 0
             if self.ema is not None:
                 self.ema.update_parameters(self.model)
@@ -272,7 +297,6 @@ class Trainer:
             self.bad_steps += 1
             log.warning("step %d: non-finite loss (%s) or gradient norm (%s); update skipped (%d in a row)",
                         self.step + 1, loss.item(), grad_norm.item(), self.bad_steps)
-        self.scaler.update()
         self.optimizer.zero_grad(set_to_none=True)
         self.scheduler.step()
         self.step += 1
