@@ -27,6 +27,7 @@ from flow_model.training.checkpoint import load_model
 
 from .align import FaceAligner, warp
 from .calibration import CALIBRATION_FILE, Calibration
+from .classifier import AttributeClassifier, describe_change, load_classifier
 from .directions import Directions, load_directions
 from .photo import UPSAMPLERS, FacePhoto, compose, crop_side, edited_photo, to_image
 
@@ -34,6 +35,7 @@ log = logging.getLogger(__name__)
 
 DIRECTIONS_FILE = "directions.safetensors"
 BPD_RANGE_FILE = "bpd_range.json"
+CLASSIFIER_DIR = "attribute_classifier"  # looked for in the model directory, then beside it (assets/)
 AUTO_METHOD = "auto"  # each slider's calibrated method (calibration.json), else the classifier normal
 METHOD_LABELS = {AUTO_METHOD: "calibrated per slider", "classifier": "classifier normal",
                  "mean_diff": "mean difference (Glow paper)"}
@@ -272,6 +274,10 @@ class EditorService:
         service = cls(model, directions, FaceAligner() if align else None, bpd_range, display_size)
         if (model_dir / CALIBRATION_FILE).is_file():
             service.set_calibration(Calibration.load(model_dir / CALIBRATION_FILE))
+        for folder in (model_dir / CLASSIFIER_DIR, model_dir.parent / CLASSIFIER_DIR):
+            if (folder / "model.safetensors").is_file():
+                service.classifier = load_classifier(folder, device)
+                break
         return service
 
     # -- faces -------------------------------------------------------------------------------------
@@ -467,10 +473,11 @@ class EditorService:
         mask = self.level_mask(levels)
         rows = []
         for key in keys:
-            v = self.vector(key, method, custom)
             spec = self.slider(key)
+            key_method = spec.method if spec is not None and method == AUTO_METHOD else method  # kept ones alike
+            v = self.vector(key, key_method, custom)
             held = list(dict.fromkeys([*keep, *(spec.keep if spec is not None else ())]))
-            kept = [self.vector(k, method, custom) for k in held if k != key and self._attribute_of(k) !=
+            kept = [self.vector(k, key_method, custom) for k in held if k != key and self._attribute_of(k) !=
                     self._attribute_of(key)]
             if mask is not None:
                 v = v * mask
@@ -516,6 +523,25 @@ class EditorService:
     def _edited(self, face: Face, decoded: torch.Tensor, strength: float) -> Edited:
         """Flow inputs span one unit per 256 pixel levels, so the change in pixels is 256 x the change in x."""
         return Edited(self.model.quantize(decoded), strength, (decoded - face.decoded) * 256.0)
+
+    # -- what an edit did, as the attribute classifier reads it -------------------------------------
+    classifier: AttributeClassifier | None = None
+
+    def reading(self, face: Face, edited: Edited, edits: Mapping[str, float]) -> str:
+        """"Smiling 12% -> 81%; largest other change: Male 40% -> 47%": the attribute classifier's P(attribute)
+        on the face's reconstruction and on the edit, for each edited built-in attribute, and the largest change
+        among the others. Empty without a classifier or when nothing built-in is edited."""
+        if self.classifier is None or self.classifier.config.image_size != self.image_size:
+            return ""
+        targets = {}
+        for key, value in edits.items():
+            spec = self.slider(key)
+            attribute = spec.attribute if spec is not None else key
+            if value and attribute in self.classifier.attributes:
+                targets[attribute] = math.copysign(1.0, value * (spec.sign if spec is not None else 1.0))
+        if not targets:
+            return ""
+        return describe_change(self.classifier, face.image, edited.image, targets)["text"]
 
     # -- custom directions -------------------------------------------------------------------------
     def fit_direction(self, positives: torch.Tensor, negatives: torch.Tensor, C: float = 1.0) -> torch.Tensor:

@@ -15,7 +15,7 @@ from PIL import Image
 
 from flow_model.imaging import ImageError, to_pil
 
-from .service import METHOD_LABELS, Edited, EditorService, Face, animated_gif
+from .service import AUTO_METHOD, METHOD_LABELS, Edited, EditorService, Face, animated_gif
 
 EXTRA_SLOTS = 6  # sliders that "Add attribute" and custom directions can fill
 SLIDER_LIMIT = 2.0
@@ -97,7 +97,7 @@ class EditorUI:
     def _render(self, face: Face, edits: dict[str, float], method: str, keep: Sequence[str], level_choice: str | None,
                 custom: dict[str, torch.Tensor]) -> Edited:
         try:
-            return self.service.edit(face, edits, method or "classifier", list(keep or []), self._levels(level_choice),
+            return self.service.edit(face, edits, method or AUTO_METHOD, list(keep or []), self._levels(level_choice),
                                      custom)
         except (KeyError, ValueError) as err:
             raise user_error(err) from None
@@ -129,8 +129,12 @@ class EditorUI:
                keep: list[str], levels: str, model_output: bool, *values: float) -> tuple[Image.Image | None, str]:
         if face is None:
             return None, ""
-        edited = self._render(face, self._edits(slots, values), method, keep if disentangle else [], levels, custom)
-        return self._shown(face, edited, model_output), edited.note
+        edits = self._edits(slots, values)
+        edited = self._render(face, edits, method, keep if disentangle else [], levels, custom)
+        reading = self.service.reading(face, edited, edits)  # "Smiling 12% -> 81%; largest other change: ..."
+        note = "\n\n".join(part for part in (f"Attribute classifier: {reading}" if reading else "", edited.note)
+                            if part)
+        return self._shown(face, edited, model_output), note
 
     def api_edit(self, face: Face | None, custom: dict, edits: dict | None, method: str, keep: list[str] | None,
                  levels: str) -> Image.Image:
@@ -298,7 +302,7 @@ class EditorUI:
                                 extra = [self._slider(f"extra {i + 1}", visible=False) for i in range(EXTRA_SLOTS)]
                         with gr.Column(scale=1, min_width=260):
                             method = gr.Radio([(label, key) for key, label in METHOD_LABELS.items()],
-                                              value="classifier", label="Directions")
+                                              value=AUTO_METHOD, label="Directions")
                             disentangle = gr.Checkbox(label="Disentangle: hold these attributes fixed", value=False)
                             keep = gr.Dropdown(self._keep_choices({}), value=[], multiselect=True,
                                                label="Attributes to keep fixed")

@@ -1,0 +1,77 @@
+"""`python -m app train-classifier`: the attribute classifier that evaluate-edits measures edits with.
+
+Trains on the model's training split (every labelled face not in its split.json "val" list) and reports accuracy
+per attribute on the validation faces, in the classifier's config.json and a markdown card beside the weights.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+from pathlib import Path
+
+
+def add_parser(sub) -> None:
+    p = sub.add_parser("train-classifier", help="train the attribute classifier that scores edits (evaluate-edits)")
+    p.add_argument("--data", required=True, help="CelebA-layout folder (img_align_celeba*/ + list_attr_celeba.txt)")
+    p.add_argument("--split", required=True, help="the Glow model's split.json: its 'val' faces are held out")
+    p.add_argument("--out", default="assets/attribute_classifier", help="directory for config.json, "
+                                                                        "model.safetensors and CARD.md")
+    p.add_argument("--cache", help="uint8 image cache file (e.g. runs/classifier_cache.safetensors)")
+    p.add_argument("--image-size", type=int, default=64)
+    p.add_argument("--n-bits", type=int, default=5)
+    p.add_argument("--widths", default="32,64,128,192", help="channels per stage, comma separated")
+    p.add_argument("--epochs", type=int, default=3)
+    p.add_argument("--batch-size", type=int, default=128)
+    p.add_argument("--lr", type=float, default=2e-3)
+    p.add_argument("--max-minutes", type=float, help="stop training after this many minutes")
+    p.add_argument("--limit", type=int, help="use only the first N labelled images (smoke tests)")
+    p.add_argument("--threads", type=int, default=1, help="torch CPU threads")
+    p.add_argument("--workers", type=int, default=1, help="image decoding processes")
+    p.add_argument("--seed", type=int, default=0)
+
+
+def run(args: argparse.Namespace) -> int:
+    import numpy as np
+    import torch
+
+    from flow_model.data import load_images, open_dataset
+
+    from ..classifier import (CARD_NAME, AttributeClassifier, ClassifierConfig, TrainSettings, accuracy_table,
+                              card_markdown, train_classifier)
+    from flow_model.fileio import write_text
+
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s")
+    torch.set_num_threads(max(1, args.threads))
+    widths = [int(w) for w in args.widths.split(",") if w.strip()]
+    data = open_dataset(args.data, limit=args.limit)
+    if data.labels is None:
+        raise ValueError(f"{args.data} has no attribute labels (list_attr_celeba.txt)")
+    try:
+        val_names = set(json.loads(Path(args.split).read_text())["val"])
+    except (OSError, ValueError, KeyError) as err:
+        raise ValueError(f"{args.split} is not a split file with a 'val' list: {err}") from None
+    images, data = load_images(data, args.image_size, cache=args.cache, workers=args.workers)
+    is_val = np.array([n in val_names for n in data.names()])
+    if not is_val.any() or is_val.all():
+        raise ValueError(f"the split leaves {int(is_val.sum())} validation and {int((~is_val).sum())} training faces")
+    config = ClassifierConfig(attributes=list(data.attributes), image_size=args.image_size, n_bits=args.n_bits,
+                              widths=widths)
+    settings = TrainSettings(epochs=args.epochs, batch_size=args.batch_size, lr=args.lr, seed=args.seed,
+                             max_minutes=args.max_minutes)
+    train_idx, val_idx = np.flatnonzero(~is_val), np.flatnonzero(is_val)
+    model, info = train_classifier(images[torch.from_numpy(train_idx)], data.labels[train_idx], config, settings)
+    probs, _ = model.predict(images[torch.from_numpy(val_idx)])
+    table = accuracy_table(probs, data.labels[val_idx], config.attributes)
+    metrics = {"validation": table, "n_train": int(len(train_idx)), "n_val": int(len(val_idx)),
+               "batch_size": args.batch_size, "threads": args.threads, "planned_epochs": args.epochs, "train": info}
+    model.save_pretrained(args.out, metrics)
+    n_params = sum(p.numel() for p in model.parameters())
+    write_text(Path(args.out) / CARD_NAME, card_markdown(metrics, config, info, n_params))
+    mean = float(np.mean([m["accuracy"] for m in table.values()]))
+    print(f"validation accuracy (mean of {len(table)} attributes, {len(val_idx)} faces): {mean:.3f}")
+    for name in ("Smiling", "Male", "Young", "Eyeglasses", "Blond_Hair", "Bald"):
+        if name in table:
+            print(f"  {name:12s} acc {table[name]['accuracy']:.3f} AUC {table[name]['auc']:.3f}")
+    print(f"wrote {args.out}/ ({n_params:,} parameters, {info['seconds'] / 60:.1f} min)")
+    return 0

@@ -1,0 +1,361 @@
+"""Measure what the sliders do, with an attribute classifier that neither the model nor the directions saw.
+
+For held-out faces, every slider at a few values goes through the editor's own path (EditorService.edit_vectors and
+the same checked decode with back-off as EditorService.edit), and the classifier scores the reconstruction and the
+edit: the mean shift of P(attribute) the intended way, the share of faces moved the intended way, the flip rate
+(share crossing 0.5 among those that started on the other side), leakage (mean |dP| of other attributes), pixel
+change and back-off rate. The same measures calibrate the sliders (`calibrate`), and the classifier's penultimate
+features give a Frechet distance of model samples to real faces (`sample_quality`).
+"""
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from typing import Mapping, Sequence
+
+import numpy as np
+import torch
+
+from flow_model.glow import reduce_bits
+
+from .calibration import MAX_LEAKAGE, METHODS, MIN_FLIP, TARGET_FLIP, Calibration, SliderCalibration
+from .classifier import AttributeClassifier
+from .service import BACKOFF_FRACTIONS, SLIDER_BY_LABEL, EditorService, SliderSpec, orthogonalize
+
+LEAK_ATTRIBUTES = ("Male", "Young", "Smiling")
+VALUES = (-1.0, -0.5, 0.5, 1.0)
+GRID = (1.0, 1.25, 1.5, 2.0, 3.0)  # multipliers of the class-mean gap that calibration tries
+DECODABLE_BACKOFF = 0.1  # a strength "still decodes" when at most this share of faces needs the back-off
+
+
+# -- the arithmetic ---------------------------------------------------------------------------------------
+def edit_measures(before: torch.Tensor, after: torch.Tensor, target: int, direction: float,
+                  leak: Mapping[str, int]) -> dict:
+    """Classifier probabilities (N, A) before and after an edit that should move attribute `target` up
+    (direction > 0) or down (direction < 0).
+
+    - shift: mean change of P(target) in the intended direction (positive = the intended way);
+    - moved: share of faces whose P(target) moved the intended way (strictly);
+    - flip: among faces that started on the other side of 0.5, the share that ended on the intended side
+      (NaN when none started there); flip_n is that denominator;
+    - leakage: per named attribute, mean |dP|.
+    """
+    if direction == 0:
+        raise ValueError("an edit needs a direction")
+    s = 1.0 if direction > 0 else -1.0
+    p0, p1 = before[:, target].double(), after[:, target].double()
+    d = s * (p1 - p0)
+    start_other = p0 < 0.5 if s > 0 else p0 >= 0.5
+    ended = p1 >= 0.5 if s > 0 else p1 < 0.5
+    n_other = int(start_other.sum())
+    flip = float(ended[start_other].double().mean()) if n_other else math.nan
+    leakage = {name: float((after[:, j] - before[:, j]).abs().double().mean()) for name, j in leak.items()
+               if j != target}
+    return {"shift": float(d.mean()), "moved": float((d > 0).double().mean()), "flip": flip, "flip_n": n_other,
+            "leakage": leakage}
+
+
+def frechet_distance(a: torch.Tensor, b: torch.Tensor) -> float:
+    """Frechet distance between Gaussians fitted to two feature sets (N, F): |mu_a - mu_b|^2 +
+    tr(Ca + Cb - 2 (Ca Cb)^1/2), the FID formula (here in the attribute classifier's feature space)."""
+    a, b = np.asarray(a, np.float64), np.asarray(b, np.float64)
+    if len(a) < 2 or len(b) < 2:
+        raise ValueError("need at least 2 feature vectors on each side")
+    mu_a, mu_b = a.mean(0), b.mean(0)
+    ca, cb = np.atleast_2d(np.cov(a, rowvar=False)), np.atleast_2d(np.cov(b, rowvar=False))
+    # tr (Ca Cb)^1/2 = tr (Ca^1/2 Cb Ca^1/2)^1/2, a symmetric PSD matrix: stable through eigh even when singular
+    w, v = np.linalg.eigh(ca)
+    root_a = (v * np.sqrt(np.clip(w, 0, None))) @ v.T
+    cross = np.sqrt(np.clip(np.linalg.eigvalsh(root_a @ cb @ root_a), 0, None)).sum()
+    return float(((mu_a - mu_b) ** 2).sum() + np.trace(ca) + np.trace(cb) - 2 * cross)
+
+
+# -- the editor's path, batched ---------------------------------------------------------------------------
+def _uint8(service: EditorService, x: torch.Tensor) -> torch.Tensor:
+    return x if x.dtype == torch.uint8 else service.model.quantize(x).cpu()
+
+
+def decode_with_backoff(service: EditorService, base: torch.Tensor, edited: torch.Tensor) -> tuple[torch.Tensor,
+                                                                                                     torch.Tensor]:
+    """What EditorService.edit shows for each row, batched: the edit when it decodes, else the largest of 1/16 ..
+    15/16 of it whose prefix of strengths all decode (the base face's own decode when none does). Returns uint8
+    images (N, 3, S, S) and the strength shown (N,)."""
+    images, ok = service.decode_checked(edited)
+    images = _uint8(service, images).clone()
+    strength = torch.ones(len(edited), dtype=torch.float64)
+    fractions = torch.arange(1, BACKOFF_FRACTIONS) / BACKOFF_FRACTIONS
+    for i in torch.nonzero(~ok).flatten().tolist():
+        imgs, good = service.decode_checked(base[i] + fractions[:, None] * (edited[i] - base[i]))
+        usable = int(good.long().cumprod(0).sum())
+        if usable == 0:
+            images[i] = _uint8(service, service.decode_checked(base[i:i + 1])[0])[0]
+            strength[i] = 0.0
+        else:
+            images[i] = _uint8(service, imgs[usable - 1:usable])[0]
+            strength[i] = float(fractions[usable - 1])
+    return images, strength
+
+
+@dataclass
+class FaceSet:
+    """Held-out faces as the editor sees them: latents, their 5-bit reconstructions and the classifier's reading."""
+
+    latents: torch.Tensor  # (N, D)
+    images: torch.Tensor  # (N, 3, S, S) uint8, = decode(latent)
+    probs: torch.Tensor  # (N, A)
+    features: torch.Tensor  # (N, F)
+
+
+@torch.inference_mode()
+def encode_faces(service: EditorService, classifier: AttributeClassifier, images: torch.Tensor,
+                 batch_size: int = 64) -> FaceSet:
+    """Model-size crops (already aligned, e.g. validation faces) -> latents, reconstructions and readings. The
+    reconstruction of a flow is exact: decode(encode(x)) = x at the model's bit depth."""
+    model = service.model
+    latents = torch.cat([model.flatten_latents(model.encode(images[i:i + batch_size].to(service.device),
+                                                            standardized=True)).float().cpu()
+                         for i in range(0, len(images), batch_size)])
+    recon = reduce_bits(images, model.config.n_bits)
+    probs, feats = classifier.predict(recon)
+    return FaceSet(latents, recon, probs, feats)
+
+
+def measure_vector(service: EditorService, classifier: AttributeClassifier, faces: FaceSet, vector: torch.Tensor,
+                   value: float, attribute: str, sign: float, leak: Sequence[str] = LEAK_ATTRIBUTES) -> dict:
+    """Every face + value x vector through the editor's decode; the measures of edit_measures plus pixel change
+    (mean |edit - reconstruction| in 0..255 units), back-off rate and, over all other attributes, the largest
+    mean |dP|."""
+    names = classifier.attributes
+    edited = faces.latents + value * vector[None]
+    images, strength = decode_with_backoff(service, faces.latents, edited)
+    probs, _ = classifier.predict(images)
+    target = names.index(attribute)
+    m = edit_measures(faces.probs, probs, target, sign * value, {a: names.index(a) for a in leak if a in names})
+    others = (probs - faces.probs).abs().mean(0)
+    others[target] = -1
+    j = int(others.argmax())
+    m.update(value=value, pixel=float((images.float() - faces.images.float()).abs().mean()),
+             backoff=float((strength < 1).double().mean()), max_leak=float(others[j]), max_leak_attribute=names[j],
+             p_before=float(faces.probs[:, target].mean()), p_after=float(probs[:, target].mean()), n=len(images))
+    return m
+
+
+def evaluate_sliders(service: EditorService, classifier: AttributeClassifier, faces: FaceSet,
+                     specs: Sequence[SliderSpec], values: Sequence[float] = VALUES, method: str | None = None,
+                     progress=None) -> dict[str, list[dict]]:
+    """Each slider at each value with the service's defaults (its calibrated method, scale and kept attributes
+    unless `method` names one)."""
+    out = {}
+    for spec in specs:
+        kwargs = {} if method is None else {"method": method}
+        vector = service.edit_vectors([spec.label], **kwargs)[0]
+        out[spec.label] = [measure_vector(service, classifier, faces, vector, v, spec.attribute, spec.sign)
+                           for v in values]
+        if progress:
+            progress(spec.label, out[spec.label])
+    return out
+
+
+# -- calibration ------------------------------------------------------------------------------------------
+def _scale_for_target(grid: Sequence[float], flips: Sequence[float], target: float) -> float | None:
+    """The smallest multiplier reaching `target` flip, linear between grid points; None if none does."""
+    prev_m, prev_f = 0.0, 0.0
+    for m, f in zip(grid, flips):
+        if f >= target:
+            if f == prev_f:
+                return m
+            return prev_m + (m - prev_m) * (target - prev_f) / (f - prev_f)
+        prev_m, prev_f = m, f
+    return None
+
+
+def choose_scale(grid: Sequence[float], rows: Sequence[dict], target: float = TARGET_FLIP,
+                 min_flip: float = MIN_FLIP) -> tuple[float, float, bool]:
+    """From measures at multipliers `grid` (value +1 x multiplier): (scale, flip reached, in default set).
+
+    Only multipliers that still decode (back-off on at most DECODABLE_BACKOFF of faces) count. The scale is the
+    smallest one with flip >= target; if none, the strongest decodable one, and the slider stays in the default
+    set only if that reaches min_flip."""
+    usable = [(m, r["flip"] if not math.isnan(r["flip"]) else 0.0) for m, r in zip(grid, rows)
+              if r["backoff"] <= DECODABLE_BACKOFF]
+    if not usable:
+        return grid[0], 0.0, False
+    ms, fs = zip(*usable)
+    scale = _scale_for_target(ms, fs, target)
+    if scale is not None:
+        return round(scale, 2), target, True
+    best = max(range(len(fs)), key=lambda i: (fs[i], ms[i]))  # ties: the stronger edit
+    return ms[best], fs[best], fs[best] >= min_flip
+
+
+def calibrate(service: EditorService, classifier: AttributeClassifier, faces: FaceSet,
+              labels: Sequence[str] | None = None, grid: Sequence[float] = GRID,
+              methods: Sequence[str] = METHODS, progress=None) -> Calibration:
+    """Per built-in slider, on `faces` (which must not be the faces the evaluation reports on):
+
+    1. keep: the leak attributes (Male, Young, Smiling) whose mean |dP| exceeds MAX_LEAKAGE at the uncalibrated
+       slider's +1 (classifier normal) are held fixed by default;
+    2. per method, the slider's direction (orthogonal to the kept ones) at multipliers `grid` of the class-mean
+       gap: the scale is the smallest multiplier reaching TARGET_FLIP at +1 (choose_scale);
+    3. method: the one that reaches the target with the smaller leakage into the kept and leak attributes at
+       the grid point nearest its scale, else the one that flips more.
+    """
+    d = service.directions
+    names = classifier.attributes
+    sliders = {}
+    for label in labels or [s.label for s in service.sliders + service.more_sliders]:
+        base = SLIDER_BY_LABEL[label]
+        raw = base.sign * base.scale * d.vector(base.attribute, "classifier")
+        first = measure_vector(service, classifier, faces, raw, 1.0, base.attribute, base.sign)
+        keep = [a for a in LEAK_ATTRIBUTES if a != base.attribute and a in names
+                and first["leakage"].get(a, 0.0) > MAX_LEAKAGE]
+        results = {}
+        for method in methods:
+            v = base.sign * d.vector(base.attribute, method)
+            if keep:
+                v = orthogonalize(v[None], torch.stack([d.vector(k, method) for k in keep]))[0]
+            rows = [measure_vector(service, classifier, faces, v, m, base.attribute, base.sign) for m in grid]
+            scale, flip, ok = choose_scale(grid, rows)
+            near = rows[int(np.argmin([abs(m - scale) for m in grid]))]
+            leak = max([near["leakage"].get(a, 0.0) for a in LEAK_ATTRIBUTES] + [0.0])
+            results[method] = dict(scale=scale, flip=flip, ok=ok, leak=leak, rows=rows, near=near)
+        reach = [m for m in methods if results[m]["flip"] >= TARGET_FLIP]
+        if reach:
+            method = min(reach, key=lambda m: (results[m]["leak"], m != "classifier"))
+        else:
+            method = max(methods, key=lambda m: (results[m]["flip"], m == "classifier"))
+        r = results[method]
+        flips = ", ".join(f"{m}: " + "/".join((f"{row['flip']:.0%}" if not math.isnan(row["flip"]) else "-")
+                                               + (f" (back-off {row['backoff']:.0%})" if row["backoff"] else "")
+                                               for row in results[m]["rows"]) for m in methods)
+        reason = (f"flip at +{'/'.join(f'{g:g}' for g in grid)} class-mean gaps: {flips}; leakage at the "
+                  f"uncalibrated +1: " + ", ".join(f"{a} {v:.2f}" for a, v in first["leakage"].items()))
+        if not r["ok"]:
+            reason = (f"out of the default set: at most {r['flip']:.0%} of faces flip at any strength that still "
+                      f"decodes; " + reason)
+        sliders[label] = SliderCalibration(
+            method=method, scale=float(r["scale"]), keep=keep, default=bool(r["ok"]),
+            scales={m: float(results[m]["scale"]) for m in methods}, flip_at_1=float(r["flip"]),
+            leakage={a: round(v, 4) for a, v in r["near"]["leakage"].items()}, reason=reason)
+        if progress:
+            progress(label, sliders[label])
+    return Calibration(sliders, {"grid": list(grid), "faces": len(faces.latents), "target_flip": TARGET_FLIP,
+                                 "min_flip": MIN_FLIP, "max_leakage": MAX_LEAKAGE})
+
+
+# -- sample quality ---------------------------------------------------------------------------------------
+@torch.inference_mode()
+def sample_quality(service: EditorService, classifier: AttributeClassifier, real_features: torch.Tensor,
+                   temperatures: Sequence[float], n: int, seed: int = 0, batch_size: int = 64) -> dict[float, float]:
+    """Frechet distance (classifier feature space) of n model samples at each temperature to real faces."""
+    out = {}
+    for t in temperatures:
+        feats = []
+        for i in range(0, n, batch_size):
+            k = min(batch_size, n - i)
+            gen = torch.Generator().manual_seed(seed * 1000 + i)
+            x = service.model.sample(k, float(t), generator=gen).cpu()
+            feats.append(classifier.predict(x)[1])
+        out[float(t)] = frechet_distance(torch.cat(feats), real_features)
+    return out
+
+
+# -- the report -------------------------------------------------------------------------------------------
+def _pct(x: float) -> str:
+    return "-" if x is None or (isinstance(x, float) and math.isnan(x)) else f"{x:.0%}"
+
+
+def plot_flip_rates(after: Mapping[str, list[dict]], before: Mapping[str, list[dict]] | None, path) -> None:
+    """Flip rate against slider value, one line per slider (solid: calibrated defaults; dashed dots: before)."""
+    from flow_model.visualize import pyplot, save_figure
+
+    plt = pyplot()
+    labels = list(after)
+    cols = 5
+    rows = -(-len(labels) // cols)
+    fig, axes = plt.subplots(rows, cols, figsize=(cols * 2.4, rows * 2.0), sharex=True, sharey=True, squeeze=False)
+    for ax in axes.flat[len(labels):]:
+        ax.axis("off")
+    for ax, label in zip(axes.flat, labels):
+        xs = [r["value"] for r in after[label]]
+        ax.plot(xs, [r["flip"] for r in after[label]], "o-", color="C0", label="calibrated")
+        if before and label in before:
+            ax.plot([r["value"] for r in before[label]], [r["flip"] for r in before[label]], "s--", color="C1",
+                    alpha=0.8, label="before")
+        ax.axhline(TARGET_FLIP, color="0.6", lw=0.8, ls=":")
+        ax.set_title(label, fontsize=9)
+        ax.set_ylim(0, 1.02)
+        ax.grid(alpha=0.3)
+    axes.flat[0].legend(fontsize=7, loc="lower left")
+    for ax in axes[-1]:
+        ax.set_xlabel("slider value")
+    for ax in axes[:, 0]:
+        ax.set_ylabel("flip rate")
+    save_figure(fig, path)
+
+
+def slider_table(results: Mapping[str, list[dict]], service: EditorService, value: float = 1.0) -> str:
+    lines = ["| slider | method | scale | kept fixed | default | P before -> after | shift | moved | flip (n) | "
+             "leak Male | leak Young | leak Smiling | largest other leak | pixel change | back-off |",
+             "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|"]
+    for label, rows in results.items():
+        spec = service.slider(label)
+        r = next(r for r in rows if r["value"] == value)
+        leak = r["leakage"]
+        lines.append(
+            f"| {label} | {spec.method} | {spec.scale:g} | {', '.join(spec.keep) or '-'} | "
+            f"{'yes' if spec.default else 'no'} | {r['p_before']:.0%} -> {r['p_after']:.0%} | {r['shift']:+.2f} | "
+            f"{_pct(r['moved'])} | {_pct(r['flip'])} ({r['flip_n']}) | "
+            + " | ".join(f"{leak[a]:.3f}" if a in leak else "-" for a in LEAK_ATTRIBUTES)
+            + f" | {r['max_leak_attribute']} {r['max_leak']:.3f} | {r['pixel']:.1f} | {_pct(r['backoff'])} |")
+    return "\n".join(lines)
+
+
+def flip_table(results: Mapping[str, list[dict]]) -> str:
+    values = [r["value"] for r in next(iter(results.values()))]
+    head = "| slider | " + " | ".join(f"flip at {v:+g}" for v in values) + " | " + \
+        " | ".join(f"moved at {v:+g}" for v in values) + " |"
+    lines = [head, "|---|" + "---|" * (2 * len(values))]
+    for label, rows in results.items():
+        lines.append(f"| {label} | " + " | ".join(_pct(r["flip"]) for r in rows) + " | "
+                     + " | ".join(_pct(r["moved"]) for r in rows) + " |")
+    return "\n".join(lines)
+
+
+def before_after_table(before: Mapping[str, list[dict]], after: Mapping[str, list[dict]]) -> str:
+    lines = ["| slider | flip at +1 before | after | flip at -1 before | after | moved at +1 before | after | "
+             "leak Male at +1 before | after | largest leak at +1 before | after |",
+             "|---|---|---|---|---|---|---|---|---|---|---|"]
+    for label in after:
+        if label not in before:
+            continue
+        b = {r["value"]: r for r in before[label]}
+        a = {r["value"]: r for r in after[label]}
+        lm = [x[1.0]["leakage"].get("Male") for x in (b, a)]
+        lines.append(f"| {label} | {_pct(b[1.0]['flip'])} | {_pct(a[1.0]['flip'])} | {_pct(b[-1.0]['flip'])} | "
+                     f"{_pct(a[-1.0]['flip'])} | {_pct(b[1.0]['moved'])} | {_pct(a[1.0]['moved'])} | "
+                     + " | ".join("-" if v is None else f"{v:.3f}" for v in lm)
+                     + f" | {b[1.0]['max_leak_attribute']} {b[1.0]['max_leak']:.3f} | "
+                     f"{a[1.0]['max_leak_attribute']} {a[1.0]['max_leak']:.3f} |")
+    return "\n".join(lines)
+
+
+def targets_summary(after: Mapping[str, list[dict]], service: EditorService) -> str:
+    """The issue's targets, checked per default slider at +1."""
+    out = []
+    for label, rows in after.items():
+        spec = service.slider(label)
+        if not spec.default:
+            continue
+        r = next(r for r in rows if r["value"] == 1.0)
+        fails = []
+        if r["moved"] < 0.95:
+            fails.append(f"moved {r['moved']:.0%} < 95%")
+        if not r["flip"] >= TARGET_FLIP:
+            fails.append(f"flip {_pct(r['flip'])} < 60%")
+        if spec.attribute != "Male" and r["leakage"].get("Male", 0) > MAX_LEAKAGE:
+            fails.append(f"Male leak {r['leakage']['Male']:.3f} > 0.05")
+        if label == "Smiling" and r["leakage"].get("Young", 0) > MAX_LEAKAGE:
+            fails.append(f"Young leak {r['leakage']['Young']:.3f} > 0.05")
+        out.append(f"- {label}: " + ("meets all targets" if not fails else "; ".join(fails)))
+    return "\n".join(out)

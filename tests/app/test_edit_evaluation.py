@@ -1,0 +1,253 @@
+"""The edit evaluator's arithmetic, the calibration file and how the service applies it, and the classifier's files."""
+from __future__ import annotations
+
+import json
+import math
+
+import numpy as np
+import pytest
+import torch
+
+from app.calibration import Calibration, SliderCalibration
+from app.classifier import AttributeClassifier, ClassifierConfig, describe_change
+from app.edit_evaluation import choose_scale, decode_with_backoff, edit_measures, frechet_distance
+from app.service import SLIDERS, EditorService, orthogonalize
+from tests.conftest import nontrivial_model, tiny_config
+from tests.editor_support import random_directions
+
+
+# -- arithmetic ------------------------------------------------------------------------------------------
+def test_edit_measures_on_a_case_with_known_answers():
+    before = torch.tensor([[0.2, 0.9], [0.6, 0.5], [0.4, 0.1], [0.8, 0.3]])
+    after = torch.tensor([[0.7, 0.8], [0.9, 0.5], [0.45, 0.3], [0.7, 0.3]])
+    up = edit_measures(before, after, 0, +1.0, {"A": 0, "B": 1})
+    assert up["moved"] == pytest.approx(0.75)  # +0.5, +0.3, +0.05 up; -0.1 down
+    assert up["shift"] == pytest.approx((0.5 + 0.3 + 0.05 - 0.1) / 4)
+    assert up["flip_n"] == 2 and up["flip"] == pytest.approx(0.5)  # rows 0 and 2 started below 0.5; row 0 crossed
+    assert set(up["leakage"]) == {"B"}  # the edited attribute is not its own leakage
+    assert up["leakage"]["B"] == pytest.approx((0.1 + 0 + 0.2 + 0) / 4)
+
+    down = edit_measures(before, after, 0, -0.5, {"B": 1})
+    assert down["moved"] == pytest.approx(0.25)
+    assert down["shift"] == pytest.approx(-up["shift"])
+    assert down["flip_n"] == 2 and down["flip"] == pytest.approx(0.0)  # rows 1 and 3 started >= 0.5, none fell
+
+    none_other = edit_measures(torch.full((3, 1), 0.9), torch.full((3, 1), 0.95), 0, 1.0, {})
+    assert math.isnan(none_other["flip"]) and none_other["flip_n"] == 0
+    with pytest.raises(ValueError):
+        edit_measures(before, after, 0, 0.0, {})
+
+
+def test_frechet_distance_of_known_gaussians():
+    g = torch.Generator().manual_seed(0)
+    a = torch.randn(4000, 3, generator=g, dtype=torch.float64)
+    assert frechet_distance(a, a) == pytest.approx(0.0, abs=1e-6)
+    shifted = a + torch.tensor([1.0, 2.0, 0.0], dtype=torch.float64)
+    assert frechet_distance(a, shifted) == pytest.approx(5.0, rel=1e-6)  # |mu diff|^2, same covariance
+    scaled = a * 2  # covariances I and 4I: tr(I + 4I - 2 (4I)^1/2) = 1 per dimension
+    assert frechet_distance(a, scaled) == pytest.approx(3.0, rel=0.05)
+
+
+def _rows(flips, backoffs=None):
+    return [{"flip": f, "backoff": b} for f, b in zip(flips, backoffs or [0.0] * len(flips))]
+
+
+def test_choose_scale_interpolates_to_the_target_and_drops_weak_sliders():
+    assert choose_scale((1, 2, 3), _rows([0.3, 0.9, 1.0])) == (pytest.approx(1.5), 0.6, True)
+    assert choose_scale((1, 2, 3), _rows([0.7, 0.9, 1.0]))[0] == pytest.approx(1 * 0.6 / 0.7, abs=0.01)
+    # never 60%, but 40% at the strongest strength that decodes: stays, at that strength
+    assert choose_scale((1, 2, 3), _rows([0.1, 0.4, 0.9], [0, 0, 0.5])) == (2, 0.4, True)
+    # below 30% everywhere that decodes: out of the default set
+    scale, flip, default = choose_scale((1, 2, 3), _rows([0.05, 0.2, 0.25]))
+    assert (scale, flip, default) == (3, 0.25, False)
+
+
+# -- the service applies a calibration -------------------------------------------------------------------
+@pytest.fixture(scope="module")
+def service() -> EditorService:
+    model = nontrivial_model(tiny_config())
+    names = sorted({s.attribute for s in SLIDERS})
+    return EditorService(model, random_directions(names, model.latent_dim), None)
+
+
+def test_calibration_file_round_trip_and_bad_files(tmp_path):
+    cal = Calibration({"Smiling": SliderCalibration("mean_diff", 2.5, ["Young"], True, {"classifier": 3.0,
+                                                                                          "mean_diff": 2.5})})
+    cal.save(tmp_path / "calibration.json")
+    back = Calibration.load(tmp_path / "calibration.json")
+    assert back.sliders["Smiling"] == cal.sliders["Smiling"]
+    (tmp_path / "bad.json").write_text(json.dumps({"format_version": 1, "sliders": {"Smiling": {"scale": -1}}}))
+    with pytest.raises(ValueError, match="calibration"):
+        Calibration.load(tmp_path / "bad.json")
+    (tmp_path / "bad.json").write_text("{not json")
+    with pytest.raises(ValueError, match="bad.json"):
+        Calibration.load(tmp_path / "bad.json")
+
+
+def test_service_applies_calibrated_scale_method_and_keep(service):
+    d = service.directions
+    service.set_calibration(None)
+    try:
+        assert torch.allclose(service.vector("Smiling"), d.vector("Smiling", "classifier"))
+        cal = Calibration({
+            "Smiling": SliderCalibration("mean_diff", 2.5, ["Young"], True, {"classifier": 3.0, "mean_diff": 2.5}),
+            "Age": SliderCalibration("classifier", 1.5, ["Male"]),
+            "Bald": SliderCalibration("classifier", 3.0, [], False),
+        })
+        service.set_calibration(cal)
+        # scale and method under the calibrated default ("auto"), the method's own scale when overridden
+        assert torch.allclose(service.vector("Smiling"), 2.5 * d.vector("Smiling", "mean_diff"))
+        assert torch.allclose(service.vector("Smiling", "classifier"), 3.0 * d.vector("Smiling", "classifier"))
+        assert torch.allclose(service.vector("Age"), -1.5 * d.vector("Young", "classifier"))  # Age = -Young
+        # keep: the default edit is orthogonal to the held attribute's direction, as if the user had asked
+        v = service.edit_vectors(["Smiling"])[0]
+        expected = orthogonalize(2.5 * d.vector("Smiling", "mean_diff")[None], d.vector("Young", "mean_diff")[None])
+        assert torch.allclose(v, expected[0], atol=1e-5)
+        assert abs(float(v @ d.vector("Young", "mean_diff"))) < 1e-3 * float(v.norm() * d.vector("Young").norm())
+        latent = torch.zeros(service.model.latent_dim)
+        assert torch.allclose(service.edit_latent(latent, {"Smiling": 1.0}), v)
+        # a slider below the line leaves the default set but stays reachable
+        assert "Bald" not in [s.label for s in service.sliders]
+        assert "Bald" in [s.label for s in service.more_sliders]
+        assert torch.allclose(service.vector("Bald"), 3.0 * d.vector("Bald", "classifier"))
+        assert len(service.sliders) == len(SLIDERS) - 1
+    finally:
+        service.set_calibration(None)
+    assert [s.label for s in service.sliders] == [s.label for s in SLIDERS]
+
+
+def test_load_reads_calibration_beside_the_directions(service, tmp_path):
+    service.model.save_pretrained(tmp_path)
+    service.directions.save(tmp_path / "directions.safetensors")
+    Calibration({"Male": SliderCalibration("classifier", 2.0, [], False)}).save(tmp_path / "calibration.json")
+    loaded = EditorService.load(tmp_path, align=False)
+    assert loaded.slider("Male").scale == 2.0 and not loaded.slider("Male").default
+    assert "Male" not in [s.label for s in loaded.sliders]
+
+
+def test_backoff_decode_matches_the_service_edit(service):
+    face_latent = torch.zeros(1, service.model.latent_dim)
+    far = face_latent + 1e6  # cannot decode at full strength
+    images, strength = decode_with_backoff(service, torch.cat([face_latent, face_latent]),
+                                           torch.cat([face_latent + 0.1, far]))
+    assert strength[0] == 1.0 and strength[1] < 1.0
+    assert images.dtype == torch.uint8 and images.shape[0] == 2
+
+
+# -- the classifier's files ------------------------------------------------------------------------------
+def _tiny_classifier() -> AttributeClassifier:
+    torch.manual_seed(0)
+    clf = AttributeClassifier(ClassifierConfig(["Smiling", "Male", "Young"], image_size=16, widths=[4, 8]))
+    with torch.no_grad():
+        for p in clf.parameters():
+            p.add_(0.1 * torch.randn_like(p))
+    return clf.eval()
+
+
+def test_classifier_round_trip(tmp_path):
+    clf = _tiny_classifier()
+    x = torch.randint(0, 256, (5, 3, 16, 16), dtype=torch.uint8)
+    clf.save_pretrained(tmp_path, {"validation": {}})
+    back = AttributeClassifier.from_pretrained(tmp_path)
+    assert back.attributes == ["Smiling", "Male", "Young"]
+    p, f = clf.predict(x)
+    p2, f2 = back.predict(x)
+    assert torch.allclose(p, p2) and torch.allclose(f, f2)
+    assert p.shape == (5, 3) and f.shape == (5, 8) and ((p > 0) & (p < 1)).all()
+    assert not list(tmp_path.glob("*.pt*")) and not list(tmp_path.glob("*.bin"))  # safetensors + JSON only
+
+
+def test_classifier_bad_weights_give_a_clear_error(tmp_path):
+    _tiny_classifier().save_pretrained(tmp_path)
+    weights = tmp_path / "model.safetensors"
+    weights.write_bytes(b"\x00garbage" * 10)
+    with pytest.raises(ValueError, match="model.safetensors"):
+        AttributeClassifier.from_pretrained(tmp_path)
+    other = tmp_path / "other"
+    AttributeClassifier(ClassifierConfig(["A"], image_size=16, widths=[4, 16])).save_pretrained(other)
+    (tmp_path / "model.safetensors").write_bytes((other / "model.safetensors").read_bytes())
+    with pytest.raises(ValueError, match="does not match"):
+        AttributeClassifier.from_pretrained(tmp_path)
+    with pytest.raises(FileNotFoundError):
+        AttributeClassifier.from_pretrained(tmp_path / "missing")
+    with pytest.raises(ValueError, match="uint8"):
+        _tiny_classifier().predict(torch.zeros(1, 3, 16, 16))
+
+
+def test_describe_change_names_the_edited_attribute_and_the_largest_leak():
+    clf = _tiny_classifier()
+    a = torch.randint(0, 256, (3, 16, 16), dtype=torch.uint8)
+    b = 255 - a
+    out = describe_change(clf, a, b, {"Smiling": 1.0})
+    probs, _ = clf.predict(torch.stack([a, b]))
+    assert out["edited"] == [("Smiling", pytest.approx(float(probs[0, 0])), pytest.approx(float(probs[1, 0])))]
+    leak_j = 1 + int((probs[1, 1:] - probs[0, 1:]).abs().argmax())
+    assert out["leak"][0] == clf.attributes[leak_j]
+    assert out["text"].startswith(f"Smiling {float(probs[0, 0]):.0%} -> {float(probs[1, 0]):.0%}")
+
+
+# -- the command, end to end on a tiny model -------------------------------------------------------------
+def test_evaluate_edits_calibrates_reports_and_the_service_loads_it(faces_dir, tmp_path):
+    from app.cli import main
+    from tests.editor_support import TINY, attribute_names
+
+    model = nontrivial_model(tiny_config(image_size=TINY["image_size"]))
+    model_dir = tmp_path / "model"
+    model.save_pretrained(model_dir)
+    names = attribute_names(faces_dir)
+    random_directions(names, model.latent_dim).save(model_dir / "directions.safetensors")
+    files = sorted(p.name for p in (faces_dir / "img_align_celeba").glob("*.jpg"))
+    (model_dir / "split.json").write_text(json.dumps({"val": [f"img_align_celeba/{n}" for n in files[:16]]}))
+    torch.manual_seed(0)
+    AttributeClassifier(ClassifierConfig(names, image_size=TINY["image_size"], widths=[4, 8])).save_pretrained(
+        tmp_path / "clf", {"validation": {}})
+    out = tmp_path / "docs" / "edits.md"
+    code = main(["evaluate-edits", "--model", str(model_dir), "--data", str(faces_dir), "--classifier",
+                 str(tmp_path / "clf"), "--faces", "4", "--calibration-faces", "4", "--calibrate", "--samples", "4",
+                 "--temperatures", "0.5,1.0", "--out", str(out), "--sliders", "Smiling,Age"])
+    assert code == 0
+    text = out.read_text()
+    assert "## Calibrated defaults at +1" in text and "| Smiling |" in text and "Frechet" in text
+    assert (out.parent / "edits_flip.png").stat().st_size > 0
+    results = json.loads((out.parent / "edits.json").read_text())
+    assert list(results["after"]) == ["Smiling", "Age"] and list(results["before"]) == ["Smiling", "Age"]
+    cal = Calibration.load(model_dir / "calibration.json")
+    assert set(cal.sliders) == {"Smiling", "Age"}
+    service = EditorService.load(model_dir, align=False)
+    assert {s.label for s in service.more_sliders} == {k for k, c in cal.sliders.items() if not c.default}
+    for label, c in cal.sliders.items():
+        assert service.slider(label).scale == c.scale and service.slider(label).method == c.method
+
+
+def test_the_ui_edits_with_the_calibrated_defaults_and_shows_the_reading(celeba_dir, tmp_path_factory, tmp_path):
+    from PIL import Image
+
+    from app.service import AUTO_METHOD
+    from app.ui import EditorUI
+    from tests.editor_support import TINY, attribute_names, build_assets
+
+    service = EditorService.load(build_assets(celeba_dir, tmp_path_factory.getbasetemp()))
+    service.set_calibration(Calibration({"Smiling": SliderCalibration("mean_diff", 2.0, ["Male"]),
+                                         "Bald": SliderCalibration("classifier", 3.0, [], False)}))
+    torch.manual_seed(0)
+    service.classifier = AttributeClassifier(ClassifierConfig(attribute_names(celeba_dir),
+                                                              image_size=TINY["image_size"], widths=[4, 8])).eval()
+    try:
+        ui = EditorUI(service)
+        assert "Bald" not in ui.labels and "Smiling" in ui.labels and "Bald" in ui.other_attributes
+        crop = tmp_path / "crop.png"
+        Image.fromarray(np.random.default_rng(0).integers(0, 256, (16, 16, 3), dtype=np.uint8)).save(crop)
+        face, *_ = ui.encode({"path": str(crop)})
+        values = [0.0] * len(ui.labels)
+        values[ui.labels.index("Smiling")] = 0.5
+        image, note = ui.render(face, {}, [], AUTO_METHOD, False, [], "all levels", True, *values)
+        expected = service.edit(face, {"Smiling": 0.5})  # the service's defaults: mean_diff x2, Male held
+        latent = service.edit_latent(face.latent, {"Smiling": 0.5})
+        v = orthogonalize(2.0 * service.directions.vector("Smiling", "mean_diff")[None],
+                          service.directions.vector("Male", "mean_diff")[None])[0]
+        assert torch.allclose(latent, face.latent + 0.5 * v, atol=1e-5)
+        assert np.array_equal(np.asarray(image), np.asarray(service.display(expected.image)))
+        assert note.startswith("Attribute classifier: Smiling ") and "->" in note
+    finally:
+        service.set_calibration(None)
+        service.classifier = None
