@@ -27,6 +27,9 @@ def add_parser(sub) -> None:
                    help="measure a new calibration and write it (default: use the model's calibration.json)")
     p.add_argument("--grid", default="1,1.25,1.5,2,3",
                    help="multipliers of the class-mean gap that --calibrate tries")
+    p.add_argument("--keep-probe", type=float,
+                   help="class-mean gaps at which --calibrate measures leakage to choose the held attributes "
+                        "(default: the uncalibrated slider's +1)")
     p.add_argument("--calibration-out", help="where --calibrate writes (default: MODEL/calibration.json)")
     p.add_argument("--sliders", help="comma-separated slider labels to measure (default: every built-in slider)")
     p.add_argument("--no-before", dest="before", action="store_false",
@@ -119,7 +122,8 @@ def run(args: argparse.Namespace) -> int:
         grid = tuple(float(g) for g in args.grid.split(",") if g.strip())
         if not grid or min(grid) <= 0 or list(grid) != sorted(grid):
             raise ValueError(f"--grid must be increasing positive numbers, got {args.grid!r}")
-        calibration = calibrate(service, classifier, cal_faces, chosen, grid, progress=lambda label, c: print(
+        calibration = calibrate(service, classifier, cal_faces, chosen, grid, keep_probe=args.keep_probe,
+                                progress=lambda label, c: print(
             f"  {label:20s} {c.method} x{c.scale:g} keep {c.keep} default {c.default} flip {c.flip_at_1:.0%} "
             f"({time.perf_counter() - started:.0f} s)", flush=True))
         calibration.info.update(faces_from=f"validation split {split}, first half of a seed-{args.seed} "
@@ -175,7 +179,8 @@ def _report(args, service, classifier, metrics, faces, cal_faces, before, after,
     parts = [f"""# What the sliders do, measured
 
 Written by `python -m app evaluate-edits --model {args.model} --data DATA --faces {args.faces} \\
---calibration-faces {args.calibration_faces}{' --calibrate' if args.calibrate else ''}` ({seconds / 60:.0f} minutes,
+--calibration-faces {args.calibration_faces}{f' --calibrate --grid {args.grid}' if args.calibrate else ''}\
+{'' if args.before else ' --no-before'} --samples {args.samples}` ({seconds / 60:.0f} minutes,
 {args.threads} CPU thread). Raw numbers: [{out.with_suffix('.json').name}]({out.with_suffix('.json').name}).
 
 **Instrument.** The attribute classifier in `{args.classifier}` (its CARD.md): a small CNN trained on the model's
@@ -211,7 +216,9 @@ reconstruction| in 0-255 units; back-off = share of faces whose edit had to be s
                         f"mean diff {c.scales.get('mean_diff', 0):g}) | {', '.join(c.keep) or '-'} | "
                         f"{'yes' if c.default else 'no'} | {c.flip_at_1:.0%} | {c.reason} |")
         parts.append("## The calibration (`calibration.json`)\n\nMeasured on the calibration half only. Per slider: "
-                     "the leak attributes whose mean |dP| exceeded 0.05 at the uncalibrated +1 are held fixed; then "
+                     "the leak attributes (Male, Young, Smiling) whose mean |dP| exceeds 0.05 when the classifier "
+                     "normal moves " + (f"{args.keep_probe:g} class-mean gaps" if args.keep_probe else
+                                         "as far as the uncalibrated slider's +1") + " are held fixed; then "
                      "for each method the direction (orthogonal to them) is measured at "
                      f"{', '.join(f'{g:g}' for g in calibration.info.get('grid', []))} class-mean gaps, and the "
                      "scale is the smallest reaching 60% flip at +1 (linear between grid points) among strengths "
