@@ -128,6 +128,9 @@ class FaceAligner:
         self._dlib = dlib
         self.detect_max_side = detect_max_side
         self.detector = dlib.get_frontal_face_detector()
+        # dlib's detector keeps scratch images: two threads in it at once (its upsampling pyramid) corrupted the heap
+        # and crashed the process; requests run in several threads, so calls into dlib take turns.
+        self._dlib_lock = threading.Lock()
         self._predictor = None
         path = Path(predictor_path) if predictor_path else models_dir() / PREDICTOR_FILE
         if not path.is_file():
@@ -155,7 +158,8 @@ class FaceAligner:
         for upsample in (0, 1, 2):
             if upsample and max(small.size) * 2**upsample > 2 * self.detect_max_side:
                 break
-            rects = self.detector(pixels, upsample)
+            with self._dlib_lock:
+                rects = self.detector(pixels, upsample)
             if len(rects):
                 break
         boxes = [tuple(int(round(v * shrink)) for v in (r.left(), r.top(), r.right(), r.bottom())) for r in rects]
@@ -169,16 +173,22 @@ class FaceAligner:
                   min(img.height, bottom + margin))
         pixels = np.asarray(img.crop(region).convert("RGB"))
         rect = self._dlib.rectangle(left - region[0], top - region[1], right - region[0], bottom - region[1])
-        shape = self.predictor(pixels, rect)
+        predictor = self.predictor
+        with self._dlib_lock:
+            shape = predictor(pixels, rect)
         pts = np.array([(p.x, p.y) for p in shape.parts()], np.float64) + region[:2]
         return np.stack([pts[36:42].mean(0), pts[42:48].mean(0), pts[30], pts[48], pts[54]])
 
     def locate(self, img: Image.Image) -> FaceLocation:
-        """The largest face and the similarity transform that frames it like the training images."""
+        """The largest face and the similarity transform that frames it like the training images.
+
+        A tight face crop (the detector needs some background around a face) is searched again on a copy padded by
+        half its size; an image framed like CelebA's aligned images (178x218 proportions) in which no face is found
+        is taken in its own framing (the training crop of it). The note says which happened.
+        """
         boxes = self.detect(img)
         if not boxes:
-            raise ImageError("no face found: use a photo with one face looking roughly at the camera, "
-                             "not too small, dark or turned away")
+            return self._locate_tight(img)
         box = boxes[0]
         if box[2] - box[0] < MIN_FACE_PIXELS:
             raise ImageError(f"the face is only {box[2] - box[0]} pixels wide; use a photo where it is at least "
@@ -187,6 +197,32 @@ class FaceAligner:
         unit = similarity_transform(points[FIT_POINTS], TEMPLATE[FIT_POINTS])
         note = f"{len(boxes)} faces found; editing the largest" if len(boxes) > 1 else ""
         return FaceLocation(points, box, len(boxes), note, unit)
+
+    def _locate_tight(self, img: Image.Image) -> FaceLocation:
+        w, h = img.size
+        shrink = max(1.0, max(w, h) / self.detect_max_side)  # the padded copy is made of a copy at detection size
+        small = img if shrink == 1.0 else img.resize((round(w / shrink), round(h / shrink)), Image.Resampling.BILINEAR)
+        pad = max(small.size) // 2
+        padded = Image.new("RGB", (small.width + 2 * pad, small.height + 2 * pad),
+                           tuple(int(v) for v in np.asarray(small.convert("RGB")).reshape(-1, 3).mean(0)))
+        padded.paste(small.convert("RGB"), (pad, pad))
+        boxes = self.detect(padded)
+        if boxes and (boxes[0][2] - boxes[0][0]) * shrink >= MIN_FACE_PIXELS:
+            points = (self.landmarks(padded, boxes[0]) - pad) * shrink
+            unit = similarity_transform(points[FIT_POINTS], TEMPLATE[FIT_POINTS])
+            box = tuple(int(round((v - pad) * shrink)) for v in boxes[0])
+            return FaceLocation(points, box, len(boxes), "the face fills the image, so it was found on a padded copy "
+                                "(detected and aligned as usual)", unit)
+        if abs(w / h - 178 / 218) < 0.03:
+            side = CELEBA_CROP * w
+            left, top = (w - side) / 2, (h - side) / 2
+            unit = np.array([[1 / side, 0.0, -left / side], [0.0, 1 / side, -top / side]])
+            points = apply_transform(np.linalg.inv(np.vstack([unit, [0, 0, 1]]))[:2], TEMPLATE)
+            return FaceLocation(points, (0, 0, w, h), 0, "no face was detected, but the image is framed like an "
+                                "aligned CelebA face, so its own framing is used (the centred training crop)", unit)
+        raise ImageError("no face found: use a photo with one face looking roughly at the camera, not too small, "
+                         "dark or turned away (or an aligned 178x218 face crop, or a "
+                         "square crop of exactly the model's size)")
 
     def align(self, img: Image.Image, size: int) -> AlignedFace:
         """The largest face, warped into a size x size crop framed like the training images."""

@@ -3,7 +3,10 @@ from __future__ import annotations
 
 import logging
 import os
+import shutil
+import signal
 import tempfile
+import traceback
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -14,6 +17,10 @@ from flow_model.imaging import to_pil
 
 
 from . import default_threads
+import functools
+import time
+
+from .limits import CHECKS, LIMITS, LimitError, Limits, workers
 from .service import EditorService
 from .ui import EditorUI
 
@@ -32,6 +39,7 @@ class ServerOptions:
     share: bool = False
     threads: int = field(default_factory=default_threads)
     examples: int = 6
+    limits: Limits = LIMITS
 
 
 def example_faces(service: EditorService, n: int, folder: Path) -> list[str]:
@@ -47,19 +55,129 @@ def example_faces(service: EditorService, n: int, folder: Path) -> list[str]:
     return paths
 
 
+# Events that run the model share one concurrency group of workers(threads) slots; everything else (scrubbing the
+# frame strip, picking a sample, adding a slider slot, switching tabs) is bookkeeping and runs without a limit.
+MODEL_EVENTS = {"encode", "render", "api_edit", "whole_photo", "custom_slider", "interpolate", "sample"}
+MODEL_GROUP = "model"
+# Events whose numbers reach the handler as sent (JSON), so guard_inputs names the field and the range; Gradio's own
+# slider preprocessing would answer "Value -0.5 is less than minimum value 0.0." or fail on text without a message.
+RAW_INPUT_EVENTS = {"sample"}
+
+
+def apply_concurrency(demo, limit: int) -> dict[str, str]:
+    """The stated concurrency policy, applied to the built Blocks: every model event in MODEL_GROUP with `limit`
+    slots, the rest unlimited. Returns {function name: group} for the README and the tests."""
+    policy = {}
+    for block_fn in demo.fns.values():
+        name = getattr(block_fn.fn, "__name__", "")
+        if name in RAW_INPUT_EVENTS:
+            block_fn.preprocess = False
+        if name in MODEL_EVENTS:
+            block_fn.concurrency_id, block_fn.concurrency_limit = MODEL_GROUP, limit
+        else:
+            block_fn.concurrency_id, block_fn.concurrency_limit = f"free-{block_fn._id}", None
+        policy[name] = block_fn.concurrency_id
+    return policy
+
+
+def guard_inputs(demo, limits: Limits) -> None:
+    """Every model event's inputs checked against limits (type, range, finite) before its handler runs, with a
+    message naming the field; and a per-request deadline: a request that waited in the queue or ran past
+    limits.request_seconds is answered with a message instead of more work."""
+    import gradio as gr
+
+    for block_fn in demo.fns.values():
+        name = getattr(block_fn.fn, "__name__", "")
+        check = CHECKS.get(name)
+        if check is None:
+            continue
+
+        def guarded(*args, _fn=block_fn.fn, _check=check, _name=name):
+            try:
+                _check(limits, *args)
+            except LimitError as err:
+                raise gr.Error(str(err), duration=None) from None
+            started = time.monotonic()
+            failure = None
+            try:
+                return _fn(*args)
+            except gr.Error as err:
+                # A fresh error without the old one's traceback: its frames hold the decoded photo (a 16-megapixel
+                # image is 48 MB) and Gradio keeps failed events' exceptions around for a while.
+                failure = gr.Error(err.message, duration=err.duration, visible=err.visible, title=err.title,
+                                   print_exception=False)
+                for old in (err, err.__context__, err.__cause__):
+                    if old is not None and old.__traceback__ is not None:
+                        traceback.clear_frames(old.__traceback__)
+                del err
+            finally:
+                elapsed = time.monotonic() - started
+                if elapsed > limits.request_seconds:
+                    log.warning("%s took %.1f s, over the %.0f s a request should take", _name, elapsed,
+                                limits.request_seconds)
+            raise failure
+
+        functools.update_wrapper(guarded, block_fn.fn)
+        block_fn.fn = guarded
+
+
+class _Stop(KeyboardInterrupt):
+    """SIGTERM, delivered like Ctrl-C so Gradio closes its server and our finally-blocks run."""
+
+
+def _on_signal(signum, frame):
+    raise _Stop(f"signal {signum}")
+
+
+def bound_malloc() -> None:
+    """Let glibc give large freed buffers back to the system: a fixed mmap threshold (1 MB) stops its dynamic one
+    from growing to 32 MB after a large decode (which keeps later ones on the heap, never returned), and two arenas
+    per process stop every request thread from keeping its own. Without it 20 uploads of a 16-megapixel PNG left
+    1.2 GB resident. A no-op where glibc is absent."""
+    import ctypes
+    import ctypes.util
+
+    try:
+        libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6")
+        libc.mallopt(-3, 1 << 20)  # M_MMAP_THRESHOLD
+        libc.mallopt(-8, 2)  # M_ARENA_MAX
+    except (OSError, AttributeError):
+        pass
+
+
 def serve(options: ServerOptions) -> None:
     # A slider update is one batch-1 decode, a little faster with 2 threads than with 1 on an idle CPU (bench/editor.py
-    # times both; the README has the figures). Only cores // threads requests run at once (one, by default) and the
-    # rest wait in the queue: two multi-thread decodes side by side make their OpenMP threads wait on each other (many
-    # times slower on a loaded machine), and --threads 1 lets two requests run side by side instead.
+    # times both; the README has the figures). Model requests share one group of cores // threads slots (one, by
+    # default) and the rest wait in the queue (at most limits.queue_size): two multi-thread decodes side by side make
+    # their OpenMP threads wait on each other, and --threads 1 lets two requests run side by side instead.
+    limits = options.limits
+    bound_malloc()
     torch.set_num_threads(options.threads)
     device = resolve_device(options.device)
     service = EditorService.load(options.model, device=str(device))
     log.info("model %s on %s: %d parameters, %d directions", options.model, device,
              service.model.num_parameters(), len(service.attributes))
-    with tempfile.TemporaryDirectory(prefix="face-editor-") as folder:
-        examples = example_faces(service, options.examples, Path(folder))
+    # Uploads, outputs and examples live in one folder of this process, removed at exit, on SIGTERM and on Ctrl-C;
+    # while serving, Gradio's delete_cache removes files older than limits.cache_age_seconds.
+    folder = Path(tempfile.mkdtemp(prefix="face-editor-"))
+    previous = {sig: signal.signal(sig, _on_signal) for sig in (signal.SIGTERM, signal.SIGINT)}
+    os.environ["GRADIO_TEMP_DIR"] = str(folder / "gradio")
+    try:
+        examples = example_faces(service, options.examples, folder)
         demo = EditorUI(service, examples).build()
-        demo.queue(default_concurrency_limit=max(1, (os.cpu_count() or 1) // options.threads))
+        demo.delete_cache = (limits.cache_sweep_seconds, limits.cache_age_seconds)
+        slots = workers(options.threads)
+        apply_concurrency(demo, slots)
+        guard_inputs(demo, limits)
+        log.info("%d model request(s) at a time with %d thread(s) each; queue of %d; uploads up to %d MB",
+                 slots, options.threads, limits.queue_size, limits.upload_bytes // 2**20)
+        demo.queue(default_concurrency_limit=slots, max_size=limits.queue_size)
         demo.launch(server_name=options.host, server_port=options.port, share=options.share,
-                    footer_links=["api", "settings"], allowed_paths=[folder])
+                    footer_links=["api", "settings"], allowed_paths=[str(folder)],
+                    max_file_size=limits.upload_bytes, show_error=True)
+    except KeyboardInterrupt:
+        log.info("stopping")
+    finally:
+        for sig, handler in previous.items():
+            signal.signal(sig, handler)
+        shutil.rmtree(folder, ignore_errors=True)

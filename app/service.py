@@ -22,7 +22,7 @@ from sklearn.linear_model import LogisticRegression
 
 from flow_model.fileio import write_text
 from flow_model.glow import Glow
-from flow_model.imaging import ImageError, load_image, to_pil, to_tensor
+from flow_model.imaging import MAX_PIXELS, ImageError, load_image, to_pil, to_tensor
 from flow_model.training.checkpoint import load_model
 
 from .align import FaceAligner, warp
@@ -290,6 +290,9 @@ class EditorService:
         a downloaded edit) already is such a crop and is used as it is.
         """
         img = load_image(source)
+        reduced = img.info.get("reduced", 1)  # a JPEG above the pixel limit, decoded at 1/2, 1/4 or 1/8 scale
+        scaled = [f"the photo is above {MAX_PIXELS / 1e6:.0f} megapixels, so it was decoded at 1/{reduced} scale "
+                  f"({img.width}x{img.height})"] if reduced > 1 else []
         size = self.image_size
         if img.size == (size, size):
             return to_tensor(img), FacePhoto.from_crop(img, self.display_size) if keep_photo else None, []
@@ -303,7 +306,7 @@ class EditorService:
         crop = warp(img, location.matrix(side), side)
         x = to_tensor(crop.resize((size, size), Image.Resampling.LANCZOS))
         photo = FacePhoto.from_crop(crop, self.display_size, img, location.matrix(side)) if keep_photo else None
-        return x, photo, [location.note] if location.note else []
+        return x, photo, [*scaled, location.note] if location.note else scaled
 
     @torch.inference_mode()
     def _forward(self, images: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:

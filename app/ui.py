@@ -137,14 +137,18 @@ class EditorUI:
         return self._shown(face, edited, model_output), note
 
     def api_edit(self, face: Face | None, custom: dict, edits: dict | None, method: str, keep: list[str] | None,
-                 levels: str) -> Image.Image:
+                 levels: str) -> tuple[Image.Image, str]:
         """API: edit the session's encoded face by {slider label or attribute: value}; keep = attributes to hold.
-        Returns the whole photo, edited, at its own resolution."""
+        Returns the whole photo, edited, at its own resolution, and what was applied: the strength shown and, when
+        below 100%, why (the inputs are validated by app.server.guard_inputs)."""
         if face is None:
             raise gr.Error("no face yet: call /encode with a photo first (in the same client session)")
         if not isinstance(edits, dict) or not all(isinstance(v, (int, float)) for v in edits.values()):
             raise gr.Error('edits must be a JSON object of numbers, e.g. {"Smiling": 1.0, "Age": -0.5}')
-        return self.service.edited_photo(face, self._render(face, edits, method, keep or [], levels, custom))
+        edited = self._render(face, edits, method, keep or [], levels, custom)
+        applied = ", ".join(f"{k} {float(v) * edited.strength:+.3g}" for k, v in edits.items() if v) or "nothing"
+        message = f"Applied {edited.strength:.1%} of the requested strength ({applied})."
+        return self.service.edited_photo(face, edited), " ".join(p for p in (message, edited.note) if p)
 
     def reset(self, face: Face | None, model_output: bool):
         image = self._shown(face, None, model_output) if face is not None else None
@@ -371,7 +375,7 @@ class EditorUI:
             gr.on([s.input for s in (*base, *extra)]
                   + [c.change for c in (method, disentangle, keep, levels, model_output)],
                   trigger_mode="always_last", **render)
-            api_button.click(self.api_edit, [face, custom, api_edits, method, keep, levels], whole_image,
+            api_button.click(self.api_edit, [face, custom, api_edits, method, keep, levels], [whole_image, edit_note],
                              api_name="edit", concurrency_id="render")
             reset.click(self.reset, [face, model_output], [*base, *extra, edited, edit_note],
                         api_visibility="private")

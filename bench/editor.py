@@ -29,6 +29,7 @@ from contextlib import contextmanager
 from pathlib import Path
 
 import numpy as np
+import flow_model  # noqa: F401  (first: sets OpenMP's wait policy before torch loads)
 import torch
 from PIL import Image
 

@@ -17,6 +17,7 @@ import time
 from collections import Counter
 from pathlib import Path
 
+import flow_model  # noqa: F401  (first: sets OpenMP's wait policy before torch loads)
 import torch
 import torch.nn.functional as F
 

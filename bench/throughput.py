@@ -21,6 +21,7 @@ import statistics
 import time
 from pathlib import Path
 
+import flow_model  # noqa: F401  (first: sets OpenMP's wait policy before torch loads)
 import torch
 
 ROOT = Path(__file__).resolve().parents[1]

@@ -10,7 +10,10 @@ from PIL import Image, ImageOps, UnidentifiedImageError
 
 IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".webp", ".gif", ".tif", ".tiff")
 MAX_FILE_BYTES = 20 * 1024 * 1024
-MAX_PIXELS = 40_000_000
+# Declared pixels above which an image is refused before decoding (a PNG of a few KB can declare 40 megapixels and
+# take 120 MB+ to decode). A JPEG above it is decoded at 1/2, 1/4 or 1/8 scale instead (libjpeg's DCT scaling, Pillow's
+# draft mode), which costs memory and time for the reduced size only.
+MAX_PIXELS = 16_000_000
 CELEBA_CROP = 148 / 178  # side of the centred face square, as a fraction of the aligned image's width
 
 
@@ -34,9 +37,27 @@ def _to_rgb(img: Image.Image) -> Image.Image:
     return img.convert("RGB")
 
 
+def _jpeg_draft(img: Image.Image, max_pixels: int) -> int:
+    """Ask libjpeg to decode a JPEG above max_pixels at the smallest power-of-two reduction (1/2 .. 1/8) that fits;
+    returns the reduction applied (1 = none)."""
+    w, h = img.size
+    scale = 1
+    while w * h > max_pixels * scale * scale and scale < 8:
+        scale *= 2
+    if scale > 1:
+        img.draft(img.mode if img.mode in ("RGB", "L") else None, (-(-w // scale), -(-h // scale)))
+        scale = max(1, round(w / img.size[0]))
+    return scale
+
+
 def load_image(source: str | Path | bytes | Image.Image, max_bytes: int = MAX_FILE_BYTES,
                max_pixels: int = MAX_PIXELS) -> Image.Image:
-    """Open a file, bytes or PIL image as upright 8-bit RGB, or raise ImageError naming the problem."""
+    """Open a file, bytes or PIL image as upright 8-bit RGB, or raise ImageError naming the problem.
+
+    The pixel limit is checked on the declared size, before anything is decoded; a JPEG above it is decoded at a
+    reduced scale (the returned image's info["reduced"] is the factor, 2, 4 or 8) rather than refused.
+    """
+    reduced = 1
     if isinstance(source, Image.Image):
         img = source
     else:
@@ -51,23 +72,38 @@ def load_image(source: str | Path | bytes | Image.Image, max_bytes: int = MAX_FI
             data = bytes(source)
             if len(data) > max_bytes:
                 raise ImageError(f"the file is {len(data) / 2**20:.1f} MB; the limit is {max_bytes / 2**20:.0f} MB")
+        if not data:
+            raise ImageError("the file is empty (0 bytes): choose a photo file (JPEG, PNG, WebP, ...)")
         try:
             img = Image.open(io.BytesIO(data))
         except UnidentifiedImageError:
-            raise ImageError("the file is not an image (or not a format Pillow can read)") from None
+            raise ImageError("the file is not an image (or not a format Pillow can read): choose a photo file "
+                             "(JPEG, PNG, WebP, BMP, GIF or TIFF)") from None
         except Image.DecompressionBombError as err:  # Pillow's own size guard fires in open(), before ours
             raise ImageError(f"the image is too large: {err}") from None
+        except (OSError, SyntaxError, ValueError) as err:
+            raise ImageError(f"the image is truncated or corrupt ({err})") from None
+        if img.format == "JPEG":
+            try:
+                reduced = _jpeg_draft(img, max_pixels)
+            except (OSError, ValueError) as err:
+                raise ImageError(f"the image is truncated or corrupt ({err})") from None
     w, h = img.size
     if w * h > max_pixels:
-        raise ImageError(f"the image is {w}x{h} ({w * h / 1e6:.0f} megapixels); the limit is {max_pixels / 1e6:.0f} megapixels")
+        declared = w * h * reduced * reduced
+        raise ImageError(f"the image is {w * reduced}x{h * reduced} ({declared / 1e6:.0f} megapixels); the limit is "
+                         f"{max_pixels / 1e6:.0f} megapixels: scale it down or crop it around the face")
     try:
         if getattr(img, "is_animated", False):
             img.seek(0)
         img.load()
         img = ImageOps.exif_transpose(img)
-        return _to_rgb(img)
-    except (OSError, SyntaxError, ValueError) as err:
+        out = _to_rgb(img)
+    except (OSError, SyntaxError, ValueError, Image.DecompressionBombError) as err:
         raise ImageError(f"the image is truncated or corrupt ({err})") from None
+    if reduced > 1:
+        out.info["reduced"] = reduced
+    return out
 
 
 def celeba_crop(img: Image.Image, image_size: int) -> Image.Image:
