@@ -68,8 +68,8 @@ def test_the_largest_of_several_faces_is_taken(aligner, faces):
     photo.paste(faces[0].resize((178 * 2, 218 * 2)), (40, 60))
     photo.paste(faces[5], (700, 150))
     aligned = aligner.align(photo, 128)
-    assert aligned.faces_found == 2 and "2 faces found" in aligned.note
-    assert aligned.box[0] < 500  # the big face on the left
+    assert aligned.location.faces_found == 2 and "2 faces found" in aligned.location.note
+    assert aligned.location.box[0] < 500  # the big face on the left
 
 
 def test_no_face_is_a_clear_error(aligner):
