@@ -1,4 +1,5 @@
-"""`python -m app COMMAND ...`: serve (the editor; what `python app.py` runs), directions (the sliders' vectors),
+"""`python -m app COMMAND ...`: serve (the editor; what `python app.py` runs), edit (photos from the
+command line), directions (the sliders' vectors),
 train-classifier (the attribute classifier that measures edits), evaluate-edits (what the sliders do, measured;
 their calibration)."""
 from __future__ import annotations
@@ -7,9 +8,9 @@ import argparse
 
 from flow_model.commands import build_parser as _build_parser, run_command
 
-from .commands import directions, evaluate_edits, serve, train_classifier
+from .commands import directions, edit, evaluate_edits, serve, train_classifier
 
-COMMANDS = {"serve": serve, "directions": directions, "train-classifier": train_classifier,
+COMMANDS = {"serve": serve, "edit": edit, "directions": directions, "train-classifier": train_classifier,
             "evaluate-edits": evaluate_edits}
 
 

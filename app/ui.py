@@ -380,7 +380,7 @@ class EditorUI:
             reset.click(self.reset, [face, model_output], [*base, *extra, edited, edit_note],
                         api_visibility="private")
             save.click(lambda: gr.Accordion(open=True), None, whole, api_visibility="private").then(
-                self.whole_photo, controls, [whole_image, files], api_name="whole_photo")
+                self.whole_photo, controls, [whole_image, files], api_visibility="private")
             add.click(self.add_attribute, [other, slots], [slots, *extra], api_visibility="private")
             fit.click(self.custom_slider, [custom_name, with_files, without_files, custom, slots, keep],
                       [custom, slots, fit_message, keep, *extra], api_name="custom_slider")
