@@ -58,7 +58,7 @@ def run(args: argparse.Namespace) -> int:
     from ..service import EditorService
 
     service = EditorService.load(args.model, args.device)
-    edits = parse_sliders(args.slider, [s.label for s in service.sliders])
+    edits = parse_sliders(args.slider, [s.label for s in (*service.sliders, *service.more_sliders)])
     try:
         args.out.mkdir(parents=True, exist_ok=True)
     except OSError as err:

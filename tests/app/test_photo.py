@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import io
 import resource
+import shutil
 from pathlib import Path
 
 import numpy as np
@@ -11,6 +12,7 @@ import torch
 from PIL import Image
 
 from app.align import warp
+from app.calibration import CALIBRATION_FILE, Calibration, SliderCalibration
 from app.cli import main
 from app.photo import MAX_CROP_SIDE, MIN_CROP_SIDE, FacePhoto, feather_mask, paste_back, pixels, upsample_change
 from app.service import EditorService
@@ -202,6 +204,27 @@ def test_cli_edits_several_photos_and_names_the_one_that_failed(tiny, photo, tmp
     code, _, _ = run_cli(capsys, "edit", tmp_path / "portrait.jpg", "--slider", "Smiling=1", "--out", out,
                          "--model", tiny, "--crop")
     assert code == 0 and Image.open(out / "portrait.png").size == (face.photo.side,) * 2
+
+
+def test_cli_reaches_sliders_outside_the_default_set_and_applies_the_calibration(tiny, photo, tmp_path, capsys):
+    """The CLI edits exactly as the service's defaults say: a calibrated scale, and a slider left out of the
+    default set (still in the UI under "More") is still reachable by its label."""
+    model = tmp_path / "calibrated"
+    shutil.copytree(tiny, model)
+    Calibration({"Smiling": SliderCalibration(scale=2.0), "Bald": SliderCalibration(default=False)}).save(
+        model / CALIBRATION_FILE)
+    photo.save(tmp_path / "p.jpg", quality=95)
+    code, _, err = run_cli(capsys, "edit", tmp_path / "p.jpg", "--slider", "bald=1", "--slider", "Smiling=0.5",
+                           "--out", tmp_path / "out", "--model", model, "--no-progress")
+    assert code == 0, err
+    service = EditorService.load(model)
+    assert "Bald" not in [s.label for s in service.sliders]
+    face = service.face_from_image(tmp_path / "p.jpg")
+    expected = service.edited_photo(face, service.edit(face, {"Bald": 1.0, "Smiling": 0.5}))
+    assert np.array_equal(array(Image.open(tmp_path / "out" / "p.png")), array(expected))
+    plain = EditorService.load(tiny)
+    assert torch.allclose(service.edit_latent(face.latent, {"Smiling": 0.5}) - face.latent,
+                          plain.edit_latent(face.latent, {"Smiling": 1.0}) - face.latent, atol=1e-5)
 
 
 @pytest.mark.parametrize("args, message", [
