@@ -56,6 +56,19 @@ def photo_of(face: Image.Image, angle: float, scale: float, offset: tuple[int, i
     return photo
 
 
+def file_writer(folder: Path):
+    """write(name, bytes or PIL image, **save options) -> the path of a file made in folder, for upload tests."""
+    def write(name: str, data: bytes | Image.Image, **save) -> str:
+        path = folder / name
+        if isinstance(data, Image.Image):
+            data.save(path, **save)
+        else:
+            path.write_bytes(data)
+        return str(path)
+
+    return write
+
+
 def random_directions(names: list[str], dim: int, seed: int = 0, shared: float = 0.6) -> Directions:
     """Random directions with a common component (pairwise cosine ~0.25), correlated like real attributes are,
     so that disentangling them changes something."""

@@ -18,7 +18,7 @@ from gradio_client.exceptions import AppError
 from PIL import Image
 
 from app.limits import LIMITS
-from tests.editor_support import full_size_faces, serve_app
+from tests.editor_support import file_writer, full_size_faces, serve_app
 
 
 @pytest.fixture(scope="module")
@@ -39,17 +39,7 @@ def face(celeba_dir: Path) -> Image.Image:
 
 @pytest.fixture(scope="module")
 def files(tmp_path_factory):
-    folder = tmp_path_factory.mktemp("abuse_files")
-
-    def write(name: str, data: bytes | Image.Image, **save) -> str:
-        path = folder / name
-        if isinstance(data, Image.Image):
-            data.save(path, **save)
-        else:
-            path.write_bytes(data)
-        return str(path)
-
-    return write
+    return file_writer(tmp_path_factory.mktemp("abuse_files"))
 
 
 def chunk(kind: bytes, data: bytes) -> bytes:

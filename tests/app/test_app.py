@@ -14,7 +14,7 @@ from gradio_client.exceptions import AppError
 from PIL import Image
 
 from flow_model.imaging import load_image
-from tests.editor_support import AppProcess, crop_array, full_size_faces, serve_app
+from tests.editor_support import AppProcess, crop_array, file_writer, full_size_faces, serve_app
 
 
 @pytest.fixture(scope="module")
@@ -43,15 +43,7 @@ def photos(celeba_dir: Path) -> list[Path]:
 
 @pytest.fixture
 def make_file(tmp_path):
-    def write(name: str, data: bytes | Image.Image, **save) -> str:
-        path = tmp_path / name
-        if isinstance(data, Image.Image):
-            data.save(path, **save)
-        else:
-            path.write_bytes(data)
-        return str(path)
-
-    return write
+    return file_writer(tmp_path)
 
 
 def encode(client: Client, path: str):

@@ -17,6 +17,7 @@ from app.cli import main
 from app.photo import MAX_CROP_SIDE, MIN_CROP_SIDE, FacePhoto, feather_mask, paste_back, pixels, upsample_change
 from app.service import EditorService
 from flow_model.imaging import load_image
+from tests.cli_support import run_main
 from tests.editor_support import build_assets, full_size_faces, photo_of
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -177,12 +178,7 @@ def test_interpolation_frames_start_and_end_on_the_two_crops(service, photo, cel
 
 # -- the batch command line ---------------------------------------------------------------------------
 def run_cli(capsys, *args) -> tuple[int, str, str]:
-    try:
-        code = main([str(a) for a in args])
-    except SystemExit as exit_:
-        code = exit_.code if isinstance(exit_.code, int) else 1
-    out, err = capsys.readouterr()
-    return code, out, err
+    return run_main(main, capsys, *args)
 
 
 def test_cli_edits_several_photos_and_names_the_one_that_failed(tiny, photo, tmp_path, capsys):

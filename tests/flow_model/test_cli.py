@@ -11,6 +11,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+from tests.cli_support import run_main
 from tests.conftest import ROOT
 from PIL import Image
 from safetensors.torch import load_file, save_file
@@ -25,13 +26,7 @@ from flow_model.training.checkpoint import load_model, model_from_run
 
 
 def run_cli(capsys, *args) -> tuple[int, str, str]:
-    """main() in-process: exit code (argparse's SystemExit included), stdout, stderr."""
-    try:
-        code = main([str(a) for a in args])
-    except SystemExit as exit_:
-        code = exit_.code if isinstance(exit_.code, int) else 1
-    out, err = capsys.readouterr()
-    return code, out, err
+    return run_main(main, capsys, *args)
 
 
 @pytest.fixture(scope="module")
