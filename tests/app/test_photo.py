@@ -86,7 +86,7 @@ def test_a_smile_keeps_the_photos_sharpness_where_the_enlarged_model_output_does
     service = EditorService.load(SHIPPED)
     face = service.face_from_image(PHOTOS / "biden2.jpg")
     edited = service.edit(face, {"Smiling": 1.0})
-    assert edited.strength == 1.0
+    assert edited.strength > 0 and edited.change is not None  # biden2 already smiles: the edit may back off
     side = face.photo.side
     region = slice(side // 4, 3 * side // 4)  # the face: eyes to chin
     original = laplacian_energy(np.asarray(service.edited_crop(face))[region, region])
