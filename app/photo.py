@@ -131,6 +131,8 @@ def feather_mask(side: int, feather: float = FEATHER, margin: float = MARGIN) ->
 
 def edited_photo(face: FacePhoto, change: torch.Tensor | None, method: str = "guided") -> Image.Image:
     """The whole photo at its own resolution with the model's change pasted back under the feathered mask."""
+    if method not in UPSAMPLERS:
+        raise ValueError(f"unknown upsampling {method!r}; valid: {', '.join(UPSAMPLERS)}")
     if face.photo is None:
         return to_image(compose(face.crop, change, method))
     if change is None:

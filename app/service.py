@@ -29,7 +29,7 @@ from .align import FaceAligner, warp
 from .calibration import CALIBRATION_FILE, Calibration
 from .classifier import AttributeClassifier, describe_change, load_classifier
 from .directions import Directions, load_directions
-from .photo import UPSAMPLERS, FacePhoto, compose, crop_side, edited_photo, to_image
+from .photo import FacePhoto, compose, crop_side, edited_photo, to_image
 
 log = logging.getLogger(__name__)
 
@@ -388,8 +388,6 @@ class EditorService:
     def edited_photo(self, face: Face, edited: Edited | None = None, upsampling: str = "guided") -> Image.Image:
         """The whole photo at its own resolution with the edit pasted back; pixels outside the face mask keep
         their original bytes. A face without a photo behind it (a model-size crop) gives its edited crop."""
-        if upsampling not in UPSAMPLERS:
-            raise ValueError(f"unknown upsampling {upsampling!r}; valid: {', '.join(UPSAMPLERS)}")
         return edited_photo(face.photo, edited.change if edited else None, upsampling)
 
     # -- attribute edits ---------------------------------------------------------------------------

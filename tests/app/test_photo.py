@@ -163,6 +163,8 @@ def test_a_model_size_crop_has_no_photo_behind_it(service):
     face = service.face_from_image(x)
     assert face.photo.photo is None and isinstance(face.photo, FacePhoto)
     assert service.edited_photo(face, service.edit(face, {"Smiling": 1.0})).size == (16, 16)
+    with pytest.raises(ValueError, match="unknown upsampling 'nearest'"):
+        service.edited_photo(face, None, "nearest")
 
 
 def test_interpolation_frames_start_and_end_on_the_two_crops(service, photo, celeba_dir):
