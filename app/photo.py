@@ -102,7 +102,8 @@ def change_coefficients(change: torch.Tensor, guide: torch.Tensor, method: str =
     return _box_mean(a, radius)[:, 0], _box_mean(b, radius)[:, 0]
 
 
-def upsample_change(change: torch.Tensor, guide: torch.Tensor, method: str = "guided") -> torch.Tensor:
+def upsample_change(change: torch.Tensor, guide: torch.Tensor, method: str = "guided",
+                    eps: float = 1e-3) -> torch.Tensor:
     """(3, h, w) change at model resolution -> (3, H, W) at the guide's resolution.
 
     Guided: the coefficients a, b are upsampled smoothly and applied to the full-resolution luminance, so where the
@@ -112,7 +113,7 @@ def upsample_change(change: torch.Tensor, guide: torch.Tensor, method: str = "gu
     size = guide.shape[-2:]
     if method == "bicubic":
         return F.interpolate(change[None], size=size, mode="bicubic", align_corners=False)[0]
-    a, b = change_coefficients(change, guide, method)
+    a, b = change_coefficients(change, guide, method, eps=eps)
     up = F.interpolate(torch.cat([a, b])[None], size=size, mode="bilinear", align_corners=False)[0]
     return up[:3] * luminance(guide) + up[3:]
 

@@ -22,7 +22,7 @@ import torch
 import torch.nn.functional as F
 from PIL import Image, ImageDraw
 
-from app.photo import UPSAMPLERS, change_coefficients, compose, to_image, upsample_change
+from app.photo import UPSAMPLERS, compose, to_image, upsample_change
 from app.service import EditorService
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -45,13 +45,6 @@ def known_change(crop: torch.Tensor) -> torch.Tensor:
     return torch.stack([40 * dark, -20 * dark, 10 * dark])
 
 
-def guided_with(change: torch.Tensor, guide: torch.Tensor, eps: float) -> torch.Tensor:
-    a, b = change_coefficients(change, guide, "guided", eps=eps)
-    up = F.interpolate(torch.cat([a, b])[None], size=guide.shape[-2:], mode="bilinear", align_corners=False)[0]
-    luma = 0.299 * guide[0] + 0.587 * guide[1] + 0.114 * guide[2]
-    return up[:3] * luma + up[3:]
-
-
 def upsampling_errors(service: EditorService) -> dict[str, tuple[float, float]]:
     errors: dict[str, list[tuple[float, float]]] = {}
     for name in MEASURED:
@@ -62,7 +55,7 @@ def upsampling_errors(service: EditorService) -> dict[str, tuple[float, float]]:
         dark = truth[:1][None]
         band = (F.max_pool2d(dark, 2 * cell + 1, 1, cell) + F.max_pool2d(-dark, 2 * cell + 1, 1, cell))[0, 0] > 0
         ways = {"bicubic": upsample_change(low, crop / 255, "bicubic")}
-        ways.update({f"guided, eps {eps:g}": guided_with(low, crop / 255, eps) for eps in EPS})
+        ways.update({f"guided, eps {eps:g}": upsample_change(low, crop / 255, "guided", eps) for eps in EPS})
         for way, up in ways.items():
             e = up - truth
             errors.setdefault(way, []).append((float(e.pow(2).mean().sqrt()), float(e[:, band].pow(2).mean().sqrt())))
