@@ -128,7 +128,7 @@ def main() -> int:
     photos = photos[: args.n + 1]
     print(f"{os.cpu_count()} cores; busy process: 2 threads, OMP_WAIT_POLICY={args.busy_policy or 'unset'}; "
           f"align + encode + Smiling edit + view, {args.n} photos, seconds per photo")
-    print(f"| mode | threads | idle p50 / p95 | beside busy p50 / p95 | ratio of medians |")
+    print("| mode | threads | idle p50 / p95 | beside busy p50 / p95 | ratio of medians |")
     print("|---|---|---|---|---|")
     results = {}
     for mode in args.modes.split(","):

@@ -15,7 +15,6 @@ import dataclasses
 import statistics
 import time
 from collections import Counter
-from pathlib import Path
 
 import flow_model  # noqa: F401  (first: sets OpenMP's wait policy before torch loads)
 import torch

@@ -54,17 +54,15 @@ def _val_halves(names: list[str], seed: int) -> tuple[list[str], list[str]]:
 
 
 def run(args: argparse.Namespace) -> int:
-    import numpy as np
     import torch
 
     from flow_model.data import load_images, open_dataset, select
     from flow_model.fileio import write_text
 
-    from ..calibration import CALIBRATION_FILE, Calibration
+    from ..calibration import CALIBRATION_FILE
     from ..classifier import AttributeClassifier, load_metrics
-    from ..edit_evaluation import (VALUES, before_after_table, calibrate, encode_faces, evaluate_sliders,
-                                   flip_table, frechet_distance, plot_flip_rates, sample_quality, slider_table,
-                                   targets_summary)
+    from ..edit_evaluation import (VALUES, calibrate, encode_faces, evaluate_sliders, frechet_distance,
+                                   plot_flip_rates, sample_quality)
     from ..service import SLIDERS, EditorService
 
     for flag, v in (("--faces", args.faces), ("--calibration-faces", args.calibration_faces),
@@ -172,7 +170,6 @@ def _report(args, service, classifier, metrics, faces, cal_faces, before, after,
         text = out.read_text()
         if ACCOUNT in text:
             account = text[text.index(ACCOUNT):].rstrip() + "\n"
-    acc = [metrics[a]["accuracy"] for a in ("Male", "Young", "Smiling") if a in metrics]
     accs = ", ".join(f"{a} {metrics[a]['accuracy']:.1%}" for a in ("Male", "Young", "Smiling", "Eyeglasses")
                      if a in metrics)
     mean_acc = np.mean([m["accuracy"] for m in metrics.values()]) if metrics else float("nan")

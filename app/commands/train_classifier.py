@@ -37,7 +37,7 @@ def run(args: argparse.Namespace) -> int:
 
     from flow_model.data import load_images, open_dataset
 
-    from ..classifier import (CARD_NAME, AttributeClassifier, ClassifierConfig, TrainSettings, accuracy_table,
+    from ..classifier import (CARD_NAME, ClassifierConfig, TrainSettings, accuracy_table,
                               card_markdown, train_classifier)
     from flow_model.fileio import write_text
 
