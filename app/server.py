@@ -10,7 +10,9 @@ import traceback
 from dataclasses import dataclass, field
 from pathlib import Path
 
+import gradio as gr
 import torch
+from gradio.utils import get_upload_folder
 
 from flow_model.device import resolve_device
 from flow_model.imaging import to_pil
@@ -20,8 +22,9 @@ from . import default_threads
 import functools
 import time
 
-from .limits import CHECKS, LIMITS, LimitError, Limits, workers
+from .limits import CHECKS, LIMITS, LimitError, Limits, file_payload, workers
 from .service import EditorService
+from .session_files import SessionFiles
 from .ui import EditorUI
 
 log = logging.getLogger(__name__)
@@ -82,8 +85,9 @@ def apply_concurrency(demo, limit: int) -> dict[str, str]:
 
 def guard_inputs(demo, limits: Limits) -> None:
     """Every model event's inputs checked against limits (type, range, finite) before its handler runs, with a
-    message naming the field; and a per-request deadline: a request that waited in the queue or ran past
-    limits.request_seconds is answered with a message instead of more work."""
+    message naming the field. The handlers enforce limits.request_seconds themselves (EditorUI passes a Deadline's
+    check to the service); a LimitError they raise becomes the same clear message, and a request that still ran
+    long (one uninterruptible model pass) is logged."""
     import gradio as gr
 
     for block_fn in demo.fns.values():
@@ -101,11 +105,12 @@ def guard_inputs(demo, limits: Limits) -> None:
             failure = None
             try:
                 return _fn(*args)
-            except gr.Error as err:
+            except (gr.Error, LimitError) as err:
                 # A fresh error without the old one's traceback: its frames hold the decoded photo (a 16-megapixel
                 # image is 48 MB) and Gradio keeps failed events' exceptions around for a while.
                 failure = gr.Error(err.message, duration=err.duration, visible=err.visible, title=err.title,
-                                   print_exception=False)
+                                   print_exception=False) if isinstance(err, gr.Error) else \
+                    gr.Error(str(err), duration=None, print_exception=False)
                 for old in (err, err.__context__, err.__cause__):
                     if old is not None and old.__traceback__ is not None:
                         traceback.clear_frames(old.__traceback__)
@@ -119,6 +124,63 @@ def guard_inputs(demo, limits: Limits) -> None:
 
         functools.update_wrapper(guarded, block_fn.fn)
         block_fn.fn = guarded
+
+
+def refuse_path_strings(demo) -> None:
+    """A string (a path) sent as an image or file input gets the project's message (use
+    gradio_client.handle_file) instead of Gradio's validation error, which runs before any handler: checked on
+    the payload as sent, before Gradio's preprocessing."""
+    preprocess_data = demo.preprocess_data
+
+    async def checked(block_fn, inputs, *args, **kwargs):
+        for block, value in zip(block_fn.inputs, inputs):
+            if isinstance(block, (gr.Image, gr.File)):
+                try:
+                    file_payload(block.label or "the file", value)
+                except LimitError as err:
+                    raise gr.Error(str(err), duration=None, print_exception=False) from None
+        return await preprocess_data(block_fn, inputs, *args, **kwargs)
+
+    demo.preprocess_data = checked
+
+
+def clean_up_sessions(demo, files: SessionFiles) -> None:
+    """Delete a session's uploads and outputs when it ends (Gradio's unload event: the browser tab closes or a
+    gradio_client Client is closed, seen by the heartbeat). Every request's payload and response is recorded
+    against its session; delete_cache stays the backstop for files no event named (an upload never used)."""
+    process_api = demo.process_api
+
+    async def recorded(*args, **kwargs):
+        session = kwargs.get("session_hash")
+        files.record(session, kwargs.get("inputs"))
+        output = await process_api(*args, **kwargs)
+        files.record(session, output.get("data"))
+        return output
+
+    def end_session(request: gr.Request) -> None:
+        removed = files.end(request.session_hash)
+        log.info("session ended: %d temporary file(s) deleted", len(removed))
+
+    demo.process_api = recorded
+    demo.unload(end_session)
+
+
+def kept_in_cache(demo) -> set[str]:
+    """Files Gradio keeps for every session (the examples' cached copies)."""
+    return set().union(*(getattr(block, "keep_in_cache", set()) for block in demo.blocks.values()))
+
+
+def build_demo(service: EditorService, examples: list[str], limits: Limits, slots: int):
+    """The served app: the UI under the concurrency policy, the input guards and per-session cleanup, queued.
+    Gradio's temporary folder (GRADIO_TEMP_DIR) must be set before this runs."""
+    demo = EditorUI(service, examples, limits).build()
+    demo.delete_cache = (limits.cache_sweep_seconds, limits.cache_age_seconds)
+    clean_up_sessions(demo, SessionFiles(get_upload_folder(), lambda: kept_in_cache(demo)))
+    apply_concurrency(demo, slots)
+    guard_inputs(demo, limits)
+    refuse_path_strings(demo)
+    demo.queue(default_concurrency_limit=slots, max_size=limits.queue_size)
+    return demo
 
 
 class _Stop(KeyboardInterrupt):
@@ -164,14 +226,10 @@ def serve(options: ServerOptions) -> None:
     os.environ["GRADIO_TEMP_DIR"] = str(folder / "gradio")
     try:
         examples = example_faces(service, options.examples, folder)
-        demo = EditorUI(service, examples).build()
-        demo.delete_cache = (limits.cache_sweep_seconds, limits.cache_age_seconds)
         slots = workers(options.threads)
-        apply_concurrency(demo, slots)
-        guard_inputs(demo, limits)
+        demo = build_demo(service, examples, limits, slots)
         log.info("%d model request(s) at a time with %d thread(s) each; queue of %d; uploads up to %d MB",
                  slots, options.threads, limits.queue_size, limits.upload_bytes // 2**20)
-        demo.queue(default_concurrency_limit=slots, max_size=limits.queue_size)
         demo.launch(server_name=options.host, server_port=options.port, share=options.share,
                     footer_links=["api", "settings"], allowed_paths=[str(folder)],
                     max_file_size=limits.upload_bytes, show_error=True)

@@ -162,6 +162,16 @@ def test_a_path_string_is_never_read(client):
     serving(client)
 
 
+def test_a_path_string_gets_the_projects_message(client):
+    """Not Gradio's "Input should be a valid dictionary or instance of ImageData": what was sent and what to use."""
+    with pytest.raises(AppError) as caught:
+        client.predict("me.jpg", api_name="/encode")
+    assert str(caught.value).startswith("Your photo must be an uploaded file (in Python: "
+                                        "gradio_client.handle_file('photo.jpg')), not the string 'me.jpg'; a path on "
+                                        "the server is never read"), str(caught.value)
+    serving(client)
+
+
 # -- bad numbers and types from API callers -------------------------------------------------------------------
 @pytest.fixture(scope="module")
 def encoded(client, face, files):
@@ -176,7 +186,9 @@ BAD_CALLS = {
     "frames_text": ("/interpolate", lambda a: (a, a, "8", False), "frames must be a whole number"),
     "spherical_text": ("/interpolate", lambda a: (a, a, 8, "yes"), "spherical must be true or false"),
     "face_b_not_a_file": ("/interpolate", lambda a: (a, "/etc/passwd", 8, False),
-                          "Input should be a valid dictionary or instance of ImageData"),  # Gradio's own check
+                          "Face B must be an uploaded file \\(in Python: gradio_client.handle_file"),
+    "custom_photo_not_a_file": ("/custom_slider", lambda a: ("Paths", [a, a, "me.jpg"], [a] * 3, []),
+                                "Faces with it must be an uploaded file .*not the string 'me.jpg'"),
     "temperature_negative": ("/sample", lambda a: (-0.5, 0, 4), "temperature must be in \\[0, 1\\]"),
     "temperature_text": ("/sample", lambda a: ("hot", 0, 4), "temperature must be a number"),
     "seed_1e30": ("/sample", lambda a: (0.7, 1e30, 4), "seed must be in 0.."),
