@@ -20,7 +20,8 @@ from flow_model.glow import reduce_bits
 
 from .calibration import MAX_LEAKAGE, METHODS, MIN_FLIP, TARGET_FLIP, Calibration, SliderCalibration
 from .classifier import AttributeClassifier
-from .service import BACKOFF_FRACTIONS, SLIDER_BY_LABEL, EditorService, SliderSpec, orthogonalize
+from .service import (BACKOFF_FRACTIONS, SLIDER_BY_LABEL, Check, EditorService, SliderSpec, checkpoint,
+                      orthogonalize)
 
 LEAK_ATTRIBUTES = ("Male", "Young", "Smiling")
 VALUES = (-1.0, -0.5, 0.5, 1.0)
@@ -75,16 +76,18 @@ def _uint8(service: EditorService, x: torch.Tensor) -> torch.Tensor:
     return x if x.dtype == torch.uint8 else service.model.quantize(x).cpu()
 
 
-def decode_with_backoff(service: EditorService, base: torch.Tensor, edited: torch.Tensor) -> tuple[torch.Tensor,
-                                                                                                     torch.Tensor]:
+def decode_with_backoff(service: EditorService, base: torch.Tensor, edited: torch.Tensor,
+                        check: Check | None = None) -> tuple[torch.Tensor, torch.Tensor]:
     """What EditorService.edit shows for each row, batched: the edit when it decodes, else the largest of 1/16 ..
     15/16 of it whose prefix of strengths all decode (the base face's own decode when none does). Returns uint8
-    images (N, 3, S, S) and the strength shown (N,)."""
+    images (N, 3, S, S) and the strength shown (N,). check (a deadline, a cancel button) runs before each back-off
+    pass: each is 15 decodes."""
     images, ok = service.decode_checked(edited)
     images = _uint8(service, images).clone()
     strength = torch.ones(len(edited), dtype=torch.float64)
     fractions = torch.arange(1, BACKOFF_FRACTIONS) / BACKOFF_FRACTIONS
     for i in torch.nonzero(~ok).flatten().tolist():
+        checkpoint(check)
         imgs, good = service.decode_checked(base[i] + fractions[:, None] * (edited[i] - base[i]))
         usable = int(good.long().cumprod(0).sum())
         if usable == 0:

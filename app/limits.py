@@ -80,24 +80,36 @@ def names(field: str, value, limit: int) -> list[str]:
 
 
 class Deadline:
-    """A per-request time limit, checked at safe points (between photos, before a model pass)."""
+    """A per-request time limit. Gradio cannot stop a running handler, so the service calls `check` at safe points
+    (before each model pass, between batches, frames and photos) and a request past its time ends there with a
+    message instead of holding a worker; a deadline of 0 s is already past."""
 
-    def __init__(self, seconds: float, what: str) -> None:
+    def __init__(self, seconds: float, what: str, hint: str = "try again when the server is less busy") -> None:
         self.end = time.monotonic() + seconds
         self.seconds = seconds
         self.what = what
+        self.hint = hint
 
     def check(self) -> None:
-        if time.monotonic() > self.end:
-            raise LimitError(f"{self.what} took longer than the {self.seconds:g} s a request may take; "
-                             "try again with fewer photos or frames")
+        """Raise LimitError once the time is up."""
+        if time.monotonic() >= self.end:
+            raise LimitError(f"{self.what} took longer than the {self.seconds:g} s a request may take "
+                             f"(request_seconds); {self.hint}")
 
 
 # -- what each endpoint accepts, checked before its handler runs (app.server.guard_inputs wires these) ------------
 def _photo(field: str, value) -> None:
     if value is not None and not isinstance(value, dict):
+        sent = f"the string {value!r}"[:120] if isinstance(value, str) else f"a {type(value).__name__}"
         raise LimitError(f"{field} must be an uploaded file (in Python: gradio_client.handle_file('photo.jpg')), not "
-                         f"a {type(value).__name__}; a path on the server is never read")
+                         f"{sent}; a path on the server is never read")
+
+
+def file_payload(field: str, value) -> None:
+    """An image or file input as sent, before Gradio validates it: an uploaded file's description (a dict), or a
+    list of them for a multi-file input. A path string gets this message, not Gradio's validation error."""
+    for item in value if isinstance(value, (list, tuple)) else [value]:
+        _photo(field, item)
 
 
 def _files(field: str, value, limit: int) -> None:
@@ -137,7 +149,8 @@ def check_edit(limits: Limits, face, custom, edits, method, keep, levels) -> Non
     names("keep (attributes to keep fixed)", keep, limits.keep)
 
 
-def check_custom(limits: Limits, name, with_files, without_files, custom, slots, keep) -> None:
+def check_custom(limits: Limits, name, with_files, without_files, custom, slots, keep, *rest) -> None:
+    """rest: what Gradio adds after the inputs (the request, the progress tracker), not checked."""
     if name is not None and not isinstance(name, str):
         raise LimitError(f"the slider name must be text, got {type(name).__name__}")
     if name and len(name) > limits.name_chars:

@@ -13,7 +13,7 @@ import logging
 import math
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Mapping, Sequence
+from typing import Callable, Mapping, Sequence
 
 import numpy as np
 import torch
@@ -45,6 +45,18 @@ MAX_FRAMES = 64
 MAX_SAMPLES = 64
 MAX_DECODED = 2.0  # flow inputs live in [-0.5, 0.5); a decode beyond this has left the region the flow inverts stably
 BACKOFF_FRACTIONS = 16  # a diverging edit is retried at 1/16, 2/16, ... of its strength, in one batch
+DECODE_BATCH = 8  # samples and interpolation frames per model pass; a request's deadline is checked between passes
+
+Check = Callable[[], None]
+"""A caller's deadline check (e.g. app.limits.Deadline.check), called at safe points; it raises when time is up."""
+Progress = Callable[[int, int, str], None]
+"""progress(done, total, what): how far a long request is, for a progress bar (app/ui.py wires it to gr.Progress)."""
+
+
+def checkpoint(check: Check | None) -> None:
+    """A safe point in a long request: the caller's check may end it here (the service has no clock of its own)."""
+    if check is not None:
+        check()
 
 
 @dataclass(frozen=True)
@@ -138,12 +150,15 @@ class Edited:
 
 @dataclass
 class CustomDirection:
-    """A direction fitted from the user's photos, with what went into it."""
+    """A direction fitted from the user's photos, with what went into it: the latents are kept so the slider can be
+    cross-validated (app/custom_check.py) without encoding the photos again."""
 
     vector: torch.Tensor  # (D,), calibrated like the built-in directions
     n_with: int
     n_without: int
     skipped: list[str]
+    latents_with: torch.Tensor  # (n_with, D)
+    latents_without: torch.Tensor  # (n_without, D)
 
 
 @dataclass
@@ -341,13 +356,18 @@ class EditorService:
         c = self.model.config
         return BpdRange(p01, p50, p99, len(bpd), c.n_bits, c.image_size)
 
-    def face_from_image(self, source: str | Path | bytes | Image.Image) -> Face:
-        """Load (robustly), align and encode one image."""
-        return self.encode(*self.prepare(source))
+    def face_from_image(self, source: str | Path | bytes | Image.Image, check: Check | None = None) -> Face:
+        """Load (robustly), align and encode one image; check runs between the alignment and the model."""
+        prepared = self.prepare(source)
+        checkpoint(check)
+        return self.encode(*prepared)
 
-    def latent_of(self, source: str | Path | bytes | Image.Image) -> torch.Tensor:
-        """Only the (D,) latent of an image: what interpolation and custom directions need (no reconstruction)."""
-        return self._forward(self.prepare(source, keep_photo=False)[0].unsqueeze(0))[0][0]
+    def latent_of(self, source: str | Path | bytes | Image.Image, check: Check | None = None) -> torch.Tensor:
+        """Only the (D,) latent of an image: what interpolation and custom directions need (no reconstruction);
+        check runs between the alignment and the model."""
+        x = self.prepare(source, keep_photo=False)[0]
+        checkpoint(check)
+        return self._forward(x.unsqueeze(0))[0][0]
 
     def bpd_notes(self, bpd: float) -> list[str]:
         r = self.bpd_range
@@ -505,16 +525,20 @@ class EditorService:
         return latent + values @ vectors
 
     def edit(self, face: Face, edits: Mapping[str, float], method: str = AUTO_METHOD, keep: Sequence[str] = (),
-             levels: Sequence[int] | None = None, custom: Mapping[str, torch.Tensor] | None = None) -> Edited:
+             levels: Sequence[int] | None = None, custom: Mapping[str, torch.Tensor] | None = None,
+             check: Check | None = None) -> Edited:
         """The edited face; with every value at 0, the face's reconstruction itself. An edit the model cannot
-        decode is shown at the largest fraction of its strength that decodes, and says so."""
+        decode is shown at the largest fraction of its strength that decodes, and says so. check runs before each
+        model pass."""
         latent = self.edit_latent(face.latent, edits, method, keep, levels, custom)
         if latent is face.latent:
             return Edited(face.image)
+        checkpoint(check)
         decoded, ok = self.decode_checked(latent[None])
         if ok[0]:
             return self._edited(face, decoded[0], 1.0)
         fractions = torch.arange(1, BACKOFF_FRACTIONS) / BACKOFF_FRACTIONS
+        checkpoint(check)
         decoded, ok = self.decode_checked(face.latent + fractions[:, None] * (latent - face.latent))
         usable = int(ok.long().cumprod(0).sum())  # the strengths up to the first failure
         if usable == 0:
@@ -545,14 +569,16 @@ class EditorService:
         return describe_change(self.classifier, face.image, edited.image, targets)["text"]
 
     # -- custom directions -------------------------------------------------------------------------
-    def fit_direction(self, positives: torch.Tensor, negatives: torch.Tensor, C: float = 1.0) -> torch.Tensor:
+    def fit_direction(self, positives: torch.Tensor, negatives: torch.Tensor, C: float = 1.0,
+                      min_examples: int = MIN_CUSTOM_EXAMPLES) -> torch.Tensor:
         """A slider direction from a few faces with and without a property: the normal of a balanced logistic
         regression on their latents, scaled to the gap between the two groups' mean projections on it (the
-        calibration of the built-in directions, so +1 means "as much as the examples differ")."""
+        calibration of the built-in directions, so +1 means "as much as the examples differ"). Cross-validation
+        refits it on fewer faces (min_examples) than a slider may be built from."""
         pos, neg = np.asarray(positives, np.float64), np.asarray(negatives, np.float64)
-        if min(len(pos), len(neg)) < MIN_CUSTOM_EXAMPLES:
-            raise ValueError(f"a custom slider needs at least {MIN_CUSTOM_EXAMPLES} faces with and "
-                             f"{MIN_CUSTOM_EXAMPLES} without the property (5 or more each work better); got "
+        if min(len(pos), len(neg)) < min_examples:
+            raise ValueError(f"a custom slider needs at least {min_examples} faces with and "
+                             f"{min_examples} without the property (5 or more each work better); got "
                              f"{len(pos)} and {len(neg)}")
         x = np.concatenate([pos, neg])
         y = np.r_[np.ones(len(pos)), np.zeros(len(neg))]
@@ -564,25 +590,35 @@ class EditorService:
             raise ValueError("the two sets of faces cannot be told apart (the same photos in both?)")
         return torch.from_numpy(unit * gap).float()
 
-    def fit_custom_direction(self, with_sources: Sequence, without_sources: Sequence) -> CustomDirection:
+    def fit_custom_direction(self, with_sources: Sequence, without_sources: Sequence,
+                             progress: Progress | None = None, check: Check | None = None) -> CustomDirection:
         """Align and encode two small sets of photos and fit their direction; photos that cannot be used (no
-        face, not an image, ...) are skipped and named, and enough must remain."""
+        face, not an image, ...) are skipped and named, and enough must remain.
+
+        Encoding 2 x 12 photos takes seconds, so progress(done, total, what) is called after each photo and check
+        (a deadline, a cancel button) before each one and before the model pass of each: whatever it raises ends
+        the fit there, with its own message."""
         groups, skipped = [], []
-        for sources in (with_sources, without_sources):
+        total, done = len(with_sources) + len(without_sources), 0
+        for side, sources in (("with", with_sources), ("without", without_sources)):
             latents = []
             for source in sources:
+                checkpoint(check)
                 try:
-                    latents.append(self.latent_of(source))
+                    latents.append(self.latent_of(source, check))
                 except ImageError as err:
                     name = Path(source).name if isinstance(source, (str, Path)) else "an uploaded image"
                     skipped.append(f"{name}: {err}")
+                done += 1
+                if progress is not None:
+                    progress(done, total, f"encoding photo {done} of {total} ({side} the property)")
             groups.append(torch.stack(latents) if latents else torch.zeros(0, self.model.latent_dim))
         try:
             vector = self.fit_direction(*groups)
         except ValueError as err:
             raise ValueError(f"{err}" + (f" after skipping {len(skipped)}: {'; '.join(skipped)}" if skipped else "")) \
                 from None
-        return CustomDirection(vector, len(groups[0]), len(groups[1]), skipped)
+        return CustomDirection(vector, len(groups[0]), len(groups[1]), skipped, groups[0], groups[1])
 
     # -- interpolation and sampling ----------------------------------------------------------------
     def interpolate(self, a: torch.Tensor, b: torch.Tensor, n: int = 8, spherical: bool = False) -> torch.Tensor:
@@ -590,12 +626,18 @@ class EditorService:
         path = slerp(a, b, n) if spherical else lerp(a, b, n)
         return self.decode(path)
 
-    def interpolate_faces(self, a: Face, b: Face, n: int = 8, spherical: bool = False) -> list[Image.Image]:
+    def interpolate_faces(self, a: Face, b: Face, n: int = 8, spherical: bool = False,
+                          check: Check | None = None) -> list[Image.Image]:
         """n display-size frames from face A to face B that keep both photos' detail: frame t is the upsampled
         decode of the mixed latent plus (1 - t) x A's detail plus t x B's, where a face's detail is its crop minus
-        its upsampled reconstruction. Frame 0 is A's crop and frame n-1 B's, and every frame is sharp."""
+        its upsampled reconstruction. Frame 0 is A's crop and frame n-1 B's, and every frame is sharp. Decoded
+        DECODE_BATCH frames per pass, with check before each."""
         path = slerp(a.latent, b.latent, n) if spherical else lerp(a.latent, b.latent, n)
-        decoded, _ = self.decode_checked(path)
+        passes = []
+        for start in range(0, n, DECODE_BATCH):
+            checkpoint(check)
+            passes.append(self.decode_checked(path[start:start + DECODE_BATCH])[0])
+        decoded = torch.cat(passes)
         size = self.display_size
 
         def enlarge(x: torch.Tensor) -> torch.Tensor:
@@ -609,11 +651,18 @@ class EditorService:
         return [to_image(f) for f in frames]
 
     @torch.inference_mode()
-    def sample(self, n: int, temperature: float = 0.7, seed: int = 0) -> torch.Tensor:
-        """n uint8 faces with standardised latents ~ N(0, T^2), reproducible from the seed."""
+    def sample(self, n: int, temperature: float = 0.7, seed: int = 0, check: Check | None = None) -> torch.Tensor:
+        """n uint8 faces with standardised latents ~ N(0, T^2), reproducible from the seed (the latents are drawn
+        as Glow.sample draws them), decoded DECODE_BATCH per pass with check before each."""
         if not 1 <= n <= MAX_SAMPLES:
             raise ValueError(f"the sample count must be in 1..{MAX_SAMPLES}, got {n}")
         if not 0.0 <= temperature <= 1.0:
             raise ValueError(f"the temperature must be in [0, 1], got {temperature}")
         generator = torch.Generator().manual_seed(int(seed))
-        return self.model.sample(n, temperature, generator=generator).cpu()
+        eps = [torch.randn((n, *shape), generator=generator) * temperature for shape in self.model.latent_shapes]
+        images = []
+        for start in range(0, n, DECODE_BATCH):
+            checkpoint(check)
+            batch = [e[start:start + DECODE_BATCH].to(self.device) for e in eps]
+            images.append(self.model.decode(batch, standardized=True).cpu())
+        return torch.cat(images)

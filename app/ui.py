@@ -5,6 +5,7 @@ from __future__ import annotations
 import base64
 import binascii
 import io
+import threading
 from typing import Sequence
 
 import gradio as gr
@@ -15,7 +16,9 @@ from PIL import Image
 
 from flow_model.imaging import ImageError, to_pil
 
-from .service import AUTO_METHOD, METHOD_LABELS, Edited, EditorService, Face, animated_gif
+from .custom_check import check_custom_slider
+from .limits import LIMITS, Deadline, LimitError, Limits
+from .service import AUTO_METHOD, METHOD_LABELS, Check, Edited, EditorService, Face, animated_gif
 
 EXTRA_SLOTS = 6  # sliders that "Add attribute" and custom directions can fill
 SLIDER_LIMIT = 2.0
@@ -60,6 +63,13 @@ def png_bytes(img: Image.Image) -> bytes:
     return buffer.getvalue()
 
 
+CANCELLED = "Cancelled: no slider was added."
+
+
+class Cancelled(Exception):
+    """The user pressed Cancel while a custom slider was being fitted."""
+
+
 def user_error(err: Exception) -> gr.Error:
     """A message for the UI: what was wrong with the input, not a stack trace."""
     return gr.Error(str(err.args[0]) if isinstance(err, KeyError) and err.args else str(err), duration=None)
@@ -68,18 +78,31 @@ def user_error(err: Exception) -> gr.Error:
 class EditorUI:
     """Builds the Blocks app; handler methods translate between components and EditorService calls."""
 
-    def __init__(self, service: EditorService, examples: Sequence[str] = ()) -> None:
+    def __init__(self, service: EditorService, examples: Sequence[str] = (), limits: Limits = LIMITS) -> None:
         self.service = service
         self.examples = list(examples)
+        self.limits = limits
         self.labels = [s.label for s in service.sliders]
         covered = {s.attribute for s in service.sliders}
         self.other_attributes = [a for a in service.attributes if a not in covered]
         self.level_choices = service.level_choices()
+        self._stops: dict[str, threading.Event] = {}  # session -> stop flag of its running custom-slider fit
 
     # -- helpers ---------------------------------------------------------------------------------
-    def _face(self, source: str | bytes | Image.Image) -> Face:
+    def _deadline(self, what: str, hint: str | None = None) -> Deadline:
+        """This request's deadline (limits.request_seconds from now); the service checks it at safe points."""
+        return Deadline(self.limits.request_seconds, what, *([hint] if hint else []))
+
+    def _on_time(self, deadline: Deadline) -> None:
+        """A safe point in a handler itself (between pieces of whole-photo work)."""
         try:
-            return self.service.face_from_image(source)
+            deadline.check()
+        except LimitError as err:
+            raise user_error(err) from None
+
+    def _face(self, source: str | bytes | Image.Image, check: Check | None = None) -> Face:
+        try:
+            return self.service.face_from_image(source, check)
         except (ImageError, ValueError) as err:
             raise user_error(err) from None
 
@@ -96,10 +119,10 @@ class EditorUI:
         return {k: float(v or 0.0) for k, v in edits.items()}
 
     def _render(self, face: Face, edits: dict[str, float], method: str, keep: Sequence[str], level_choice: str | None,
-                custom: dict[str, torch.Tensor]) -> Edited:
+                custom: dict[str, torch.Tensor], check: Check | None = None) -> Edited:
         try:
             return self.service.edit(face, edits, method or AUTO_METHOD, list(keep or []), self._levels(level_choice),
-                                     custom)
+                                     custom, check)
         except (KeyError, ValueError) as err:
             raise user_error(err) from None
 
@@ -123,7 +146,7 @@ class EditorUI:
         source = raw_image(photo)
         if source is None:
             return None, None, ""
-        face = self._face(source)
+        face = self._face(source, self._deadline("encoding the photo").check)
         return face, self._shown(face, None, model_output), self.describe(face)
 
     def render(self, face: Face | None, custom: dict, slots: list[str], method: str, disentangle: bool,
@@ -131,7 +154,8 @@ class EditorUI:
         if face is None:
             return None, ""
         edits = self._edits(slots, values)
-        edited = self._render(face, edits, method, keep if disentangle else [], levels, custom)
+        edited = self._render(face, edits, method, keep if disentangle else [], levels, custom,
+                              self._deadline("the edit").check)
         reading = self.service.reading(face, edited, edits)  # "Smiling 12% -> 81%; largest other change: ..."
         note = "\n\n".join(part for part in (f"Attribute classifier: {reading}" if reading else "", edited.note)
                             if part)
@@ -146,7 +170,9 @@ class EditorUI:
             raise gr.Error("no face yet: call /encode with a photo first (in the same client session)")
         if not isinstance(edits, dict) or not all(isinstance(v, (int, float)) for v in edits.values()):
             raise gr.Error('edits must be a JSON object of numbers, e.g. {"Smiling": 1.0, "Age": -0.5}')
-        edited = self._render(face, edits, method, keep or [], levels, custom)
+        deadline = self._deadline("the edit")
+        edited = self._render(face, edits, method, keep or [], levels, custom, deadline.check)
+        self._on_time(deadline)
         applied = ", ".join(f"{k} {float(v) * edited.strength:+.3g}" for k, v in edits.items() if v) or "nothing"
         message = f"Applied {edited.strength:.1%} of the requested strength ({applied})."
         return self.service.edited_photo(face, edited), " ".join(p for p in (message, edited.note) if p)
@@ -161,9 +187,14 @@ class EditorUI:
         crop and the model's own output): computed on request, not on every slider move."""
         if face is None:
             raise gr.Error("upload a photo first")
-        edited = self._render(face, self._edits(slots, values), method, keep if disentangle else [], levels, custom)
+        deadline = self._deadline("the whole photo")
+        edited = self._render(face, self._edits(slots, values), method, keep if disentangle else [], levels, custom,
+                              deadline.check)
+        self._on_time(deadline)
         photo = self.service.edited_photo(face, edited)
+        self._on_time(deadline)
         crop = self.service.edited_crop(face, edited)
+        self._on_time(deadline)
         model_size = self.service.image_size
         files = [save_output(png_bytes(photo), f"edited_photo_{photo.width}x{photo.height}.png"),
                  save_output(png_bytes(crop), f"edited_face_{crop.width}px.png"),
@@ -196,8 +227,11 @@ class EditorUI:
         return [slots, *self._slot_updates(slots, fresh=attribute)]
 
     def custom_slider(self, name: str, with_files: list[str] | None, without_files: list[str] | None,
-                      custom: dict | None, slots: list[str] | None, keep: list[str] | None):
-        """Encode two small sets of photos, fit a direction with scikit-learn and offer it as a new slider."""
+                      custom: dict | None, slots: list[str] | None, keep: list[str] | None,
+                      request: gr.Request | None = None, progress: gr.Progress = gr.Progress()):
+        """Encode two small sets of photos, fit a direction with scikit-learn, cross-validate it on the same photos
+        (app/custom_check.py) and offer it as a new slider with the verdict. Progress is shown per photo and per
+        fold; Cancel (this session's stop flag) or the request's deadline ends the work between them."""
         custom, slots = dict(custom or {}), list(slots or [])
         name = (name or "").strip()
         if not name:
@@ -206,19 +240,52 @@ class EditorUI:
             raise gr.Error(f"{name!r} is already a built-in slider or attribute; choose another name")
         if name not in slots and len(slots) >= EXTRA_SLOTS:
             raise gr.Error(f"all {EXTRA_SLOTS} extra sliders are in use")
+        deadline = self._deadline("the custom slider", "try again with fewer photos")
+        session = request.session_hash if request is not None else None
+        stop = threading.Event()
+        if session:
+            self._stops[session] = stop
+
+        def check() -> None:
+            if stop.is_set():
+                raise Cancelled(CANCELLED)
+            deadline.check()
+
+        def step(unit: str):
+            return lambda done, total, what: progress((done, total), desc=what, unit=unit)
+
         try:
-            fitted = self.service.fit_custom_direction(with_files or [], without_files or [])
+            fitted = self.service.fit_custom_direction(with_files or [], without_files or [], step("photos"), check)
+            try:
+                verdict = check_custom_slider(self.service, fitted.latents_with, fitted.latents_without,
+                                              step("folds"), check).verdict
+            except ValueError as err:  # too few photos, a fold that cannot be fitted, the deadline
+                verdict = f"Not cross-validated: {err}"
+        except Cancelled as err:
+            return [custom, slots, str(err), gr.update(), *[gr.update()] * EXTRA_SLOTS]
         except ValueError as err:
             raise user_error(err) from None
+        finally:
+            if session and self._stops.get(session) is stop:
+                del self._stops[session]
         custom[name] = fitted.vector
         if name not in slots:
             slots.append(name)
         message = (f"Slider **{name}** fitted on {fitted.n_with} faces with and {fitted.n_without} without; it is "
-                   "in the extra sliders.")
+                   f"in the extra sliders.\n\n**Cross-validated on your photos:** {verdict}")
         if fitted.skipped:
             message += "\n\nSkipped: " + "; ".join(fitted.skipped)
         keep_update = gr.update(choices=self._keep_choices(custom), value=list(keep or []))
         return [custom, slots, message, keep_update, *self._slot_updates(slots, fresh=name)]
+
+    def cancel_custom(self, request: gr.Request | None = None) -> str:
+        """The Cancel button: this session's running fit stops at its next safe point (between photos or folds).
+        Gradio's cancels= alone would not stop it: a handler in a worker thread is never interrupted."""
+        stop = self._stops.get(request.session_hash) if request is not None else None
+        if stop is None:
+            return "Nothing to cancel."
+        stop.set()
+        return CANCELLED
 
     def _keep_choices(self, custom: dict) -> list[str]:
         return [*self.labels, *self.other_attributes, *custom]
@@ -231,13 +298,19 @@ class EditorUI:
         n = int(frames)
         if not 2 <= n <= MAX_UI_FRAMES:
             raise gr.Error(f"the number of frames must be in 2..{MAX_UI_FRAMES}, got {n}")
+        deadline = self._deadline("the interpolation", "try again with fewer frames")
         faces = []
         for name, source in (("A", a), ("B", b)):
             try:
-                faces.append(self.service.face_from_image(source))
+                faces.append(self.service.face_from_image(source, deadline.check))
+            except LimitError as err:
+                raise user_error(err) from None
             except (ImageError, ValueError) as err:
                 raise gr.Error(f"face {name}: {err}", duration=None) from None
-        images = self.service.interpolate_faces(*faces, n, spherical)
+        try:
+            images = self.service.interpolate_faces(*faces, n, spherical, deadline.check)
+        except LimitError as err:
+            raise user_error(err) from None
         gif = save_output(animated_gif(images), "interpolation.gif")
         return images, gr.update(maximum=n - 1, value=0, visible=True), images[0], gif, images
 
@@ -248,7 +321,8 @@ class EditorUI:
 
     def sample(self, temperature: float, seed: float, count: float):
         try:
-            images = self.service.sample(int(count), float(temperature), int(seed))
+            images = self.service.sample(int(count), float(temperature), int(seed),
+                                         self._deadline("sampling", "ask for fewer samples").check)
         except ValueError as err:
             raise user_error(err) from None
         return [self.service.display(x) for x in images], list(images), None
@@ -328,12 +402,16 @@ class EditorUI:
                             add = gr.Button("Add slider")
                     with gr.Accordion("Custom slider from your own photos", open=False):
                         gr.Markdown("Upload photos of faces **with** and **without** some property (5 or more of "
-                                    "each work best); a logistic regression on their latents gives a new slider.")
+                                    "each work best); a logistic regression on their latents gives a new slider. "
+                                    "It is then cross-validated on your photos (refitted without some of them and "
+                                    "tried on those), and the message says whether it is real.")
                         with gr.Row():
                             custom_name = gr.Textbox(label="Slider name", placeholder="e.g. Freckles")
                             with_files = gr.File(label="Faces with it", file_count="multiple", type="filepath")
                             without_files = gr.File(label="Faces without it", file_count="multiple", type="filepath")
-                        fit = gr.Button("Fit slider")
+                        with gr.Row():
+                            fit = gr.Button("Fit slider")
+                            cancel_fit = gr.Button("Cancel", variant="stop")
                         fit_message = gr.Markdown(label="message")
                     api_edits = gr.JSON(visible=False)
                     api_button = gr.Button(visible=False)
@@ -383,8 +461,9 @@ class EditorUI:
             save.click(lambda: gr.Accordion(open=True), None, whole, api_visibility="private").then(
                 self.whole_photo, controls, [whole_image, files], api_visibility="private")
             add.click(self.add_attribute, [other, slots], [slots, *extra], api_visibility="private")
-            fit.click(self.custom_slider, [custom_name, with_files, without_files, custom, slots, keep],
-                      [custom, slots, fit_message, keep, *extra], api_name="custom_slider")
+            fitting = fit.click(self.custom_slider, [custom_name, with_files, without_files, custom, slots, keep],
+                                [custom, slots, fit_message, keep, *extra], api_name="custom_slider")
+            cancel_fit.click(self.cancel_custom, None, fit_message, cancels=[fitting], api_visibility="private")
             go.click(self.interpolate, [face_a, face_b, n_frames, spherical],
                      [strip, scrubber, frame, gif, frames_state], api_name="interpolate", preprocess=False)
             scrubber.input(self.scrub, [frames_state, scrubber], frame, trigger_mode="always_last",

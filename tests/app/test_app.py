@@ -97,6 +97,7 @@ def test_custom_slider_from_two_small_sets(client, photos):
     without_files = [handle_file(str(p)) for p in photos[3:6]]
     message, *_ = client.predict("Tiny sample", with_files, without_files, [], api_name="/custom_slider")
     assert "fitted on 3 faces with and 3 without" in message
+    assert "**Cross-validated on your photos:** Too few photos to tell" in message and "Held-out AUC" in message
     base, _ = client.predict({}, "classifier", [], "all levels", api_name="/edit")
     moved, _ = client.predict({"Tiny sample": 1.0}, "classifier", [], "all levels", api_name="/edit")
     assert not np.array_equal(crop_array(base), crop_array(moved))
