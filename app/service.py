@@ -15,10 +15,8 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Callable, Mapping, Sequence
 
-import numpy as np
 import torch
 from PIL import Image
-from sklearn.linear_model import LogisticRegression
 
 from flow_model.fileio import write_text
 from flow_model.glow import Glow
@@ -236,6 +234,30 @@ def orthogonalize(vectors: torch.Tensor, kept: torch.Tensor) -> torch.Tensor:
     return (perp * gain).to(vectors.dtype)
 
 
+def span_basis(vectors: torch.Tensor) -> torch.Tensor:
+    """Orthonormal (D, k) basis of the rows' span (k = their rank), for fitting a custom slider inside it."""
+    u, s, _ = torch.linalg.svd(vectors.double().T, full_matrices=False)
+    return u[:, s > 1e-5 * s.max().clamp_min(1e-30)].float()  # float32 rows: smaller values are rounding
+
+
+def fit_mean_difference(positives: torch.Tensor, negatives: torch.Tensor,
+                        basis: torch.Tensor | None = None) -> torch.Tensor:
+    """The gap between the two groups' mean latents, projected on span(basis) (orthonormal columns; the whole latent
+    when None). Its length is the gap between the groups' mean projections on it: the built-in directions'
+    calibration, so +1 means "as much as the examples differ".
+
+    A dozen faces cannot pin a line down in 12,288 dimensions: in the whole latent the fit learns the photos, while
+    inside the span of the built-in directions, learned from 25k faces, the same photos give a line that holds on
+    faces they do not include (experiments/custom_sliders.md). The plain mean gap does as well there as a logistic
+    regression, or better."""
+    gap = positives.double().mean(0) - negatives.double().mean(0)
+    if basis is not None:
+        gap = basis.double() @ (basis.double().T @ gap)
+    if not gap.norm() > 0:
+        raise ValueError("the two sets of faces cannot be told apart (the same photos in both?)")
+    return gap.float()
+
+
 def upscale(x: torch.Tensor, size: int) -> Image.Image:
     """uint8 (3, S, S) -> size x size PIL image for display and download."""
     img = to_pil(x)
@@ -273,6 +295,8 @@ class EditorService:
         self.bpd_range = bpd_range
         self.display_size = display_size
         self.image_size = model.config.image_size
+        # where custom sliders are fitted: a dozen photos cannot pin a line down in the whole latent
+        self.custom_basis = None if directions is None else span_basis(directions.vectors["classifier"])
 
     @classmethod
     def load(cls, model_dir: str | Path, device: str = "cpu", align: bool = True,
@@ -569,26 +593,24 @@ class EditorService:
         return describe_change(self.classifier, face.image, edited.image, targets)["text"]
 
     # -- custom directions -------------------------------------------------------------------------
-    def fit_direction(self, positives: torch.Tensor, negatives: torch.Tensor, C: float = 1.0,
+    def fit_direction(self, positives: torch.Tensor, negatives: torch.Tensor,
                       min_examples: int = MIN_CUSTOM_EXAMPLES) -> torch.Tensor:
-        """A slider direction from a few faces with and without a property: the normal of a balanced logistic
-        regression on their latents, scaled to the gap between the two groups' mean projections on it (the
-        calibration of the built-in directions, so +1 means "as much as the examples differ"). Cross-validation
-        refits it on fewer faces (min_examples) than a slider may be built from."""
-        pos, neg = np.asarray(positives, np.float64), np.asarray(negatives, np.float64)
-        if min(len(pos), len(neg)) < min_examples:
+        """A slider direction from a few faces with and without a property (fit_mean_difference), fitted inside
+        the span of the 40 built-in classifier directions, or on the coarsest latent level for a model without
+        them: both hold on unseen faces better than a fit in the whole latent (held-out AUC 0.74-0.78 and
+        0.62-0.66 against 0.59-0.63 for 5-12 photos a side, experiments/custom_sliders.md). Returned as a
+        full-latent vector calibrated like the built-in ones. Cross-validation refits it on fewer faces
+        (min_examples) than a slider may be built from."""
+        if min(len(positives), len(negatives)) < min_examples:
             raise ValueError(f"a custom slider needs at least {min_examples} faces with and "
                              f"{min_examples} without the property (5 or more each work better); got "
-                             f"{len(pos)} and {len(neg)}")
-        x = np.concatenate([pos, neg])
-        y = np.r_[np.ones(len(pos)), np.zeros(len(neg))]
-        clf = LogisticRegression(C=C, class_weight="balanced", max_iter=1000).fit(x, y)
-        norm = float(np.linalg.norm(clf.coef_[0]))
-        unit = clf.coef_[0] / max(norm, 1e-30)
-        gap = float((pos @ unit).mean() - (neg @ unit).mean())
-        if norm == 0 or not gap > 0:
-            raise ValueError("the two sets of faces cannot be told apart (the same photos in both?)")
-        return torch.from_numpy(unit * gap).float()
+                             f"{len(positives)} and {len(negatives)}")
+        if self.custom_basis is not None:
+            return fit_mean_difference(positives, negatives, self.custom_basis)
+        coarse = self.model.level_slices()[-1]
+        vector = torch.zeros(self.model.latent_dim)
+        vector[coarse] = fit_mean_difference(positives[:, coarse], negatives[:, coarse])
+        return vector
 
     def fit_custom_direction(self, with_sources: Sequence, without_sources: Sequence,
                              progress: Progress | None = None, check: Check | None = None) -> CustomDirection:

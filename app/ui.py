@@ -402,7 +402,8 @@ class EditorUI:
                             add = gr.Button("Add slider")
                     with gr.Accordion("Custom slider from your own photos", open=False):
                         gr.Markdown("Upload photos of faces **with** and **without** some property (5 or more of "
-                                    "each work best); a logistic regression on their latents gives a new slider. "
+                                    "each work best); the gap between their mean latents, within the span of the "
+                                    "built-in attribute directions, gives a new slider. "
                                     "It is then cross-validated on your photos (refitted without some of them and "
                                     "tried on those), and the message says whether it is real.")
                         with gr.Row():

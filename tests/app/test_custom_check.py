@@ -69,8 +69,9 @@ def test_held_out_auc_on_hand_computed_cases():
 def test_a_separable_property_is_found_on_faces_the_fit_never_saw(service):
     g = torch.Generator().manual_seed(0)
     d = service.model.latent_dim
-    shift = torch.zeros(d)
-    shift[:20] = 2.0
+    basis = service.custom_basis  # the slider is fitted in the span of the built-in directions
+    shift = basis @ (basis.T @ torch.randn(d, generator=g))
+    shift *= 10.0 / shift.norm()
     pos, neg = torch.randn(6, d, generator=g) + shift, torch.randn(6, d, generator=g)
     cv = cross_validate(pos, neg, lambda p, n: service.fit_direction(p, n, min_examples=1))
     assert len(cv.vectors) == 5  # min(5, smaller side)
@@ -82,7 +83,7 @@ def test_random_labels_give_chance_auc_on_average(service):
     g = torch.Generator().manual_seed(1)
     aucs = []
     for _ in range(20):
-        x = torch.randn(12, 16, generator=g)
+        x = torch.randn(12, service.model.latent_dim, generator=g)
         aucs.append(cross_validate(x[:6], x[6:], lambda p, n: service.fit_direction(p, n, min_examples=1)).auc)
     assert 0.35 < np.mean(aucs) < 0.65
 

@@ -4,12 +4,15 @@ from __future__ import annotations
 import io
 from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
 from PIL import Image
+from sklearn.metrics import roc_auc_score
 
 from tests.editor_support import build_assets, full_size_faces, random_directions
-from app.service import SLIDERS, EditorService, animated_gif, lerp, orthogonalize, slerp
+from app.service import (SLIDERS, EditorService, animated_gif, fit_mean_difference, lerp, orthogonalize, slerp,
+                         span_basis)
 from flow_model.glow import reduce_bits
 from flow_model.imaging import ImageError
 
@@ -138,13 +141,22 @@ def test_samples_follow_seed_and_temperature(service):
         service.sample(2, 1.5)
 
 
-def test_a_custom_direction_separates_its_examples(service):
+def in_span(v: torch.Tensor, basis: torch.Tensor) -> torch.Tensor:
+    """The part of v inside span(basis) (orthonormal columns)."""
+    return basis @ (basis.T @ v)
+
+
+def test_a_custom_direction_separates_its_examples_inside_the_built_in_span(service):
     g = torch.Generator().manual_seed(0)
     d = service.model.latent_dim
-    shift = torch.zeros(d)
-    shift[:20] = 1.5
+    basis = service.custom_basis
+    assert basis.shape == (d, 40)  # the 40 random classifier directions
+    torch.testing.assert_close(basis.T @ basis, torch.eye(40), atol=1e-5, rtol=0)
+    shift = in_span(torch.randn(d, generator=g), basis)
+    shift *= 8.0 / shift.norm()
     positives, negatives = torch.randn(6, d, generator=g) + shift, torch.randn(6, d, generator=g)
     v = service.fit_direction(positives, negatives)
+    torch.testing.assert_close(in_span(v, basis), v, atol=1e-4, rtol=0)  # a vector of the full latent, in the span
     unit = v / v.norm()
     gap = (positives @ unit).mean() - (negatives @ unit).mean()
     assert gap == pytest.approx(float(v.norm()), rel=1e-4)  # calibrated: +1 moves by the groups' gap
@@ -154,6 +166,54 @@ def test_a_custom_direction_separates_its_examples(service):
     torch.testing.assert_close(moved, v)
     with pytest.raises(ValueError, match="at least 3"):
         service.fit_direction(positives[:2], negatives)
+
+
+def test_without_built_in_directions_a_custom_direction_is_fitted_on_the_coarsest_level(service):
+    bare = EditorService(service.model)
+    assert bare.custom_basis is None
+    g = torch.Generator().manual_seed(2)
+    d = bare.model.latent_dim
+    coarse = bare.model.level_slices()[-1]
+    shift = torch.zeros(d)
+    shift[coarse] = 0.5
+    v = bare.fit_direction(torch.randn(6, d, generator=g) + shift, torch.randn(6, d, generator=g))
+    assert v.shape == (d,) and v[coarse].norm() > 0
+    outside = torch.ones(d, dtype=torch.bool)
+    outside[coarse] = False
+    assert torch.count_nonzero(v[outside]) == 0
+    assert torch.cosine_similarity(v, shift, dim=0) > 0.5
+
+
+def test_a_planted_direction_is_recovered_in_its_subspace_but_not_in_the_whole_latent():
+    """A dozen faces in 3,000 dimensions: the noise of the class means swamps the property in the whole latent,
+    while within a 10-dimensional subspace that holds it the same faces find it and it holds on new faces."""
+    g = torch.Generator().manual_seed(3)
+    d, n, n_test = 3000, 6, 200
+    basis = span_basis(torch.randn(10, d, generator=g))
+    planted = basis @ torch.randn(10, generator=g)
+    planted /= planted.norm()
+
+    def faces(count: int, side: float) -> torch.Tensor:
+        return torch.randn(count, d, generator=g) + side * 1.5 * planted
+
+    pos, neg = faces(n, 1.0), faces(n, -1.0)
+    test = torch.cat([faces(n_test, 1.0), faces(n_test, -1.0)])
+    labels = np.r_[np.ones(n_test), np.zeros(n_test)]
+    sub, full = fit_mean_difference(pos, neg, basis=basis), fit_mean_difference(pos, neg)
+    torch.testing.assert_close(in_span(sub, basis), sub, atol=1e-4, rtol=0)
+    assert torch.cosine_similarity(sub, planted, dim=0) > 0.7  # 0.88 measured
+    assert torch.cosine_similarity(full, planted, dim=0) < 0.3  # 0.08
+    auc_sub, auc_full = (roc_auc_score(labels, (test @ v).numpy()) for v in (sub, full))
+    assert auc_sub > 0.9 and auc_full < 0.7 and auc_sub - auc_full > 0.2  # 0.97 and 0.55 measured
+
+
+def test_span_basis_is_orthonormal_and_drops_dependent_rows():
+    g = torch.Generator().manual_seed(4)
+    rows = torch.randn(3, 50, generator=g)
+    basis = span_basis(torch.cat([rows, rows[:1] + 2 * rows[1:2]]))
+    assert basis.shape == (50, 3)
+    torch.testing.assert_close(basis.T @ basis, torch.eye(3), atol=1e-5, rtol=0)
+    torch.testing.assert_close(in_span(rows.T, basis), rows.T, atol=1e-5, rtol=0)
 
 
 def test_a_custom_direction_from_photos_skips_unusable_ones(service, photos, tmp_path):
