@@ -3,7 +3,6 @@ measures through the tiny model, progress per photo, a check (deadline, cancel) 
 and the UI's message with the verdict."""
 from __future__ import annotations
 
-from pathlib import Path
 from types import SimpleNamespace
 
 import numpy as np
@@ -13,19 +12,7 @@ import torch
 from app.classifier import AttributeClassifier, ClassifierConfig
 from app.custom_check import CustomCheck, check_custom_slider, cross_validate, fold_of
 from app.limits import Deadline, LimitError
-from app.service import EditorService
 from app.ui import CANCELLED, EditorUI
-from tests.editor_support import build_assets, full_size_faces
-
-
-@pytest.fixture(scope="module")
-def service(celeba_dir: Path, tmp_path_factory) -> EditorService:
-    return EditorService.load(build_assets(celeba_dir, tmp_path_factory.getbasetemp()))
-
-
-@pytest.fixture(scope="module")
-def photos(celeba_dir: Path) -> list[Path]:
-    return full_size_faces(celeba_dir, 6)
 
 
 @pytest.fixture(scope="module")

@@ -2,7 +2,6 @@
 from __future__ import annotations
 
 import io
-from pathlib import Path
 
 import numpy as np
 import pytest
@@ -10,21 +9,11 @@ import torch
 from PIL import Image
 from sklearn.metrics import roc_auc_score
 
-from tests.editor_support import build_assets, full_size_faces, random_directions
+from tests.editor_support import random_directions
 from app.service import (SLIDERS, EditorService, animated_gif, fit_mean_difference, lerp, orthogonalize, slerp,
                          span_basis)
 from flow_model.glow import reduce_bits
 from flow_model.imaging import ImageError
-
-
-@pytest.fixture(scope="module")
-def service(celeba_dir: Path, tmp_path_factory) -> EditorService:
-    return EditorService.load(build_assets(celeba_dir, tmp_path_factory.getbasetemp()))
-
-
-@pytest.fixture(scope="module")
-def photos(celeba_dir: Path) -> list[Path]:
-    return full_size_faces(celeba_dir, 6)
 
 
 @pytest.fixture(scope="module")

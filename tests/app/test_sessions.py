@@ -4,6 +4,7 @@ gradio_client over HTTP, as an API caller would; and the file bookkeeping on its
 from __future__ import annotations
 
 import math
+import os
 import time
 from contextlib import contextmanager
 from pathlib import Path
@@ -17,12 +18,7 @@ from app.limits import Deadline, LimitError, Limits
 from app.server import build_demo
 from app.service import DECODE_BATCH, EditorService
 from app.session_files import SessionFiles
-from tests.editor_support import build_assets, free_port, full_size_faces
-
-
-@pytest.fixture(scope="module")
-def service(celeba_dir: Path, tmp_path_factory) -> EditorService:
-    return EditorService.load(build_assets(celeba_dir, tmp_path_factory.getbasetemp()))
+from tests.editor_support import free_port, full_size_faces
 
 
 @pytest.fixture(scope="module")
@@ -144,7 +140,8 @@ def test_session_files_are_deleted_when_the_session_ends_and_shared_ones_when_th
 
 
 def cached_files(cache: Path) -> set[Path]:
-    return {p for p in cache.rglob("*") if p.is_file()}
+    """The files under cache now; os.walk skips a folder the server removes while it is being listed (rglob raises)."""
+    return {Path(root) / name for root, _, names in os.walk(cache) for name in names}
 
 
 def wait_until(condition, seconds: float = 20.0) -> bool:
