@@ -108,7 +108,7 @@ def methods_for(attribute: str, directions: Directions, coarse: torch.Tensor,
     classifier_related = span_basis(directions.vectors["classifier"][[n not in related for n in directions.names]])
     white_out = whitened(own_out, train)
     methods: dict[str, Fit] = {
-        "full LR (today)": fit_linear_direction,
+        "full LR (before)": fit_linear_direction,
         "full mean diff": mean_difference(),
         "coarse level LR": on_coordinates(coarse, fit_linear_direction),
         "coarse level mean diff": on_coordinates(coarse, mean_difference()),
@@ -187,7 +187,7 @@ def report(results: dict) -> str:
         "draws of the custom-slider check's pooled held-out AUC (app/custom_check.py `cross_validate`, "
         "min(5, n)-fold; 0.5 is chance), ± the standard error over draws in the summary.",
         "",
-        "- **full LR (today)**: the fit before this study, a balanced logistic regression (C=1) on the whole "
+        "- **full LR (before)**: the fit before this study, a balanced logistic regression (C=1) on the whole "
         "12,288-value latent;",
         "- **full mean diff**: the class-mean difference in the whole latent;",
         "- **coarse level LR / mean diff**: the same on the coarsest level's 3,072 values only;",
@@ -209,7 +209,7 @@ def report(results: dict) -> str:
         "With a dozen photos in 12,288 dimensions the whole-latent fit is fitted to the photos (0.59 at 5 a side, "
         "0.63 at 12). A subspace learned from the 25k training faces is what helps, and the span of the built-in "
         "directions is the one that works: with the attribute and all its related attributes held out, the mean "
-        "difference in the classifier span reaches 0.74 (5 a side) and 0.78 (12), +0.15 over today's fit at 12 "
+        "difference in the classifier span reaches 0.74 (5 a side) and 0.78 (12), +0.15 over the earlier fit at 12 "
         "(paired over draws); with only its own direction held out 0.77 and 0.81. In the span the mean difference "
         "is as good as the regression at 5 a side and better at 12 (+0.022 ± 0.004, paired, related held out); the "
         "classifier span (40) and both methods' span (80) tie on related-held-out properties (+0.026 ± 0.014 at 5, "
