@@ -403,7 +403,8 @@ class EditorUI:
                     with gr.Accordion("Custom slider from your own photos", open=False):
                         gr.Markdown("Upload photos of faces **with** and **without** some property (5 or more of "
                                     "each work best); the gap between their mean latents, within the span of the "
-                                    "built-in attribute directions, gives a new slider. "
+                                    "built-in attribute directions, gives a new slider (so it edits what a mix of the 40 CelebA "
+                                    "attributes can show; a dozen photos cannot pin down more). "
                                     "It is then cross-validated on your photos (refitted without some of them and "
                                     "tried on those), and the message says whether it is real.")
                         with gr.Row():
