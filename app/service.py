@@ -674,17 +674,17 @@ class EditorService:
 
     @torch.inference_mode()
     def sample(self, n: int, temperature: float = 0.7, seed: int = 0, check: Check | None = None) -> torch.Tensor:
-        """n uint8 faces with standardised latents ~ N(0, T^2), reproducible from the seed (the latents are drawn
-        as Glow.sample draws them), decoded DECODE_BATCH per pass with check before each."""
+        """n uint8 faces with standardised latents ~ N(0, T^2), reproducible from the seed (Glow.sample_latents, the
+        latents Glow.sample draws), decoded DECODE_BATCH per pass with check before each."""
         if not 1 <= n <= MAX_SAMPLES:
             raise ValueError(f"the sample count must be in 1..{MAX_SAMPLES}, got {n}")
         if not 0.0 <= temperature <= 1.0:
             raise ValueError(f"the temperature must be in [0, 1], got {temperature}")
         generator = torch.Generator().manual_seed(int(seed))
-        eps = [torch.randn((n, *shape), generator=generator) * temperature for shape in self.model.latent_shapes]
+        eps = self.model.sample_latents(n, temperature, generator)
         images = []
         for start in range(0, n, DECODE_BATCH):
             checkpoint(check)
-            batch = [e[start:start + DECODE_BATCH].to(self.device) for e in eps]
+            batch = [e[start:start + DECODE_BATCH] for e in eps]
             images.append(self.model.decode(batch, standardized=True).cpu())
         return torch.cat(images)

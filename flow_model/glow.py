@@ -229,11 +229,16 @@ class Glow(nn.Module):
 
     def sample(self, n: int, temperature: float = 0.7, generator: torch.Generator | None = None) -> torch.Tensor:
         """n uint8 images with standardised latents ~ N(0, T^2); T = 0 gives the prior-mean image."""
+        return self.decode(self.sample_latents(n, temperature, generator), standardized=True)
+
+    def sample_latents(self, n: int, temperature: float = 0.7,
+                       generator: torch.Generator | None = None) -> list[torch.Tensor]:
+        """The standardised latents `sample` decodes, per level: callers that decode in batches (the editor checks
+        a deadline between them) draw the same faces from the same seed."""
         if n < 1 or temperature < 0:
             raise ValueError(f"need n >= 1 and temperature >= 0, got n={n}, temperature={temperature}")
         device = next(self.parameters()).device
-        eps = [torch.randn((n, *shape), generator=generator).to(device) * temperature for shape in self.latent_shapes]
-        return self.decode(eps, standardized=True)
+        return [torch.randn((n, *shape), generator=generator).to(device) * temperature for shape in self.latent_shapes]
 
     # -- flat latent vectors -----------------------------------------------------------------------
     @property
