@@ -96,6 +96,17 @@ def warp(img: Image.Image, matrix: np.ndarray, size: int) -> Image.Image:
     return inside.transform((size, size), Image.Transform.AFFINE, local.ravel().tolist(), Image.Resampling.BICUBIC)
 
 
+def padded_copy(img: Image.Image) -> tuple[Image.Image, int]:
+    """The image on a canvas of its mean colour, padded by half its larger side, and that padding in pixels: dlib's
+    HOG detector misses a face that fills the image, because its window needs background around the face."""
+    rgb = img.convert("RGB")
+    pad = max(rgb.size) // 2
+    padded = Image.new("RGB", (rgb.width + 2 * pad, rgb.height + 2 * pad),
+                       tuple(int(v) for v in np.asarray(rgb).reshape(-1, 3).mean(0)))
+    padded.paste(rgb, (pad, pad))
+    return padded, pad
+
+
 @dataclass
 class FaceLocation:
     """Where the face to edit is in a photo: its landmarks, the transform onto the training framing, a note."""
@@ -165,8 +176,22 @@ class FaceAligner:
         boxes = [tuple(int(round(v * shrink)) for v in (r.left(), r.top(), r.right(), r.bottom())) for r in rects]
         return sorted(boxes, key=lambda b: (b[2] - b[0]) * (b[3] - b[1]), reverse=True)
 
+    def scored_boxes(self, img: Image.Image) -> list[tuple[tuple[int, int, int, int], float]]:
+        """Every face box the detector finds at the image's own scale, with its confidence (the HOG detector's
+        margin; the usual acceptance threshold is 0), most confident first. Without `detect`'s shrinking and
+        upsampling: for images already sized for the detector, where the score is what matters."""
+        with self._dlib_lock:
+            rects, scores, _ = self.detector.run(np.asarray(img.convert("RGB")), 0, 0.0)
+        found = [((r.left(), r.top(), r.right(), r.bottom()), float(s)) for r, s in zip(rects, scores)]
+        return sorted(found, key=lambda b: b[1], reverse=True)
+
     def landmarks(self, img: Image.Image, box: tuple[int, int, int, int]) -> np.ndarray:
         """CelebA's five points from the 68-point shape: eye centres, nose tip (30), mouth corners (48, 54)."""
+        pts = self.shape(img, box)
+        return np.stack([pts[36:42].mean(0), pts[42:48].mean(0), pts[30], pts[48], pts[54]])
+
+    def shape(self, img: Image.Image, box: tuple[int, int, int, int]) -> np.ndarray:
+        """The predictor's 68 points (iBUG order) in photo pixels, (68, 2), for the face in `box`."""
         left, top, right, bottom = box
         margin = (right - left) // 2
         region = (max(0, left - margin), max(0, top - margin), min(img.width, right + margin),
@@ -176,8 +201,7 @@ class FaceAligner:
         predictor = self.predictor
         with self._dlib_lock:
             shape = predictor(pixels, rect)
-        pts = np.array([(p.x, p.y) for p in shape.parts()], np.float64) + region[:2]
-        return np.stack([pts[36:42].mean(0), pts[42:48].mean(0), pts[30], pts[48], pts[54]])
+        return np.array([(p.x, p.y) for p in shape.parts()], np.float64) + region[:2]
 
     def locate(self, img: Image.Image) -> FaceLocation:
         """The largest face and the similarity transform that frames it like the training images.
@@ -202,10 +226,7 @@ class FaceAligner:
         w, h = img.size
         shrink = max(1.0, max(w, h) / self.detect_max_side)  # the padded copy is made of a copy at detection size
         small = img if shrink == 1.0 else img.resize((round(w / shrink), round(h / shrink)), Image.Resampling.BILINEAR)
-        pad = max(small.size) // 2
-        padded = Image.new("RGB", (small.width + 2 * pad, small.height + 2 * pad),
-                           tuple(int(v) for v in np.asarray(small.convert("RGB")).reshape(-1, 3).mean(0)))
-        padded.paste(small.convert("RGB"), (pad, pad))
+        padded, pad = padded_copy(small)
         boxes = self.detect(padded)
         if boxes and (boxes[0][2] - boxes[0][0]) * shrink >= MIN_FACE_PIXELS:
             points = (self.landmarks(padded, boxes[0]) - pad) * shrink

@@ -5,7 +5,8 @@ the same checked decode with back-off as EditorService.edit), and the classifier
 edit: the mean shift of P(attribute) the intended way, the share of faces moved the intended way, the flip rate
 (share crossing 0.5 among those that started on the other side), leakage (mean |dP| of other attributes), pixel
 change and back-off rate. The same measures calibrate the sliders (`calibrate`), and the classifier's penultimate
-features give a Frechet distance of model samples to real faces (`sample_quality`).
+features give a Frechet distance of model samples to real faces (`sample_quality`, which also runs the per-sample
+face-geometry check of `face_check` on the same samples).
 """
 from __future__ import annotations
 
@@ -20,6 +21,7 @@ from flow_model.glow import reduce_bits
 
 from .calibration import MAX_LEAKAGE, METHODS, MIN_FLIP, TARGET_FLIP, Calibration, SliderCalibration
 from .classifier import AttributeClassifier
+from .face_check import FaceGeometryCheck, GeometryResult
 from .service import (BACKOFF_FRACTIONS, SLIDER_BY_LABEL, Check, EditorService, SliderSpec, checkpoint,
                       orthogonalize)
 
@@ -259,19 +261,31 @@ def calibrate(service: EditorService, classifier: AttributeClassifier, faces: Fa
 
 
 # -- sample quality ---------------------------------------------------------------------------------------
+@dataclass
+class SampleQuality:
+    """One temperature's samples: their Frechet distance to real faces and, when asked for, the geometry check."""
+
+    frechet: float
+    geometry: GeometryResult | None = None
+
+
 @torch.inference_mode()
 def sample_quality(service: EditorService, classifier: AttributeClassifier, real_features: torch.Tensor,
-                   temperatures: Sequence[float], n: int, seed: int = 0, batch_size: int = 64) -> dict[float, float]:
-    """Frechet distance (classifier feature space) of n model samples at each temperature to real faces."""
+                   temperatures: Sequence[float], n: int, seed: int = 0, batch_size: int = 64,
+                   geometry: FaceGeometryCheck | None = None) -> dict[float, SampleQuality]:
+    """n model samples per temperature, drawn once: the Frechet distance (classifier feature space) of their
+    features to `real_features` and, with a fitted `geometry` check, which of the same samples are undistorted."""
     out = {}
     for t in temperatures:
-        feats = []
+        feats, images = [], []
         for i in range(0, n, batch_size):
             k = min(batch_size, n - i)
             gen = torch.Generator().manual_seed(seed * 1000 + i)
             x = service.model.sample(k, float(t), generator=gen).cpu()
             feats.append(classifier.predict(x)[1])
-        out[float(t)] = frechet_distance(torch.cat(feats), real_features)
+            images.append(x)
+        out[float(t)] = SampleQuality(frechet_distance(torch.cat(feats), real_features),
+                                      geometry.check(torch.cat(images)) if geometry is not None else None)
     return out
 
 

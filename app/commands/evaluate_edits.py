@@ -1,9 +1,11 @@
 """`python -m app evaluate-edits`: measure every slider on held-out faces with the attribute classifier, optionally
-calibrate the sliders first (on other held-out faces), and measure sample quality by temperature; writes
-docs/edits.md, its flip-rate figure and (with --calibrate) the model's calibration.json.
+calibrate the sliders first (on other held-out faces), and measure sample quality by temperature (a Frechet
+distance and the per-sample face-geometry check of app/face_check.py); writes docs/edits.md, its flip-rate figure
+and (with --calibrate) the model's calibration.json.
 
 The faces are the model's validation split (never seen by the model, the directions or the classifier), split in
-two halves by a seeded permutation: calibration uses the first half, the report the second.
+two halves by a seeded permutation: calibration uses the first half, the report the second. Likewise the geometry
+check is fitted on faces of the first half and its real-face reference share measured on the second.
 """
 from __future__ import annotations
 
@@ -35,8 +37,13 @@ def add_parser(sub) -> None:
     p.add_argument("--no-before", dest="before", action="store_false",
                    help="skip measuring the uncalibrated sliders")
     p.add_argument("--temperatures", default="0.5,0.6,0.7,0.8,0.9,1.0",
-                   help="sample temperatures for the Frechet distance ('' to skip)")
+                   help="sample temperatures for the Frechet distance and the geometry check ('' to skip)")
     p.add_argument("--samples", type=int, default=128, help="samples per temperature")
+    p.add_argument("--no-geometry", dest="geometry", action="store_false",
+                   help="skip the face-geometry check of the samples (dlib; about 0.05 s per image)")
+    p.add_argument("--geometry-faces", type=int,
+                   help="real faces per validation half the geometry check is fitted on (first half) and checked on "
+                        "(second half; the reference share); default: all of each half")
     p.add_argument("--out", default="docs/edits.md")
     p.add_argument("--results", help="raw results JSON (default: beside --out, .json)")
     p.add_argument("--threads", type=int, default=1)
@@ -58,16 +65,18 @@ def run(args: argparse.Namespace) -> int:
 
     from flow_model.data import load_images, open_dataset, select
     from flow_model.fileio import write_text
+    from flow_model.glow import reduce_bits
 
     from ..calibration import CALIBRATION_FILE
     from ..classifier import AttributeClassifier, load_metrics
     from ..edit_evaluation import (VALUES, calibrate, encode_faces, evaluate_sliders, frechet_distance,
                                    plot_flip_rates, sample_quality)
+    from ..face_check import FaceGeometryCheck
     from ..service import SLIDERS, EditorService
 
     for flag, v in (("--faces", args.faces), ("--calibration-faces", args.calibration_faces),
-                    ("--samples", args.samples)):
-        if v < 2:
+                    ("--samples", args.samples), ("--geometry-faces", args.geometry_faces)):
+        if v is not None and v < 2:
             raise ValueError(f"{flag} must be >= 2, got {v}")
     torch.set_num_threads(max(1, args.threads))
     started = time.perf_counter()
@@ -77,8 +86,12 @@ def run(args: argparse.Namespace) -> int:
         val_names = json.loads(split.read_text())["val"]
     except (OSError, ValueError, KeyError) as err:
         raise ValueError(f"{split} is not a split file with a 'val' list: {err}") from None
-    cal_names, report_names = _val_halves(val_names, args.seed)
-    cal_names, report_names = cal_names[:args.calibration_faces], report_names[:args.faces]
+    cal_half, report_half = _val_halves(val_names, args.seed)
+    cal_names, report_names = cal_half[:args.calibration_faces], report_half[:args.faces]
+    temps = [float(t) for t in args.temperatures.split(",") if t.strip()]
+    check_geometry = bool(temps) and args.geometry
+    geo_fit_names, geo_real_names = ((cal_half[:args.geometry_faces], report_half[:args.geometry_faces])
+                                     if check_geometry else ([], []))
 
     service = EditorService.load(model_dir, device=args.device, align=False)
     if service.directions is None:
@@ -93,9 +106,23 @@ def run(args: argparse.Namespace) -> int:
     classifier = AttributeClassifier.from_pretrained(args.classifier, device=args.device)
     size = service.image_size
     data = open_dataset(args.data)
-    images, kept = load_images(select(data, cal_names + report_names), size, workers=1, progress=False)
+    wanted = list(dict.fromkeys(cal_names + report_names + geo_fit_names + geo_real_names))
+    images, kept = load_images(select(data, wanted), size, workers=1, progress=False)
     index = {n: i for i, n in enumerate(kept.names())}
     pick = lambda names: images[torch.tensor([index[n] for n in names if n in index])]  # noqa: E731
+    check, geometry = None, None
+    if check_geometry:  # first, so a data set the check cannot fit on fails before the long measurements
+        # the real faces at the samples' bit depth, so both go through the same 64x64 pipeline
+        n_bits = service.model.config.n_bits
+        check, clock = FaceGeometryCheck(), time.perf_counter()
+        fit = check.fit(reduce_bits(pick(geo_fit_names), n_bits))
+        real_check = check.check(reduce_bits(pick(geo_real_names), n_bits))
+        per_image = (time.perf_counter() - clock) / (len(fit.passed) + len(real_check.passed))
+        print(f"face geometry fitted on {len(fit.passed)} faces (found in {fit.detection_rate:.0%}); held-out "
+              f"real faces pass {real_check.share:.0%} (found in {real_check.detection_rate:.0%}); "
+              f"{per_image:.3f} s per image", flush=True)
+        geometry = {"quantile": check.quantile, "threshold": check.threshold, "min_confidence": check.min_confidence,
+                    "fit": fit.summary(), "real": real_check.summary(), "seconds_per_image": per_image}
     cal_faces = encode_faces(service, classifier, pick(cal_names))
     faces = encode_faces(service, classifier, pick(report_names))
     print(f"{len(cal_faces.latents)} calibration faces, {len(faces.latents)} report faces "
@@ -136,30 +163,35 @@ def run(args: argparse.Namespace) -> int:
     print("calibrated defaults, at " + ", ".join(f"{v:+g}" for v in VALUES) + ":")
     after = evaluate_sliders(service, classifier, faces, specs, VALUES, progress=show)
 
-    temps = [float(t) for t in args.temperatures.split(",") if t.strip()]
     quality, floor = {}, None
     if temps:
         real = faces.features
         floor = frechet_distance(cal_faces.features, real)
-        quality = sample_quality(service, classifier, real, temps, args.samples, args.seed)
-        print("Frechet distance to real faces: " + ", ".join(f"T={t:g} {v:.2f}" for t, v in quality.items())
+        quality = sample_quality(service, classifier, real, temps, args.samples, args.seed, geometry=check)
+        print("Frechet distance to real faces: " + ", ".join(f"T={t:g} {q.frechet:.2f}" for t, q in quality.items())
               + f"; real vs real {floor:.2f}")
+        if geometry is not None:
+            geometry["samples"] = {t: q.geometry.summary() for t, q in quality.items()}
+            print("undistorted (face geometry): " + ", ".join(f"T={t:g} {q.geometry.share:.0%}"
+                                                               for t, q in quality.items()))
 
     out = Path(args.out)
     figure = out.with_name(out.stem + "_flip.png")
     plot_flip_rates(after, before, figure)
     results = Path(args.results) if args.results else out.with_suffix(".json")
-    write_text(results, json.dumps({"before": before, "after": after, "frechet": quality, "frechet_floor": floor,
+    write_text(results, json.dumps({"before": before, "after": after,
+                                    "frechet": {t: q.frechet for t, q in quality.items()}, "frechet_floor": floor,
+                                    "geometry": geometry,
                                     "calibration": str(args.calibration_out or model_dir / CALIBRATION_FILE)
                                     if calibration is not None else None}, indent=1, default=float) + "\n")
     metrics = load_metrics(args.classifier).get("validation", {})
     write_text(out, _report(args, service, classifier, metrics, faces, cal_faces, before, after, quality, floor,
-                            figure, calibration, out, time.perf_counter() - started))
+                            geometry, figure, calibration, out, time.perf_counter() - started))
     print(f"wrote {out}, {figure}, {results} ({time.perf_counter() - started:.0f} s)")
     return 0
 
 
-def _report(args, service, classifier, metrics, faces, cal_faces, before, after, quality, floor, figure,
+def _report(args, service, classifier, metrics, faces, cal_faces, before, after, quality, floor, geometry, figure,
             calibration, out, seconds) -> str:
     import numpy as np
 
@@ -177,7 +209,8 @@ def _report(args, service, classifier, metrics, faces, cal_faces, before, after,
 
 Written by `python -m app evaluate-edits --model {args.model} --data DATA --faces {args.faces} \\
 --calibration-faces {args.calibration_faces}{f' --calibrate --grid {args.grid}' if args.calibrate else ''}\
-{'' if args.before else ' --no-before'} --samples {args.samples}` ({seconds / 60:.0f} minutes,
+{'' if args.before else ' --no-before'} --samples {args.samples}{'' if args.geometry else ' --no-geometry'}\
+{f' --geometry-faces {args.geometry_faces}' if args.geometry_faces else ''}` ({seconds / 60:.0f} minutes,
 {args.threads} CPU thread). Raw numbers: [{out.with_suffix('.json').name}]({out.with_suffix('.json').name}).
 
 **Instrument.** The attribute classifier in `{args.classifier}` (its CARD.md): a small CNN trained on the model's
@@ -224,15 +257,37 @@ reconstruction| in 0-255 units; back-off = share of faces whose edit had to be s
                      "decodable strength leaves the default set (it stays under \"More attributes\").\n\n"
                      + "\n".join(rows))
     if quality:
-        best = min(quality, key=quality.get)
-        rows = ["| temperature | Frechet distance |", "|---|---|"]
-        rows += [f"| {t:g} | {v:.2f}{' (lowest)' if t == best else ''} |" for t, v in quality.items()]
-        parts.append("## Sample quality by temperature\n\nFrechet distance between Gaussians fitted to the "
-                     f"classifier's {classifier.config.feature_dim}-dimensional penultimate features of "
-                     f"{args.samples} model samples per temperature and of the {len(faces.latents)} held-out faces "
-                     f"(5-bit reconstructions). The same distance between the two held-out halves "
-                     f"({len(cal_faces.latents)} vs {len(faces.latents)} real faces) is **{floor:.2f}**: the floor "
-                     "at these sample sizes. Lower is closer to real faces.\n\n" + "\n".join(rows))
+        best = min(quality, key=lambda t: quality[t].frechet)
+        head = "| temperature | Frechet distance |" + (" undistorted (face geometry) |" if geometry else "")
+        rows = [head, "|---|---|" + ("---|" if geometry else "")]
+        for t, q in quality.items():
+            row = f"| {t:g} | {q.frechet:.2f}{' (lowest)' if t == best else ''} |"
+            if q.geometry is not None:
+                low, high = q.geometry.interval()
+                row += f" {q.geometry.share:.0%} ({low:.0%}-{high:.0%}) |"
+            rows.append(row)
+        text = ("## Sample quality by temperature\n\nFrechet distance between Gaussians fitted to the "
+                f"classifier's {classifier.config.feature_dim}-dimensional penultimate features of "
+                f"{args.samples} model samples per temperature and of the {len(faces.latents)} held-out faces "
+                f"(5-bit reconstructions). The same distance between the two held-out halves "
+                f"({len(cal_faces.latents)} vs {len(faces.latents)} real faces) is **{floor:.2f}**: the floor "
+                "at these sample sizes. Lower is closer to real faces.")
+        if geometry:
+            fit, real = geometry["fit"], geometry["real"]
+            text += (
+                "\n\n**Undistorted (face geometry)**, per sample and from the same samples (`app/face_check.py`): "
+                "the image, upsampled to 256 px, must hold a face that dlib's HOG detector finds at least as "
+                f"confidently as {geometry['quantile']:.0%} of real faces, whose 68 landmarks, after the best "
+                "similarity transform onto the real faces' Procrustes mean shape, lie no farther from it (RMS, in "
+                f"inter-ocular distances; threshold {geometry['threshold']:.3f}) than for {geometry['quantile']:.0%} "
+                f"of real faces. Fitted on {fit['n']} faces of the first held-out half. In brackets the 95% Wilson "
+                "interval. dlib's landmarks stay face-shaped on smeared faces, so the check catches gross "
+                "distortion (no face found, a weak detection, a deformed shape) and misses smeared texture: read "
+                "the share as an upper bound on the share of clean samples.\n\n"
+                f"Reference: {real['n']} real faces of the second held-out half, in the same 64x64 5-bit pipeline "
+                f"as the samples, pass **{real['share']:.0%}** ({real['low']:.0%}-{real['high']:.0%}); a face is "
+                f"detected in {real['detection_rate']:.0%} of them.")
+        parts.append(text + "\n\n" + "\n".join(rows))
     text = "\n\n".join(parts) + "\n"
     if account:
         text += "\n" + account

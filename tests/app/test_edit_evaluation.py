@@ -10,7 +10,8 @@ import torch
 
 from app.calibration import Calibration, SliderCalibration
 from app.classifier import AttributeClassifier, ClassifierConfig, describe_change
-from app.edit_evaluation import choose_scale, decode_with_backoff, edit_measures, frechet_distance
+from app.edit_evaluation import choose_scale, decode_with_backoff, edit_measures, frechet_distance, sample_quality
+from app.face_check import GeometryResult
 from app.service import SLIDERS, EditorService, orthogonalize
 from tests.conftest import nontrivial_model, tiny_config
 from tests.editor_support import random_directions
@@ -186,6 +187,39 @@ def test_describe_change_names_the_edited_attribute_and_the_largest_leak():
     assert out["text"].startswith(f"Smiling {float(probs[0, 0]):.0%} -> {float(probs[1, 0]):.0%}")
 
 
+class _RecordingCheck:
+    """Stands in for a fitted FaceGeometryCheck: passes every other image and keeps what it was shown."""
+
+    def __init__(self) -> None:
+        self.seen: list[torch.Tensor] = []
+
+    def check(self, images: torch.Tensor) -> GeometryResult:
+        self.seen.append(images.clone())
+        n = len(images)
+        found = np.ones(n, bool)
+        return GeometryResult(found, np.zeros(n), np.ones(n), np.arange(n) % 2 == 0)
+
+
+def test_sample_quality_checks_geometry_on_the_samples_it_measures():
+    model = nontrivial_model(tiny_config(image_size=16))
+    service = EditorService(model, None, None)
+    clf = _tiny_classifier()
+    gen = torch.Generator().manual_seed(1)
+    real = clf.predict(torch.randint(0, 256, (6, 3, 16, 16), dtype=torch.uint8, generator=gen))[1]
+    plain = sample_quality(service, clf, real, [0.5, 1.0], 5, seed=3, batch_size=3)
+    recorder = _RecordingCheck()
+    checked = sample_quality(service, clf, real, [0.5, 1.0], 5, seed=3, batch_size=3, geometry=recorder)
+    assert [q.frechet for q in checked.values()] == [q.frechet for q in plain.values()]
+    assert all(q.geometry is None for q in plain.values())
+    assert [q.geometry.share for q in checked.values()] == [0.6, 0.6]  # 3 of 5 at each temperature
+    # the check saw exactly the samples the distance was measured on: the seeded draws, batch by batch
+    with torch.inference_mode():
+        draws = torch.cat([model.sample(k, 1.0, generator=torch.Generator().manual_seed(3 * 1000 + i))
+                           for i, k in ((0, 3), (3, 2))])
+    assert len(recorder.seen) == 2 and torch.equal(recorder.seen[1], draws)
+    assert checked[1.0].frechet == pytest.approx(frechet_distance(clf.predict(draws)[1], real))
+
+
 # -- the command, end to end on a tiny model -------------------------------------------------------------
 def test_evaluate_edits_calibrates_reports_and_the_service_loads_it(faces_dir, tmp_path):
     from app.cli import main
@@ -197,7 +231,8 @@ def test_evaluate_edits_calibrates_reports_and_the_service_loads_it(faces_dir, t
     names = attribute_names(faces_dir)
     random_directions(names, model.latent_dim).save(model_dir / "directions.safetensors")
     files = sorted(p.name for p in (faces_dir / "img_align_celeba").glob("*.jpg"))
-    (model_dir / "split.json").write_text(json.dumps({"val": [f"img_align_celeba/{n}" for n in files[:16]]}))
+    # 40 validation faces: the geometry check fits on one half, and needs a few faces dlib finds at 16x16
+    (model_dir / "split.json").write_text(json.dumps({"val": [f"img_align_celeba/{n}" for n in files[:40]]}))
     torch.manual_seed(0)
     AttributeClassifier(ClassifierConfig(names, image_size=TINY["image_size"], widths=[4, 8])).save_pretrained(
         tmp_path / "clf", {"validation": {}})
@@ -211,6 +246,11 @@ def test_evaluate_edits_calibrates_reports_and_the_service_loads_it(faces_dir, t
     assert (out.parent / "edits_flip.png").stat().st_size > 0
     results = json.loads((out.parent / "edits.json").read_text())
     assert list(results["after"]) == ["Smiling", "Age"] and list(results["before"]) == ["Smiling", "Age"]
+    geometry = results["geometry"]
+    assert geometry["fit"]["n"] == 20 and geometry["real"]["n"] == 20 and list(geometry["samples"]) == ["0.5", "1.0"]
+    assert all(s["n"] == 4 and s["low"] <= s["share"] <= s["high"] for s in geometry["samples"].values())
+    assert "| temperature | Frechet distance | undistorted (face geometry) |" in text
+    assert f"pass **{geometry['real']['share']:.0%}**" in text
     cal = Calibration.load(model_dir / "calibration.json")
     assert set(cal.sliders) == {"Smiling", "Age"}
     service = EditorService.load(model_dir, align=False)
