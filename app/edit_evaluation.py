@@ -32,6 +32,15 @@ DECODABLE_BACKOFF = 0.1  # a strength "still decodes" when at most this share of
 
 
 # -- the arithmetic ---------------------------------------------------------------------------------------
+def validation_halves(names: Sequence[str], seed: int) -> tuple[list[str], list[str]]:
+    """The calibration half and the report half of a validation split: a seeded permutation of the sorted names, so
+    every tool that measures edits (evaluate-edits, experiments) takes the same faces for the same role."""
+    names = sorted(names)
+    order = np.random.default_rng(seed).permutation(len(names))
+    half = len(names) // 2
+    return [names[i] for i in order[:half]], [names[i] for i in order[half:]]
+
+
 def edit_measures(before: torch.Tensor, after: torch.Tensor, target: int, direction: float,
                   leak: Mapping[str, int]) -> dict:
     """Classifier probabilities (N, A) before and after an edit that should move attribute `target` up

@@ -1,13 +1,14 @@
-"""`python -m experiments COMMAND ...`: ablation (Flow++ pieces at equal wall-clock), pilot-report (compare runs)."""
+"""`python -m experiments COMMAND ...`: ablation (Flow++ pieces at equal wall-clock), pilot-report (compare runs),
+leakage-floor (how much of a slider's leakage is the edit)."""
 from __future__ import annotations
 
 import argparse
 
 from flow_model.commands import build_parser as _build_parser, run_command
 
-from .commands import ablation, pilot_report
+from .commands import ablation, leakage_floor, pilot_report
 
-COMMANDS = {"ablation": ablation, "pilot-report": pilot_report}
+COMMANDS = {"ablation": ablation, "pilot-report": pilot_report, "leakage-floor": leakage_floor}
 
 
 def build_parser() -> argparse.ArgumentParser:

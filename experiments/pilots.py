@@ -37,6 +37,7 @@ def read_run(run_dir: Path) -> dict:
     return {
         "name": run_dir.name, "model": m, "train": t, "steps": meta["step"],
         "glow": model_from_checkpoint(state, use_ema=False, source=str(run_dir)),
+        "precision": meta.get("precision", t.get("precision", "fp32")),  # as run; older checkpoints: as asked
         "minutes": meta["elapsed"] / 60, "img_per_s": meta["step"] * t["batch_size"] / meta["elapsed"],
         "val_bpd": val[-1]["val_bpd"], "val_bpd_se": val[-1]["val_bpd_se"],
         "curve": ([r["minutes"] for r in train], [r["train_bpd"] for r in train]),
@@ -92,13 +93,13 @@ def report(runs: list[dict], out: Path, command: str) -> str:
     shared = (f"{t['batch_size']} images per batch, {t['optimizer']} lr {t['lr']:g} with {t['warmup_steps']} "
               f"warm-up steps, seed {t['seed']}"
               + (f", {t['max_minutes']:g} min each" if t["max_minutes"] else f", {t['max_steps']} steps each"))
-    rows = ["| run | levels × steps, hidden, coupling | parameters | val bits/dim (mean ± s.e.) | steps | img/s |",
-            "|---|---|---:|---|---:|---:|"]
+    rows = ["| run | levels × steps, hidden, coupling | coupling nets in | parameters | val bits/dim (mean ± s.e.) "
+            "| steps | img/s |", "|---|---|---|---:|---|---:|---:|"]
     for r in sorted(runs, key=lambda r: r["val_bpd"]):
         m = r["model"]
         rows.append(f"| {r['name']} | {m['levels']} × {m['depth']}, {m['hidden']}, {m['coupling']} | "
-                    f"{r['glow'].num_parameters() / 1e6:.2f}M | {r['val_bpd']:.4f} ± {r['val_bpd_se']:.4f} | "
-                    f"{r['steps']} | {r['img_per_s']:.1f} |")
+                    f"{r['precision']} | {r['glow'].num_parameters() / 1e6:.2f}M | "
+                    f"{r['val_bpd']:.4f} ± {r['val_bpd_se']:.4f} | {r['steps']} | {r['img_per_s']:.1f} |")
     m = runs[0]["model"]
     lines = [
         f"# {m['image_size']}x{m['image_size']} pilots",

@@ -51,15 +51,6 @@ def add_parser(sub) -> None:
     p.add_argument("--device", default="cpu")
 
 
-def _val_halves(names: list[str], seed: int) -> tuple[list[str], list[str]]:
-    import numpy as np
-
-    names = sorted(names)
-    order = np.random.default_rng(seed).permutation(len(names))
-    half = len(names) // 2
-    return [names[i] for i in order[:half]], [names[i] for i in order[half:]]
-
-
 def run(args: argparse.Namespace) -> int:
     import torch
 
@@ -70,7 +61,7 @@ def run(args: argparse.Namespace) -> int:
     from ..calibration import CALIBRATION_FILE
     from ..classifier import AttributeClassifier, load_metrics
     from ..edit_evaluation import (VALUES, calibrate, encode_faces, evaluate_sliders, frechet_distance,
-                                   plot_flip_rates, sample_quality)
+                                   plot_flip_rates, sample_quality, validation_halves)
     from ..face_check import FaceGeometryCheck
     from ..service import SLIDERS, EditorService
 
@@ -86,7 +77,7 @@ def run(args: argparse.Namespace) -> int:
         val_names = json.loads(split.read_text())["val"]
     except (OSError, ValueError, KeyError) as err:
         raise ValueError(f"{split} is not a split file with a 'val' list: {err}") from None
-    cal_half, report_half = _val_halves(val_names, args.seed)
+    cal_half, report_half = validation_halves(val_names, args.seed)
     cal_names, report_names = cal_half[:args.calibration_faces], report_half[:args.faces]
     temps = [float(t) for t in args.temperatures.split(",") if t.strip()]
     check_geometry = bool(temps) and args.geometry

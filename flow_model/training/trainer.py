@@ -329,7 +329,7 @@ class Trainer:
             return
         meta = {
             "step": self.step, "epoch": self.epoch, "batch_in_epoch": self.batch_in_epoch,
-            "bad_steps": self.bad_steps, "elapsed": self.elapsed,
+            "bad_steps": self.bad_steps, "elapsed": self.elapsed, "precision": self.precision,
             "model_config": self.model_config.to_dict(), "train_config": dataclasses.asdict(self.cfg),
             "scheduler": self.scheduler.state_dict(), "split": self.split,
             "ema_n_averaged": int(self.ema.n_averaged.item()) if self.ema is not None else 0,

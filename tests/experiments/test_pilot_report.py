@@ -39,6 +39,7 @@ def test_report_ranks_pilots_and_keeps_the_account(runs, tmp_path, capsys) -> No
     best = min(found.values(), key=lambda r: r["val_bpd"])
     assert len(table) == 2 and table[0].startswith(f"| {best['name']} ")
     assert f"{best['val_bpd']:.4f}" in table[0] and "| 2 × 1, " in table[0]
+    assert all(f"| {r['precision']} |" in text and r["precision"] in ("fp32", "bf16") for r in found.values())
     for figure in ("pilots_bpd.png", "pilots_samples.png"):
         assert figure in text and (out.parent / figure).stat().st_size > 0
     assert "python -m experiments pilot-report" in text and best["name"] in capsys.readouterr().out

@@ -1,0 +1,32 @@
+"""`python -m experiments leakage-floor --out experiments/leakage_floor.md`: how much of each slider's measured
+leakage is the edit, the classifier's jitter, or the classifier's own confound."""
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+
+from flow_model.commands import positive_int
+
+
+def add_parser(sub) -> None:
+    p = sub.add_parser("leakage-floor", help="leakage of the default sliders against null edits and the "
+                                             "instrument's confound")
+    p.add_argument("--model", type=Path, default=Path("assets/celeba64"), help="model directory with directions")
+    p.add_argument("--classifier", type=Path, default=Path("assets/attribute_classifier"))
+    p.add_argument("--data", type=Path, default=Path("../shared/data/celeba"))
+    p.add_argument("--faces", type=positive_int, default=64, help="report faces (evaluate-edits' second half)")
+    p.add_argument("--boot", type=positive_int, default=1000, help="bootstrap resamples for the confound's interval")
+    p.add_argument("--threads", type=positive_int, default=1)
+    p.add_argument("--out", type=Path, required=True, help="markdown report; raw JSON beside it")
+
+
+def run(args: argparse.Namespace) -> int:
+    import torch
+
+    from ..leakage_floor import measure, write_report
+
+    torch.set_num_threads(args.threads)
+    results = measure(args.model, args.classifier, args.data, args.faces, args.boot)
+    write_report(results, args.out)
+    print(f"wrote {args.out} ({results['minutes']:.0f} min)")
+    return 0

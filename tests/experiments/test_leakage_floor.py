@@ -1,0 +1,75 @@
+"""The leakage-floor experiment's arithmetic on cases with known answers, its page, and its CLI on bad input."""
+from __future__ import annotations
+
+import json
+import math
+
+import numpy as np
+import pytest
+
+from app.edit_evaluation import validation_halves
+from experiments import cli as experiments_cli
+from experiments.leakage_floor import instrument_confound, null_floor, render, write_report
+
+
+def _faces(groups: list[tuple[int, int, int, float]]) -> tuple[np.ndarray, np.ndarray]:
+    """(attribute label, held label, count, P(held)) per group -> probs and labels with columns (attribute, held)."""
+    labels, probs = [], []
+    for attribute, held, count, p in groups:
+        labels += [[attribute, held]] * count
+        probs += [[0.5, p]] * count
+    return np.array(probs), np.array(labels)
+
+
+def test_confound_is_the_within_stratum_difference_weighted_by_faces_without_the_attribute():
+    probs, labels = _faces([(1, -1, 4, 0.3), (-1, -1, 6, 0.1), (1, 1, 3, 0.9), (-1, 1, 3, 0.8)])
+    assert instrument_confound(probs, labels, 0, +1, 1) == pytest.approx((6 * 0.2 + 3 * 0.1) / 9)
+    # the slider's negative side: faces without the attribute are the ones "with" it
+    assert instrument_confound(probs, labels, 0, -1, 1) == pytest.approx((4 * -0.2 + 3 * -0.1) / 7)
+    # a stratum with too few faces on one side is left out; none left -> NaN
+    assert instrument_confound(probs, labels, 0, +1, 1, min_count=4) == pytest.approx(0.2)
+    assert math.isnan(instrument_confound(probs, labels, 0, +1, 1, min_count=7))
+
+
+def test_a_classifier_that_only_reads_the_held_label_has_no_confound():
+    probs, labels = _faces([(1, -1, 5, 0.1), (-1, -1, 9, 0.1), (1, 1, 4, 0.95), (-1, 1, 3, 0.95)])
+    assert instrument_confound(probs, labels, 0, +1, 1) == pytest.approx(0.0)
+
+
+def test_null_floor_interpolates_in_pixel_change_and_holds_at_the_ends():
+    null = [{"pixel": 20.0, "Male": 0.04}, {"pixel": 5.0, "Male": 0.01}, {"pixel": 10.0, "Male": 0.02}]
+    assert null_floor(null, 7.5, "Male") == pytest.approx(0.015)
+    assert null_floor(null, 15.0, "Male") == pytest.approx(0.03)
+    assert null_floor(null, 1.0, "Male") == pytest.approx(0.01) and null_floor(null, 90.0, "Male") == 0.04
+
+
+def test_validation_halves_are_disjoint_seeded_and_independent_of_the_listing_order():
+    names = [f"{i:06d}.jpg" for i in range(11)]
+    first, second = validation_halves(names, 0)
+    assert len(first) == 5 and len(second) == 6 and sorted(first + second) == names
+    assert validation_halves(list(reversed(names)), 0) == (first, second)
+    assert validation_halves(names, 1) != (first, second)
+
+
+def _results() -> dict:
+    held = {"abs": 0.08, "signed": 0.07, "signed_se": 0.01, "null": 0.01, "confound": float("nan"),
+            "confound_ci": [float("nan"), float("nan")]}
+    return {"model": "m", "minutes": 1.0, "faces": 4, "val_faces": 10,
+            "null": [{"scale": 1.0, "pixel": 3.0, "Male": 0.01, "Young": 0.02, "Smiling": 0.03}],
+            "sliders": [{"slider": "Beard", "pixel": 9.5, "held": {"Male": held}}]}
+
+
+def test_page_has_one_row_per_slider_and_attribute_and_keeps_the_account(tmp_path):
+    text = render(_results(), tmp_path / "floor.md")
+    row = [line for line in text.splitlines() if line.startswith("| Beard |")]
+    assert row == ["| Beard | 9.5 | Male | 0.080 | +0.070 ± 0.010 | 0.010 | - [-, -] |"]
+    out = tmp_path / "floor.md"
+    out.write_text("old\n## Account\n\nours\n")
+    write_report(_results(), out)
+    assert out.read_text().endswith("## Account\n\nours\n") and "| Beard |" in out.read_text()
+    assert json.loads((tmp_path / "floor.json").read_text())["sliders"][0]["slider"] == "Beard"
+
+
+def test_cli_names_a_model_without_directions(tmp_path, capsys):
+    assert experiments_cli.main(["leakage-floor", "--model", str(tmp_path), "--out", str(tmp_path / "f.md")]) == 2
+    assert str(tmp_path) in capsys.readouterr().err and not (tmp_path / "f.md").exists()
