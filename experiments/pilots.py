@@ -13,6 +13,8 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from flow_model.data import load_images, open_dataset, select
+from flow_model.evaluate import bits_per_image, mean_and_se
 from flow_model.fileio import write_text
 from flow_model.training.checkpoint import CHECKPOINT_NAME, load_checkpoint, model_from_checkpoint
 from flow_model.training.curves import Curve, plot_curves
@@ -25,7 +27,8 @@ SMOOTH = 10  # logged training points per running mean
 
 
 def read_run(run_dir: Path) -> dict:
-    """The last validation, throughput and training curve of one run, from its checkpoint and metrics.jsonl."""
+    """The last validation, throughput and training curve of one run, from its checkpoint and metrics.jsonl; the model
+    is the one the trainer validated (its EMA when it kept one)."""
     state = load_checkpoint(run_dir / CHECKPOINT_NAME)
     meta = state["meta"]
     rows = [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines() if line.strip()]
@@ -36,7 +39,8 @@ def read_run(run_dir: Path) -> dict:
     m, t = meta["model_config"], meta["train_config"]
     return {
         "name": run_dir.name, "model": m, "train": t, "steps": meta["step"],
-        "glow": model_from_checkpoint(state, use_ema=False, source=str(run_dir)),
+        "glow": model_from_checkpoint(state, source=str(run_dir)),
+        "val_names": meta["split"]["val"][: t["val_max"]] if t.get("val_max") else meta["split"]["val"],
         "precision": meta.get("precision", t.get("precision", "fp32")),  # as run; older checkpoints: as asked
         "minutes": meta["elapsed"] / 60, "img_per_s": meta["step"] * t["batch_size"] / meta["elapsed"],
         "val_bpd": val[-1]["val_bpd"], "val_bpd_se": val[-1]["val_bpd_se"],
@@ -74,16 +78,38 @@ def samples(runs: list[dict], path: Path, per_row: int, seed: int) -> None:
     save_figure(fig, path)
 
 
-def write_report(run_dirs: list[Path], out: Path, per_row: int = 8, seed: int = 0) -> list[dict]:
-    """Read the runs, draw the curve and the samples next to `out`, write the markdown; -> the runs, best first."""
+def add_paired_differences(runs: list[dict], data: Path) -> None:
+    """Each run's per-face bits/dim minus the best run's, mean ± s.e. over the validation faces they share, with the
+    same dequantisation noise: the spread between faces cancels, so differences far below the per-run standard
+    error can be told from noise."""
+    names = runs[0]["val_names"]
+    if any(r["val_names"] != names for r in runs):
+        raise ValueError("the runs were validated on different faces: no paired comparison (drop --data)")
+    images, _ = load_images(select(open_dataset(data), names), runs[0]["model"]["image_size"], workers=0,
+                            progress=False)
+    if len(images) != len(names):
+        raise ValueError(f"{data} holds {len(images)} of the runs' {len(names)} validation faces")
+    per_face = [bits_per_image(r["glow"], images, seed=r["train"]["seed"]) for r in runs]
+    best = min(per_face, key=lambda v: v.mean().item())
+    for r, values in zip(runs, per_face):
+        r["paired"] = mean_and_se(values - best)
+
+
+def write_report(run_dirs: list[Path], out: Path, per_row: int = 8, seed: int = 0,
+                 data: Path | None = None) -> list[dict]:
+    """Read the runs, draw the curve and the samples next to `out`, write the markdown; -> the runs, best first.
+    With `data` (the runs' dataset) the table also gives each run's paired difference from the best."""
     missing = [str(d) for d in run_dirs if not (d / CHECKPOINT_NAME).is_file()]
     if missing:
         raise ValueError(f"no {CHECKPOINT_NAME} in: {', '.join(missing)}")
     runs = [read_run(d) for d in run_dirs]
+    if data is not None:
+        add_paired_differences(runs, data)
     out.parent.mkdir(parents=True, exist_ok=True)
     plot(runs, out.with_name(f"{out.stem}_bpd.png"))
     samples(runs, out.with_name(f"{out.stem}_samples.png"), per_row, seed)
-    command = "python -m experiments pilot-report " + shlex.join([str(d) for d in run_dirs] + ["--out", str(out)])
+    command = "python -m experiments pilot-report " + shlex.join(
+        [str(d) for d in run_dirs] + ["--out", str(out)] + (["--data", str(data)] if data is not None else []))
     write_text(out, report(runs, out, command) + kept_account(out))
     return sorted(runs, key=lambda r: r["val_bpd"])
 
@@ -93,13 +119,17 @@ def report(runs: list[dict], out: Path, command: str) -> str:
     shared = (f"{t['batch_size']} images per batch, {t['optimizer']} lr {t['lr']:g} with {t['warmup_steps']} "
               f"warm-up steps, seed {t['seed']}"
               + (f", {t['max_minutes']:g} min each" if t["max_minutes"] else f", {t['max_steps']} steps each"))
+    paired = "paired" in runs[0]
     rows = ["| run | levels × steps, hidden, coupling | coupling nets in | parameters | val bits/dim (mean ± s.e.) "
-            "| steps | img/s |", "|---|---|---|---:|---|---:|---:|"]
+            + ("| minus the best, paired (mean ± s.e.) " if paired else "") + "| steps | img/s |",
+            "|---|---|---|---:|---|" + ("---|" if paired else "") + "---:|---:|"]
     for r in sorted(runs, key=lambda r: r["val_bpd"]):
         m = r["model"]
         rows.append(f"| {r['name']} | {m['levels']} × {m['depth']}, {m['hidden']}, {m['coupling']} | "
                     f"{r['precision']} | {r['glow'].num_parameters() / 1e6:.2f}M | "
-                    f"{r['val_bpd']:.4f} ± {r['val_bpd_se']:.4f} | {r['steps']} | {r['img_per_s']:.1f} |")
+                    f"{r['val_bpd']:.4f} ± {r['val_bpd_se']:.4f} | "
+                    + (f"{r['paired'][0]:+.4f} ± {r['paired'][1]:.4f} | " if paired else "")
+                    + f"{r['steps']} | {r['img_per_s']:.1f} |")
     m = runs[0]["model"]
     lines = [
         f"# {m['image_size']}x{m['image_size']} pilots",

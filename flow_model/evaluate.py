@@ -8,9 +8,10 @@ from tqdm.auto import tqdm
 
 
 @torch.no_grad()
-def evaluate_bpd(model, images: torch.Tensor, batch_size: int = 64, seed: int = 0, importance_samples: int = 1,
-                 progress: bool = False) -> tuple[float, float]:
-    """Mean bits/dim and its standard error over images; the dequantisation noise is seeded, so reruns agree."""
+def bits_per_image(model, images: torch.Tensor, batch_size: int = 64, seed: int = 0, importance_samples: int = 1,
+                   progress: bool = False) -> torch.Tensor:
+    """Bits/dim of each image (float64). The dequantisation noise is seeded, so two models evaluated with the same
+    seed see the same noise and their per-image difference is a paired comparison."""
     was_training = model.training
     model.eval()
     generator = torch.Generator(device=next(model.parameters()).device).manual_seed(seed)
@@ -19,6 +20,16 @@ def evaluate_bpd(model, images: torch.Tensor, batch_size: int = 64, seed: int = 
         batch = images[start : start + batch_size]
         values.append(model.bits_per_dim(batch, generator=generator, importance_samples=importance_samples).cpu())
     model.train(was_training)
-    bpd = torch.cat(values).double()
-    se = bpd.std().item() / math.sqrt(len(bpd)) if len(bpd) > 1 else float("nan")
-    return bpd.mean().item(), se
+    return torch.cat(values).double()
+
+
+def mean_and_se(values: torch.Tensor) -> tuple[float, float]:
+    """Mean and standard error of the mean (NaN for a single value)."""
+    se = values.std().item() / math.sqrt(len(values)) if len(values) > 1 else float("nan")
+    return values.mean().item(), se
+
+
+def evaluate_bpd(model, images: torch.Tensor, batch_size: int = 64, seed: int = 0, importance_samples: int = 1,
+                 progress: bool = False) -> tuple[float, float]:
+    """Mean bits/dim and its standard error over images; the dequantisation noise is seeded, so reruns agree."""
+    return mean_and_se(bits_per_image(model, images, batch_size, seed, importance_samples, progress))

@@ -11,12 +11,14 @@ def add_parser(sub) -> None:
     p.add_argument("--out", type=Path, required=True, help="markdown report; its figures go next to it")
     p.add_argument("--per-row", type=int, default=8)
     p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--data", type=Path, help="the runs' dataset: adds each run's paired difference from the best over "
+                                             "their shared validation faces")
 
 
 def run(args: argparse.Namespace) -> int:
     from ..pilots import write_report
 
-    for r in write_report(args.runs, args.out, args.per_row, args.seed):
+    for r in write_report(args.runs, args.out, args.per_row, args.seed, args.data):
         print(f"{r['name']:<24} {r['val_bpd']:.4f} ± {r['val_bpd_se']:.4f} bits/dim  {r['steps']} steps  "
               f"{r['img_per_s']:.1f} img/s")
     print(f"wrote {args.out}")

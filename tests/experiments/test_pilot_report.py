@@ -16,19 +16,23 @@ TRAIN = ["--image-size", "8", "--levels", "2", "--depth", "1", "--batch-size", "
 
 @pytest.fixture(scope="module")
 def runs(tmp_path_factory):
+    """Two runs on the same images (kept apart from the run folders, whose figures are images too)."""
     root = tmp_path_factory.mktemp("pilots")
+    images = root / "images"
+    images.mkdir()
     rng = np.random.default_rng(0)
     for i in range(24):
         img = np.clip(rng.integers(0, 256, 3) + rng.normal(0, 30, (12, 10, 3)), 0, 255).astype(np.uint8)
-        Image.fromarray(img).save(root / f"{i:03d}.png")
+        Image.fromarray(img).save(images / f"{i:03d}.png")
     dirs = []
     for name, hidden in (("narrow", "4"), ("wide", "16")):
-        assert cli.main(["train", "--data", str(root), "--out", str(root / name), "--hidden", hidden, *TRAIN]) == 0
+        assert cli.main(["train", "--data", str(images), "--out", str(root / name), "--hidden", hidden, *TRAIN]) == 0
         dirs.append(root / name)
-    return dirs
+    return images, dirs
 
 
 def test_report_ranks_pilots_and_keeps_the_account(runs, tmp_path, capsys) -> None:
+    _, runs = runs
     out = tmp_path / "docs" / "pilots.md"
     assert experiments_cli.main(["pilot-report", *map(str, runs), "--out", str(out), "--per-row", "2"]) == 0
     text = out.read_text()
@@ -49,6 +53,24 @@ def test_report_ranks_pilots_and_keeps_the_account(runs, tmp_path, capsys) -> No
     assert out.read_text().endswith("## Account\n\nours\n")
 
 
+def test_paired_differences_agree_with_the_trainers_validation(runs, tmp_path) -> None:
+    """The same faces, the same noise, the same weights as the trainer's last validation: the paired mean is the
+    difference of the two validation figures, and its s.e. is far below either run's own."""
+    root, runs = runs
+    out = tmp_path / "paired.md"
+    assert experiments_cli.main(["pilot-report", *map(str, runs), "--out", str(out), "--data", str(root)]) == 0
+    found = {r["name"]: r for r in map(pilots.read_run, runs)}
+    best, other = sorted(found.values(), key=lambda r: r["val_bpd"])
+    rows = {line.split(" | ")[0][2:]: line.split(" | ") for line in out.read_text().splitlines()
+            if line.startswith(("| narrow", "| wide"))}
+    assert rows[best["name"]][5] == "+0.0000 ± 0.0000"
+    mean, se = (float(v) for v in rows[other["name"]][5].split(" ± "))
+    assert mean == pytest.approx(other["val_bpd"] - best["val_bpd"], abs=1e-4) and mean > 0
+    assert se < other["val_bpd_se"]
+    assert f"--data {root}" in out.read_text()
+
+
 def test_report_names_a_directory_without_a_run(runs, tmp_path, capsys) -> None:
+    _, runs = runs
     assert experiments_cli.main(["pilot-report", str(runs[0]), str(tmp_path), "--out", str(tmp_path / "p.md")]) == 2
     assert str(tmp_path) in capsys.readouterr().err and not (tmp_path / "p.md").exists()
