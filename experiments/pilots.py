@@ -89,7 +89,7 @@ def add_paired_differences(runs: list[dict], data: Path) -> None:
                             progress=False)
     if len(images) != len(names):
         raise ValueError(f"{data} holds {len(images)} of the runs' {len(names)} validation faces")
-    per_face = [bits_per_image(r["glow"], images, seed=r["train"]["seed"]) for r in runs]
+    per_face = [bits_per_image(r["glow"], images, seed=runs[0]["train"]["seed"]) for r in runs]  # one noise for all
     best = min(per_face, key=lambda v: v.mean().item())
     for r, values in zip(runs, per_face):
         r["paired"] = mean_and_se(values - best)
