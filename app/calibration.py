@@ -1,5 +1,6 @@
 """Per-slider calibration measured by `python -m app evaluate-edits --calibrate`: the scale that makes +1 a clear
-edit, the direction method, the attributes held fixed by default, and whether the slider is in the default set.
+edit, the direction method, the attributes held fixed by default, and whether the slider is in the default set;
+and the sampling temperature the same run recommends from its sample-quality figures.
 
 Stored as calibration.json beside the model's directions.safetensors; `EditorService.load` applies it when present.
 """
@@ -50,7 +51,13 @@ class SliderCalibration:
 @dataclass
 class Calibration:
     sliders: dict[str, SliderCalibration]
-    info: dict = field(default_factory=dict)  # how it was measured: faces, classifier, grid
+    info: dict = field(default_factory=dict)  # how it was measured: faces, classifier, grid, the temperature's figures
+    temperature: float | None = None  # recommended sampling temperature, measured; None: not measured
+
+    def __post_init__(self) -> None:
+        t = self.temperature
+        if t is not None and (isinstance(t, bool) or not isinstance(t, (int, float)) or not 0 < t <= 1):
+            raise ValueError(f"the recommended temperature must be in (0, 1], got {self.temperature!r}")
 
     def get(self, label: str) -> SliderCalibration | None:
         return self.sliders.get(label)
@@ -58,6 +65,8 @@ class Calibration:
     def save(self, path: str | Path) -> None:
         doc = {"format_version": FORMAT_VERSION, "info": self.info,
                "sliders": {k: asdict(v) for k, v in self.sliders.items()}}
+        if self.temperature is not None:
+            doc["temperature"] = self.temperature
         write_text(path, json.dumps(doc, indent=2) + "\n")
 
     @classmethod
@@ -67,6 +76,6 @@ class Calibration:
             if doc.get("format_version") != FORMAT_VERSION:
                 raise ValueError(f"format_version {doc.get('format_version')!r}, expected {FORMAT_VERSION}")
             sliders = {str(k): SliderCalibration(**v) for k, v in doc["sliders"].items()}
+            return cls(sliders, doc.get("info", {}), doc.get("temperature"))
         except (OSError, TypeError, KeyError, AttributeError, ValueError) as err:
             raise ValueError(f"{path} is not a slider calibration file: {err}") from None
-        return cls(sliders, doc.get("info", {}))

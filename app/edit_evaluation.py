@@ -299,6 +299,32 @@ def sample_quality(service: EditorService, classifier: AttributeClassifier, real
 
 
 # -- the report -------------------------------------------------------------------------------------------
+FRECHET_TOLERANCE = 0.10  # a temperature whose samples are within this fraction of the real-vs-real floor is "real"
+
+
+def recommend_temperature(frechet: Mapping[float, float], floor: float,
+                          undistorted: Mapping[float, float] | None = None, real_undistorted: float | None = None,
+                          tolerance: float = FRECHET_TOLERANCE) -> tuple[float | None, str]:
+    """The lowest temperature whose samples are as real as real faces by both measures: Frechet distance within
+    `tolerance` of the real-vs-real floor, and (when measured) an undistorted share by the face-geometry check at
+    least that of held-out real faces. The lowest, because lower temperatures give cleaner, smoother faces and the
+    distance stops improving past the floor. -> (temperature or None, why)."""
+    limit = floor * (1 + tolerance)
+    for t in sorted(frechet):
+        if frechet[t] > limit:
+            continue
+        if undistorted is not None and real_undistorted is not None and undistorted[t] < real_undistorted:
+            continue
+        why = (f"the lowest temperature with a Frechet distance within {tolerance:.0%} of the real-vs-real floor "
+               f"({frechet[t]:.2f} <= {limit:.2f})")
+        if undistorted is not None and real_undistorted is not None:
+            why += (f" and an undistorted share (face geometry) at least real faces' ({undistorted[t]:.0%} >= "
+                    f"{real_undistorted:.0%})")
+        return t, why
+    return None, (f"no temperature reached a Frechet distance within {tolerance:.0%} of the floor ({limit:.2f})"
+                  + (" with real faces' undistorted share" if undistorted is not None else ""))
+
+
 def _pct(x: float) -> str:
     return "-" if x is None or (isinstance(x, float) and math.isnan(x)) else f"{x:.0%}"
 

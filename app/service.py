@@ -44,6 +44,7 @@ MAX_SAMPLES = 64
 MAX_DECODED = 2.0  # flow inputs live in [-0.5, 0.5); a decode beyond this has left the region the flow inverts stably
 BACKOFF_FRACTIONS = 16  # a diverging edit is retried at 1/16, 2/16, ... of its strength, in one batch
 DECODE_BATCH = 8  # samples and interpolation frames per model pass; a request's deadline is checked between passes
+UNMEASURED_TEMPERATURE = 0.7  # the Glow paper's choice, for a model whose calibration recommends none
 
 Check = Callable[[], None]
 """A caller's deadline check (e.g. app.limits.Deadline.check), called at safe points; it raises when time is up."""
@@ -447,6 +448,13 @@ class EditorService:
         self.calibration = calibration
         self._specs = calibrated_sliders(calibration)
 
+    @property
+    def recommended_temperature(self) -> float:
+        """The sampling temperature `evaluate-edits --calibrate` measured as the best for this model (calibration.json),
+        else UNMEASURED_TEMPERATURE."""
+        measured = self.calibration.temperature if self.calibration is not None else None
+        return measured if measured is not None else UNMEASURED_TEMPERATURE
+
     def slider(self, label: str) -> SliderSpec | None:
         """A built-in slider's spec with this service's calibration applied."""
         return self._specs.get(label)
@@ -673,9 +681,13 @@ class EditorService:
         return [to_image(f) for f in frames]
 
     @torch.inference_mode()
-    def sample(self, n: int, temperature: float = 0.7, seed: int = 0, check: Check | None = None) -> torch.Tensor:
+    def sample(self, n: int, temperature: float | None = None, seed: int = 0,
+               check: Check | None = None) -> torch.Tensor:
         """n uint8 faces with standardised latents ~ N(0, T^2), reproducible from the seed (Glow.sample_latents, the
-        latents Glow.sample draws), decoded DECODE_BATCH per pass with check before each."""
+        latents Glow.sample draws), decoded DECODE_BATCH per pass with check before each. None: the model's
+        recommended temperature."""
+        if temperature is None:
+            temperature = self.recommended_temperature
         if not 1 <= n <= MAX_SAMPLES:
             raise ValueError(f"the sample count must be in 1..{MAX_SAMPLES}, got {n}")
         if not 0.0 <= temperature <= 1.0:

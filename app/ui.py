@@ -24,7 +24,6 @@ EXTRA_SLOTS = 6  # sliders that "Add attribute" and custom directions can fill
 SLIDER_LIMIT = 2.0
 SLIDER_STEP = 0.05
 MAX_UI_FRAMES = 32
-DEFAULT_TEMPERATURE = 0.8  # the shipped model card's recommendation, chosen by a measured sample-quality figure
 # Images shown in the page are JPEG: Gradio encodes a 256x256 JPEG many times faster than a PNG, which matters on
 # every slider move (bench/editor.py includes it in the slider update). Downloads are PNG.
 DISPLAY_FORMAT = "jpeg"
@@ -436,7 +435,8 @@ class EditorUI:
                         gif = gr.File(label="Animated GIF")
                 with gr.Tab("Sample", id="sample"):
                     with gr.Row():
-                        temperature = gr.Slider(0.0, 1.0, value=DEFAULT_TEMPERATURE, step=0.05, label="Temperature")
+                        temperature = gr.Slider(0.0, 1.0, value=service.recommended_temperature, step=0.05,
+                                                label="Temperature")
                         seed = gr.Number(value=0, precision=0, label="Seed")
                         count = gr.Slider(1, 32, value=8, step=1, label="Samples")
                         draw = gr.Button("Sample", variant="primary")

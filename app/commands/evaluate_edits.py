@@ -61,7 +61,7 @@ def run(args: argparse.Namespace) -> int:
     from ..calibration import CALIBRATION_FILE
     from ..classifier import AttributeClassifier, load_metrics
     from ..edit_evaluation import (VALUES, calibrate, encode_faces, evaluate_sliders, frechet_distance,
-                                   plot_flip_rates, sample_quality, validation_halves)
+                                   plot_flip_rates, recommend_temperature, sample_quality, validation_halves)
     from ..face_check import FaceGeometryCheck
     from ..service import SLIDERS, EditorService
 
@@ -144,9 +144,9 @@ def run(args: argparse.Namespace) -> int:
             f"({time.perf_counter() - started:.0f} s)", flush=True))
         calibration.info.update(faces_from=f"validation split {split}, first half of a seed-{args.seed} "
                                 f"permutation", classifier=str(args.classifier))
-        out = Path(args.calibration_out) if args.calibration_out else model_dir / CALIBRATION_FILE
-        calibration.save(out)
-        print(f"wrote {out}")
+        out_calibration = Path(args.calibration_out) if args.calibration_out else model_dir / CALIBRATION_FILE
+        calibration.save(out_calibration)
+        print(f"wrote {out_calibration}")
     else:
         calibration = shipped
     service.set_calibration(calibration)
@@ -154,7 +154,7 @@ def run(args: argparse.Namespace) -> int:
     print("calibrated defaults, at " + ", ".join(f"{v:+g}" for v in VALUES) + ":")
     after = evaluate_sliders(service, classifier, faces, specs, VALUES, progress=show)
 
-    quality, floor = {}, None
+    quality, floor, recommended = {}, None, (None, "")
     if temps:
         real = faces.features
         floor = frechet_distance(cal_faces.features, real)
@@ -165,6 +165,16 @@ def run(args: argparse.Namespace) -> int:
             geometry["samples"] = {t: q.geometry.summary() for t, q in quality.items()}
             print("undistorted (face geometry): " + ", ".join(f"T={t:g} {q.geometry.share:.0%}"
                                                                for t, q in quality.items()))
+        recommended = recommend_temperature(
+            {t: q.frechet for t, q in quality.items()}, floor,
+            {t: q.geometry.share for t, q in quality.items()} if geometry is not None else None,
+            geometry["real"]["share"] if geometry is not None else None)
+        print(f"recommended temperature: {recommended[0]} ({recommended[1]})")
+        if args.calibrate and recommended[0] is not None:  # the calibration run also sets the sampling default
+            calibration.temperature = recommended[0]
+            calibration.info["temperature"] = recommended[1]
+            calibration.save(out_calibration)
+            print(f"wrote the recommended temperature into {out_calibration}")
 
     out = Path(args.out)
     figure = out.with_name(out.stem + "_flip.png")
@@ -172,20 +182,22 @@ def run(args: argparse.Namespace) -> int:
     results = Path(args.results) if args.results else out.with_suffix(".json")
     write_text(results, json.dumps({"before": before, "after": after,
                                     "frechet": {t: q.frechet for t, q in quality.items()}, "frechet_floor": floor,
+                                    "recommended_temperature": recommended[0],
                                     "geometry": geometry,
                                     "calibration": str(args.calibration_out or model_dir / CALIBRATION_FILE)
                                     if calibration is not None else None}, indent=1, default=float) + "\n")
     metrics = load_metrics(args.classifier).get("validation", {})
     write_text(out, _report(args, service, classifier, metrics, faces, cal_faces, before, after, quality, floor,
-                            geometry, figure, calibration, out, time.perf_counter() - started))
+                            geometry, recommended, figure, calibration, out, time.perf_counter() - started))
     print(f"wrote {out}, {figure}, {results} ({time.perf_counter() - started:.0f} s)")
     return 0
 
 
-def _report(args, service, classifier, metrics, faces, cal_faces, before, after, quality, floor, geometry, figure,
-            calibration, out, seconds) -> str:
+def _report(args, service, classifier, metrics, faces, cal_faces, before, after, quality, floor, geometry, recommended,
+            figure, calibration, out, seconds) -> str:
     import numpy as np
 
+    from ..calibration import CALIBRATION_FILE
     from ..edit_evaluation import before_after_table, flip_table, slider_table, targets_summary
 
     account = ""
@@ -278,6 +290,11 @@ reconstruction| in 0-255 units; back-off = share of faces whose edit had to be s
                 f"Reference: {real['n']} real faces of the second held-out half, in the same 64x64 5-bit pipeline "
                 f"as the samples, pass **{real['share']:.0%}** ({real['low']:.0%}-{real['high']:.0%}); a face is "
                 f"detected in {real['detection_rate']:.0%} of them.")
+        temperature, why = recommended
+        text += (f"\n\n**Recommended temperature: {temperature:g}**, {why}"
+                 + (f"; `--calibrate` writes it into {CALIBRATION_FILE}, and the editor's Sample tab starts there."
+                    if args.calibrate else ".")
+                 if temperature is not None else f"\n\n**No recommended temperature:** {why}.")
         parts.append(text + "\n\n" + "\n".join(rows))
     text = "\n\n".join(parts) + "\n"
     if account:

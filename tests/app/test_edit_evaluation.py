@@ -10,9 +10,10 @@ import torch
 
 from app.calibration import Calibration, SliderCalibration
 from app.classifier import AttributeClassifier, ClassifierConfig, describe_change
-from app.edit_evaluation import choose_scale, decode_with_backoff, edit_measures, frechet_distance, sample_quality
+from app.edit_evaluation import (choose_scale, decode_with_backoff, edit_measures, frechet_distance,
+                                 recommend_temperature, sample_quality)
 from app.face_check import GeometryResult
-from app.service import SLIDERS, EditorService, orthogonalize
+from app.service import SLIDERS, UNMEASURED_TEMPERATURE, EditorService, orthogonalize
 from tests.conftest import nontrivial_model, tiny_config
 from tests.editor_support import random_directions
 
@@ -83,6 +84,40 @@ def test_calibration_file_round_trip_and_bad_files(tmp_path):
     (tmp_path / "bad.json").write_text("{not json")
     with pytest.raises(ValueError, match="bad.json"):
         Calibration.load(tmp_path / "bad.json")
+
+
+def test_recommended_temperature_is_the_lowest_as_real_as_real_faces_by_both_measures():
+    frechet = {0.5: 66.0, 0.6: 48.0, 0.7: 34.0, 0.8: 26.0, 0.9: 23.5, 1.0: 27.0}
+    t, why = recommend_temperature(frechet, floor=24.0)  # limit 26.4: 0.8 is the lowest under it
+    assert t == 0.8 and "26.40" in why
+    shares = {0.5: 1.0, 0.6: 0.99, 0.7: 0.95, 0.8: 0.84, 0.9: 0.73, 1.0: 0.53}
+    # 0.8 has fewer undistorted samples than real faces (85%); 0.9 fewer still; 1.0 is too far by Frechet
+    t, why = recommend_temperature(frechet, 24.0, shares, real_undistorted=0.85)
+    assert t is None and "undistorted" in why
+    assert recommend_temperature(frechet, 24.0, shares, real_undistorted=0.80)[0] == 0.8
+    assert recommend_temperature(frechet, 20.0)[0] is None  # nothing within 10% of a floor of 20
+    assert recommend_temperature(frechet, 20.0, tolerance=0.2)[0] == 0.9
+
+
+def test_calibration_carries_a_recommended_temperature(tmp_path, service):
+    cal = Calibration({"Smiling": SliderCalibration()}, {"temperature": "why"}, temperature=0.75)
+    cal.save(tmp_path / "calibration.json")
+    assert Calibration.load(tmp_path / "calibration.json").temperature == 0.75
+    for bad in (0, 1.5, "0.7", True, float("nan")):
+        with pytest.raises(ValueError, match="temperature"):
+            Calibration({}, temperature=bad)
+    doc = json.loads((tmp_path / "calibration.json").read_text())
+    (tmp_path / "bad.json").write_text(json.dumps({**doc, "temperature": -1}))
+    with pytest.raises(ValueError, match="bad.json.*temperature"):
+        Calibration.load(tmp_path / "bad.json")
+    try:
+        assert service.recommended_temperature == UNMEASURED_TEMPERATURE
+        service.set_calibration(cal)
+        assert service.recommended_temperature == 0.75
+        assert torch.equal(service.sample(2, seed=3), service.sample(2, 0.75, seed=3))
+        assert not torch.equal(service.sample(2, seed=3), service.sample(2, 0.3, seed=3))
+    finally:
+        service.set_calibration(None)
 
 
 def test_service_applies_calibrated_scale_method_and_keep(service):
@@ -254,6 +289,9 @@ def test_evaluate_edits_calibrates_reports_and_the_service_loads_it(faces_dir, t
     cal = Calibration.load(model_dir / "calibration.json")
     assert set(cal.sliders) == {"Smiling", "Age"}
     service = EditorService.load(model_dir, align=False)
+    recommended = results["recommended_temperature"]
+    assert cal.temperature == recommended and ("**Recommended temperature:" in text) == (recommended is not None)
+    assert service.recommended_temperature == (recommended if recommended is not None else UNMEASURED_TEMPERATURE)
     assert {s.label for s in service.more_sliders} == {k for k, c in cal.sliders.items() if not c.default}
     for label, c in cal.sliders.items():
         assert service.slider(label).scale == c.scale and service.slider(label).method == c.method
@@ -268,13 +306,15 @@ def test_the_ui_edits_with_the_calibrated_defaults_and_shows_the_reading(celeba_
 
     service = EditorService.load(build_assets(celeba_dir, tmp_path_factory.getbasetemp()))
     service.set_calibration(Calibration({"Smiling": SliderCalibration("mean_diff", 2.0, ["Male"]),
-                                         "Bald": SliderCalibration("classifier", 3.0, [], False)}))
+                                         "Bald": SliderCalibration("classifier", 3.0, [], False)}, temperature=0.65))
     torch.manual_seed(0)
     service.classifier = AttributeClassifier(ClassifierConfig(attribute_names(celeba_dir),
                                                               image_size=TINY["image_size"], widths=[4, 8])).eval()
     try:
         ui = EditorUI(service)
         assert "Bald" not in ui.labels and "Smiling" in ui.labels and "Bald" in ui.other_attributes
+        temperature = [c for c in ui.build().blocks.values() if getattr(c, "label", None) == "Temperature"]
+        assert [c.value for c in temperature] == [0.65]  # the Sample tab starts at the measured recommendation
         crop = tmp_path / "crop.png"
         Image.fromarray(np.random.default_rng(0).integers(0, 256, (16, 16, 3), dtype=np.uint8)).save(crop)
         face, *_ = ui.encode({"path": str(crop)})
