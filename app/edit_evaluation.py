@@ -299,30 +299,25 @@ def sample_quality(service: EditorService, classifier: AttributeClassifier, real
 
 
 # -- the report -------------------------------------------------------------------------------------------
-FRECHET_TOLERANCE = 0.10  # a temperature whose samples are within this fraction of the real-vs-real floor is "real"
+MIN_UNDISTORTED = 0.9  # "mostly undistorted": the share of samples the face-geometry check must pass
 
 
-def recommend_temperature(frechet: Mapping[float, float], floor: float,
-                          undistorted: Mapping[float, float] | None = None, real_undistorted: float | None = None,
-                          tolerance: float = FRECHET_TOLERANCE) -> tuple[float | None, str]:
-    """The lowest temperature whose samples are as real as real faces by both measures: Frechet distance within
-    `tolerance` of the real-vs-real floor, and (when measured) an undistorted share by the face-geometry check at
-    least that of held-out real faces. The lowest, because lower temperatures give cleaner, smoother faces and the
-    distance stops improving past the floor. -> (temperature or None, why)."""
-    limit = floor * (1 + tolerance)
-    for t in sorted(frechet):
-        if frechet[t] > limit:
-            continue
-        if undistorted is not None and real_undistorted is not None and undistorted[t] < real_undistorted:
-            continue
-        why = (f"the lowest temperature with a Frechet distance within {tolerance:.0%} of the real-vs-real floor "
-               f"({frechet[t]:.2f} <= {limit:.2f})")
-        if undistorted is not None and real_undistorted is not None:
-            why += (f" and an undistorted share (face geometry) at least real faces' ({undistorted[t]:.0%} >= "
-                    f"{real_undistorted:.0%})")
-        return t, why
-    return None, (f"no temperature reached a Frechet distance within {tolerance:.0%} of the floor ({limit:.2f})"
-                  + (" with real faces' undistorted share" if undistorted is not None else ""))
+def recommend_temperature(frechet: Mapping[float, float], undistorted: Mapping[float, float] | None,
+                          min_undistorted: float = MIN_UNDISTORTED) -> tuple[float | None, str]:
+    """Among the temperatures at which at least `min_undistorted` of the samples pass the face-geometry check, the
+    one whose samples are closest to real faces by the Frechet distance. Distortion grows with the temperature and
+    realism (by the distance) improves up to about 0.9, so this is the most realistic temperature that is still
+    mostly undistorted. The distances of all temperatures come from the same numbers of samples and real faces, so
+    they compare fairly with each other. Without the geometry check there is no recommendation: the distance alone
+    would ignore distortion. -> (temperature or None, why)."""
+    if undistorted is None:
+        return None, "the face-geometry check did not run (--no-geometry), and the Frechet distance ignores distortion"
+    clean = [t for t in frechet if undistorted[t] >= min_undistorted]
+    if not clean:
+        return None, f"at no temperature did {min_undistorted:.0%} of the samples pass the face-geometry check"
+    best = min(clean, key=lambda t: frechet[t])
+    return best, (f"the lowest Frechet distance ({frechet[best]:.2f}) among the temperatures at which at least "
+                  f"{min_undistorted:.0%} of the samples pass the face-geometry check ({undistorted[best]:.0%} here)")
 
 
 def _pct(x: float) -> str:

@@ -83,6 +83,8 @@ def run(args: argparse.Namespace) -> int:
     check_geometry = bool(temps) and args.geometry
     geo_fit_names, geo_real_names = ((cal_half[:args.geometry_faces], report_half[:args.geometry_faces])
                                      if check_geometry else ([], []))
+    floor_names = cal_half[:args.samples] if temps else []
+    args.floor_faces = len(floor_names)
 
     service = EditorService.load(model_dir, device=args.device, align=False)
     if service.directions is None:
@@ -97,7 +99,7 @@ def run(args: argparse.Namespace) -> int:
     classifier = AttributeClassifier.from_pretrained(args.classifier, device=args.device)
     size = service.image_size
     data = open_dataset(args.data)
-    wanted = list(dict.fromkeys(cal_names + report_names + geo_fit_names + geo_real_names))
+    wanted = list(dict.fromkeys(cal_names + report_names + geo_fit_names + geo_real_names + floor_names))
     images, kept = load_images(select(data, wanted), size, workers=1, progress=False)
     index = {n: i for i, n in enumerate(kept.names())}
     pick = lambda names: images[torch.tensor([index[n] for n in names if n in index])]  # noqa: E731
@@ -157,7 +159,10 @@ def run(args: argparse.Namespace) -> int:
     quality, floor, recommended = {}, None, (None, "")
     if temps:
         real = faces.features
-        floor = frechet_distance(cal_faces.features, real)
+        # the floor at the samples' own sizes: as many real faces of the first half as samples (when it has them)
+        # against the same report faces, so that it bounds what the samples' distances can reach
+        floor = frechet_distance(classifier.predict(reduce_bits(pick(floor_names), service.model.config.n_bits))[1],
+                                 real)
         quality = sample_quality(service, classifier, real, temps, args.samples, args.seed, geometry=check)
         print("Frechet distance to real faces: " + ", ".join(f"T={t:g} {q.frechet:.2f}" for t, q in quality.items())
               + f"; real vs real {floor:.2f}")
@@ -166,9 +171,8 @@ def run(args: argparse.Namespace) -> int:
             print("undistorted (face geometry): " + ", ".join(f"T={t:g} {q.geometry.share:.0%}"
                                                                for t, q in quality.items()))
         recommended = recommend_temperature(
-            {t: q.frechet for t, q in quality.items()}, floor,
-            {t: q.geometry.share for t, q in quality.items()} if geometry is not None else None,
-            geometry["real"]["share"] if geometry is not None else None)
+            {t: q.frechet for t, q in quality.items()},
+            {t: q.geometry.share for t, q in quality.items()} if geometry is not None else None)
         print(f"recommended temperature: {recommended[0]} ({recommended[1]})")
         if args.calibrate and recommended[0] is not None:  # the calibration run also sets the sampling default
             calibration.temperature = recommended[0]
@@ -272,9 +276,10 @@ reconstruction| in 0-255 units; back-off = share of faces whose edit had to be s
         text = ("## Sample quality by temperature\n\nFrechet distance between Gaussians fitted to the "
                 f"classifier's {classifier.config.feature_dim}-dimensional penultimate features of "
                 f"{args.samples} model samples per temperature and of the {len(faces.latents)} held-out faces "
-                f"(5-bit reconstructions). The same distance between the two held-out halves "
-                f"({len(cal_faces.latents)} vs {len(faces.latents)} real faces) is **{floor:.2f}**: the floor "
-                "at these sample sizes. Lower is closer to real faces.")
+                f"(5-bit reconstructions). The same distance from {args.floor_faces} real faces of the "
+                f"first held-out half to the same {len(faces.latents)} faces is **{floor:.2f}**: the floor at these "
+                "sample sizes (with few faces in many dimensions the distance is far from 0 even between real "
+                "faces). Lower is closer to real faces.")
         if geometry:
             fit, real = geometry["fit"], geometry["real"]
             text += (

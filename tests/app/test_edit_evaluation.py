@@ -86,17 +86,17 @@ def test_calibration_file_round_trip_and_bad_files(tmp_path):
         Calibration.load(tmp_path / "bad.json")
 
 
-def test_recommended_temperature_is_the_lowest_as_real_as_real_faces_by_both_measures():
+def test_recommended_temperature_is_the_most_realistic_that_is_mostly_undistorted():
     frechet = {0.5: 66.0, 0.6: 48.0, 0.7: 34.0, 0.8: 26.0, 0.9: 23.5, 1.0: 27.0}
-    t, why = recommend_temperature(frechet, floor=24.0)  # limit 26.4: 0.8 is the lowest under it
-    assert t == 0.8 and "26.40" in why
-    shares = {0.5: 1.0, 0.6: 0.99, 0.7: 0.95, 0.8: 0.84, 0.9: 0.73, 1.0: 0.53}
-    # 0.8 has fewer undistorted samples than real faces (85%); 0.9 fewer still; 1.0 is too far by Frechet
-    t, why = recommend_temperature(frechet, 24.0, shares, real_undistorted=0.85)
-    assert t is None and "undistorted" in why
-    assert recommend_temperature(frechet, 24.0, shares, real_undistorted=0.80)[0] == 0.8
-    assert recommend_temperature(frechet, 20.0)[0] is None  # nothing within 10% of a floor of 20
-    assert recommend_temperature(frechet, 20.0, tolerance=0.2)[0] == 0.9
+    shares = {0.5: 1.0, 0.6: 0.99, 0.7: 0.95, 0.8: 0.93, 0.9: 0.88, 1.0: 0.53}
+    t, why = recommend_temperature(frechet, shares)  # 0.9 is closer to real faces but 12% of its samples fail
+    assert t == 0.8 and "26.00" in why and "93%" in why
+    assert recommend_temperature(frechet, shares, min_undistorted=0.85)[0] == 0.9
+    assert recommend_temperature(frechet, {**shares, 0.8: 0.89})[0] == 0.7
+    t, why = recommend_temperature(frechet, {k: 0.5 for k in frechet})
+    assert t is None and "90%" in why
+    t, why = recommend_temperature(frechet, None)  # the distance alone would pick 0.9, ignoring distortion
+    assert t is None and "--no-geometry" in why
 
 
 def test_calibration_carries_a_recommended_temperature(tmp_path, service):
