@@ -134,7 +134,7 @@ def render(results: dict, out: Path) -> str:
     raw = out.with_suffix(".json").name
     lines = ["# Leakage: the edit, the instrument's jitter and its confound\n",
              f"Written by `python -m experiments leakage-floor --model {results['model']} --out {out}` "
-             f"({results['minutes']:.0f} minutes); raw numbers: [{raw}]({raw}). What each column means is in the "
+             f"({results['minutes']:.0f} min); raw numbers: [{raw}]({raw}). What each column means is in the "
              "module's docstring (experiments/leakage_floor.py).\n",
              f"## Null edits: jitter of the instrument\n\nRandom latent directions, one per face, on the "
              f"{results['faces']} report faces; mean |dP| by mean pixel change (0-255 units).\n",
