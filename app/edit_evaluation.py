@@ -305,9 +305,9 @@ MIN_UNDISTORTED = 0.9  # "mostly undistorted": the share of samples the face-geo
 def recommend_temperature(frechet: Mapping[float, float], undistorted: Mapping[float, float] | None,
                           min_undistorted: float = MIN_UNDISTORTED) -> tuple[float | None, str]:
     """Among the temperatures at which at least `min_undistorted` of the samples pass the face-geometry check, the
-    one whose samples are closest to real faces by the Frechet distance. Distortion grows with the temperature and
-    realism (by the distance) improves up to about 0.9, so this is the most realistic temperature that is still
-    mostly undistorted. The distances of all temperatures come from the same numbers of samples and real faces, so
+    one whose samples are closest to real faces by the Frechet distance. Distortion grows with the temperature while
+    realism by the distance improves with it up to a point, so this is the most realistic temperature that is
+    still mostly undistorted. The distances of all temperatures come from the same numbers of samples and real faces, so
     they compare fairly with each other. Without the geometry check there is no recommendation: the distance alone
     would ignore distortion. -> (temperature or None, why)."""
     if undistorted is None:

@@ -84,7 +84,6 @@ def run(args: argparse.Namespace) -> int:
     geo_fit_names, geo_real_names = ((cal_half[:args.geometry_faces], report_half[:args.geometry_faces])
                                      if check_geometry else ([], []))
     floor_names = cal_half[:args.samples] if temps else []
-    args.floor_faces = len(floor_names)
 
     service = EditorService.load(model_dir, device=args.device, align=False)
     if service.directions is None:
@@ -191,15 +190,19 @@ def run(args: argparse.Namespace) -> int:
                                     "calibration": str(args.calibration_out or model_dir / CALIBRATION_FILE)
                                     if calibration is not None else None}, indent=1, default=float) + "\n")
     metrics = load_metrics(args.classifier).get("validation", {})
-    write_text(out, _report(args, service, classifier, metrics, faces, cal_faces, before, after, quality, floor,
-                            geometry, recommended, figure, calibration, out, time.perf_counter() - started))
+    write_text(out, _report(args, service, classifier, metrics, faces, cal_faces, before, after, quality,
+                            (floor, len(floor_names)), geometry, recommended, figure, calibration, out,
+                            time.perf_counter() - started))
     print(f"wrote {out}, {figure}, {results} ({time.perf_counter() - started:.0f} s)")
     return 0
 
 
 def _report(args, service, classifier, metrics, faces, cal_faces, before, after, quality, floor, geometry, recommended,
             figure, calibration, out, seconds) -> str:
+    """The markdown page; `floor` is (real-vs-real Frechet distance, real faces it used)."""
     import numpy as np
+
+    floor, floor_faces = floor
 
     from ..calibration import CALIBRATION_FILE
     from ..edit_evaluation import before_after_table, flip_table, slider_table, targets_summary
@@ -276,7 +279,7 @@ reconstruction| in 0-255 units; back-off = share of faces whose edit had to be s
         text = ("## Sample quality by temperature\n\nFrechet distance between Gaussians fitted to the "
                 f"classifier's {classifier.config.feature_dim}-dimensional penultimate features of "
                 f"{args.samples} model samples per temperature and of the {len(faces.latents)} held-out faces "
-                f"(5-bit reconstructions). The same distance from {args.floor_faces} real faces of the "
+                f"(5-bit reconstructions). The same distance from {floor_faces} real faces of the "
                 f"first held-out half to the same {len(faces.latents)} faces is **{floor:.2f}**: the floor at these "
                 "sample sizes (with few faces in many dimensions the distance is far from 0 even between real "
                 "faces). Lower is closer to real faces.")

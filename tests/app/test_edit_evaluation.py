@@ -278,6 +278,7 @@ def test_evaluate_edits_calibrates_reports_and_the_service_loads_it(faces_dir, t
     assert code == 0
     text = out.read_text()
     assert "## Calibrated defaults at +1" in text and "| Smiling |" in text and "Frechet" in text
+    assert "The same distance from 4 real faces of the first held-out half" in text  # the floor at --samples 4
     assert (out.parent / "edits_flip.png").stat().st_size > 0
     results = json.loads((out.parent / "edits.json").read_text())
     assert list(results["after"]) == ["Smiling", "Age"] and list(results["before"]) == ["Smiling", "Age"]
