@@ -202,10 +202,10 @@ def _report(args, service, classifier, metrics, faces, cal_faces, before, after,
     """The markdown page; `floor` is (real-vs-real Frechet distance, real faces it used)."""
     import numpy as np
 
-    floor, floor_faces = floor
-
     from ..calibration import CALIBRATION_FILE
     from ..edit_evaluation import before_after_table, flip_table, slider_table, targets_summary
+
+    floor, floor_faces = floor
 
     account = ""
     if out.is_file():

@@ -1,6 +1,7 @@
 """The edit evaluator's arithmetic, the calibration file and how the service applies it, and the classifier's files."""
 from __future__ import annotations
 
+import functools
 import json
 import math
 
@@ -8,6 +9,7 @@ import numpy as np
 import pytest
 import torch
 
+from app import edit_evaluation
 from app.calibration import Calibration, SliderCalibration
 from app.classifier import AttributeClassifier, ClassifierConfig, describe_change
 from app.edit_evaluation import (choose_scale, decode_with_backoff, edit_measures, frechet_distance,
@@ -256,7 +258,7 @@ def test_sample_quality_checks_geometry_on_the_samples_it_measures():
 
 
 # -- the command, end to end on a tiny model -------------------------------------------------------------
-def test_evaluate_edits_calibrates_reports_and_the_service_loads_it(faces_dir, tmp_path):
+def test_evaluate_edits_calibrates_reports_and_the_service_loads_it(faces_dir, tmp_path, monkeypatch):
     from app.cli import main
     from tests.editor_support import TINY, attribute_names
 
@@ -272,10 +274,10 @@ def test_evaluate_edits_calibrates_reports_and_the_service_loads_it(faces_dir, t
     AttributeClassifier(ClassifierConfig(names, image_size=TINY["image_size"], widths=[4, 8])).save_pretrained(
         tmp_path / "clf", {"validation": {}})
     out = tmp_path / "docs" / "edits.md"
-    code = main(["evaluate-edits", "--model", str(model_dir), "--data", str(faces_dir), "--classifier",
-                 str(tmp_path / "clf"), "--faces", "4", "--calibration-faces", "4", "--calibrate", "--samples", "4",
-                 "--temperatures", "0.5,1.0", "--out", str(out), "--sliders", "Smiling,Age"])
-    assert code == 0
+    args = ["evaluate-edits", "--model", str(model_dir), "--data", str(faces_dir), "--classifier",
+            str(tmp_path / "clf"), "--faces", "4", "--calibration-faces", "4", "--calibrate", "--samples", "4",
+            "--temperatures", "0.5,1.0", "--out", str(out), "--sliders", "Smiling,Age"]
+    assert main(args) == 0
     text = out.read_text()
     assert "## Calibrated defaults at +1" in text and "| Smiling |" in text and "Frechet" in text
     assert "The same distance from 4 real faces of the first held-out half" in text  # the floor at --samples 4
@@ -296,6 +298,18 @@ def test_evaluate_edits_calibrates_reports_and_the_service_loads_it(faces_dir, t
     assert {s.label for s in service.more_sliders} == {k for k, c in cal.sliders.items() if not c.default}
     for label, c in cal.sliders.items():
         assert service.slider(label).scale == c.scale and service.slider(label).method == c.method
+
+    # the tiny model's samples never pass the geometry bar; with the bar at 0 the rule picks the lowest distance,
+    # and that temperature must reach calibration.json, the report and the service
+    monkeypatch.setattr(edit_evaluation, "recommend_temperature",
+                        functools.partial(recommend_temperature, min_undistorted=0.0))
+    assert main(args) == 0
+    results, text = json.loads((out.parent / "edits.json").read_text()), out.read_text()
+    lowest = min(results["frechet"], key=results["frechet"].get)
+    assert results["recommended_temperature"] == float(lowest)
+    assert Calibration.load(model_dir / "calibration.json").temperature == float(lowest)
+    assert f"**Recommended temperature: {float(lowest):g}**" in text
+    assert EditorService.load(model_dir, align=False).recommended_temperature == float(lowest)
 
 
 def test_the_ui_edits_with_the_calibrated_defaults_and_shows_the_reading(celeba_dir, tmp_path_factory, tmp_path):
