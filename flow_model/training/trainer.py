@@ -46,6 +46,8 @@ class TrainConfig:
     optimizer: str = "adamax"
     lr: float = 1e-3
     warmup_steps: int = 200
+    cooldown_steps: int = 0
+    cooldown_start: int | None = None
     grad_clip: float = 50.0
     ema: float = 0.0
     max_steps: int | None = None
@@ -75,6 +77,8 @@ class TrainConfig:
             (self.optimizer in ("adam", "adamax"), f"optimizer must be adam or adamax, got {self.optimizer!r}"),
             (self.lr > 0, f"lr must be > 0, got {self.lr}"),
             (self.warmup_steps >= 0, "warmup_steps must be >= 0"),
+            (self.cooldown_steps >= 0, f"cooldown_steps must be >= 0, got {self.cooldown_steps}"),
+            (self.cooldown_start is None or self.cooldown_start >= 0, "cooldown_start must be >= 0"),
             (self.grad_clip > 0, "grad_clip must be > 0"),
             (0.0 <= self.ema < 1.0, f"ema decay must be in [0, 1), got {self.ema}"),
             (self.device in ("auto", "cpu", "cuda") or self.device.startswith("cuda:"), f"unknown device {self.device!r}"),
@@ -155,8 +159,7 @@ class Trainer:
         self.optimizer = (torch.optim.Adamax if train.optimizer == "adamax" else torch.optim.Adam)(
             self.model.parameters(), lr=train.lr, foreach=True
         )
-        warmup = max(1, train.warmup_steps)
-        self.scheduler = torch.optim.lr_scheduler.LambdaLR(self.optimizer, lambda s: min(1.0, (s + 1) / warmup))
+        self.scheduler = torch.optim.lr_scheduler.LambdaLR(self.optimizer, lambda s: self._lr_factor(s))
         self.ema = (
             AveragedModel(self.model, multi_avg_fn=get_ema_multi_avg_fn(train.ema), use_buffers=True)
             if train.ema > 0 else None
@@ -170,6 +173,8 @@ class Trainer:
             self._restore(state)
         else:
             self._initialize()
+        if train.cooldown_steps and train.cooldown_start is None:
+            self.cfg = dataclasses.replace(train, cooldown_start=self.step)
         # After ActNorm's data-dependent init (which sees fp32 statistics), and on the trained model only: the EMA
         # copy, made above, is only ever evaluated.
         self.model.set_coupling_precision(torch.bfloat16 if self.precision == "bf16" else None)
@@ -179,12 +184,27 @@ class Trainer:
             if self.precision == "bf16" and self.device.type == "cpu" and not cpu_has_native_bf16():
                 log.warning("--precision bf16 on a CPU without native bf16: autocast emulates it, usually slower "
                             "than fp32")
+            if self.cfg.cooldown_steps:
+                end = self.cfg.cooldown_start + self.cfg.cooldown_steps
+                log.info("cooldown: the learning rate falls linearly to 0 from step %d to step %d, where the run stops",
+                         self.cfg.cooldown_start, end)
         self.net = (
             DistributedDataParallel(self.model, device_ids=[self.device.index] if self.device.type == "cuda" else None)
             if self.world > 1 else self.model
         )
 
     # -- setup -------------------------------------------------------------------------------------------
+    def _lr_factor(self, step: int) -> float:
+        """Warm-up, constant, and on request a linear cooldown to 0 that ends the run.
+
+        The constant stretch has no planned end, so a run can go on for as long as work does; a cooldown (on a copy of
+        the run, to release from) anneals it when a release is due, the way warmup-stable-decay schedules do.
+        """
+        factor = min(1.0, (step + 1) / max(1, self.cfg.warmup_steps))
+        if self.cfg.cooldown_steps and self.cfg.cooldown_start is not None and step > self.cfg.cooldown_start:
+            factor *= max(0.0, 1.0 - (step - self.cfg.cooldown_start) / self.cfg.cooldown_steps)
+        return factor
+
     def _precision_reason(self) -> str:
         if self.device.type == "cuda":
             return f"CUDA bf16 {'supported' if self.precision == 'bf16' else 'not supported'}"
@@ -360,6 +380,8 @@ class Trainer:
             return "max_steps"
         if cfg.epochs is not None and self.epoch >= cfg.epochs:
             return "epochs"
+        if cfg.cooldown_steps and self.step >= cfg.cooldown_start + cfg.cooldown_steps:
+            return "cooldown"
         stop = 0
         if self._signalled:
             stop = 2

@@ -129,6 +129,24 @@ def test_resume_restores_weights_ema_and_optimizer_exactly(faces_dir, tmp_path):
     assert resumed.optimizer.state_dict()["state"][0]["step"] == straight.optimizer.state_dict()["state"][0]["step"]
 
 
+def test_cooldown_lowers_the_rate_linearly_to_zero_resumes_mid_decay_and_stops(faces_dir, tmp_path):
+    """Constant for 4 steps; `--cooldown 4` on resume decays over steps 5-8 (surviving a stop at 6) and ends at 8."""
+    from flow_model.cli import main
+
+    out = tmp_path / "run"
+    common = ["train", "--out", str(out), "--resume", "--no-progress"]
+    Trainer(train_config(faces_dir, out, limit=40, warmup_steps=1, lr=1e-3), tiny_config()).run()
+    assert main([*common, "--cooldown", "4", "--max-steps", "6"]) == 0
+    assert load_checkpoint(out / CHECKPOINT_NAME)["meta"]["train_config"]["cooldown_start"] == 4
+    assert main([*common, "--max-steps", "100"]) == 0  # the stored cooldown carries on from where it was
+    rows = train_rows(out)
+    assert [r["step"] for r in rows] == list(range(1, 9))
+    assert [r["lr"] for r in rows] == pytest.approx([1e-3] * 4 + [7.5e-4, 5e-4, 2.5e-4, 0.0])
+    final = metrics(out)[-1]
+    assert final["final"] and final["reason"] == "cooldown" and final["step"] == 8
+    assert load_checkpoint(out / CHECKPOINT_NAME)["meta"]["step"] == 8
+
+
 def train_command(data: Path, out: Path, *extra: str) -> list[str]:
     return [sys.executable, "-m", "flow_model", "train", "--data", str(data), "--out", str(out), "--image-size", "8",
             "--levels", "2", "--depth", "2", "--hidden", "8", "--batch-size", "8", "--lr", "2e-3", "--warmup-steps",
@@ -265,6 +283,8 @@ def test_train_config_validation(tmp_path):
         TrainConfig(data="d", out="o", lr=0)
     with pytest.raises(ValueError, match="ema decay"):
         TrainConfig(data="d", out="o", ema=1.0)
+    with pytest.raises(ValueError, match="cooldown_steps must be >= 0"):
+        TrainConfig(data="d", out="o", cooldown_steps=-1)
 
 
 def test_too_few_images_for_a_batch(faces_dir, tmp_path):
