@@ -209,6 +209,30 @@ def choose_scale(grid: Sequence[float], rows: Sequence[dict], target: float = TA
     return ms[best], fs[best], fs[best] >= min_flip
 
 
+def _held(vector: torch.Tensor, directions, keep: Sequence[str], method: str) -> torch.Tensor:
+    return orthogonalize(vector[None], torch.stack([directions.vector(k, method) for k in keep]))[0] if keep else vector
+
+
+def _fit_methods(service: EditorService, classifier: AttributeClassifier, faces: FaceSet, base: SliderSpec,
+                 keep: Sequence[str], grid: Sequence[float], methods: Sequence[str]) -> tuple[str, dict]:
+    """Steps 2-3 of `calibrate` for one set of held attributes: per method the scale, then the method."""
+    results = {}
+    for method in methods:
+        v = _held(base.sign * service.directions.vector(base.attribute, method), service.directions, keep, method)
+        rows = [measure_vector(service, classifier, faces, v, m, base.attribute, base.sign, backoff=False)
+                for m in grid]
+        scale, flip, ok = choose_scale(grid, rows)
+        near = rows[int(np.argmin([abs(m - scale) for m in grid]))]
+        leak = max([near["leakage"].get(a, 0.0) for a in LEAK_ATTRIBUTES] + [0.0])
+        results[method] = dict(scale=scale, flip=flip, ok=ok, leak=leak, rows=rows, vector=v)
+    reach = [m for m in methods if results[m]["flip"] >= TARGET_FLIP]
+    if reach:
+        method = min(reach, key=lambda m: (results[m]["leak"], m != "classifier"))
+    else:
+        method = max(methods, key=lambda m: (results[m]["flip"], m == "classifier"))
+    return method, results
+
+
 def calibrate(service: EditorService, classifier: AttributeClassifier, faces: FaceSet,
               labels: Sequence[str] | None = None, grid: Sequence[float] = GRID,
               methods: Sequence[str] = METHODS, keep_probe: float | None = None, progress=None) -> Calibration:
@@ -216,12 +240,15 @@ def calibrate(service: EditorService, classifier: AttributeClassifier, faces: Fa
 
     1. keep: the leak attributes (Male, Young, Smiling) whose mean |dP| exceeds MAX_LEAKAGE when the slider's
        classifier normal moves `keep_probe` class-mean gaps (default: the uncalibrated SliderSpec scale, i.e. the
-       old +1) are held fixed. A leak that only grows past MAX_LEAKAGE at a larger calibrated scale is missed
-       that way (Blond hair on the shipped model); keep_probe=2 probes near where calibrated scales land;
+       old +1) are held fixed;
     2. per method, the slider's direction (orthogonal to the kept ones) at multipliers `grid` of the class-mean
        gap: the scale is the smallest multiplier reaching TARGET_FLIP at +1 (choose_scale);
     3. method: the one that reaches the target with the smaller leakage into the kept and leak attributes at
-       the grid point nearest its scale, else the one that flips more.
+       the grid point nearest its scale, else the one that flips more;
+    4. the chosen edit is measured at its calibrated scale: a leak attribute that exceeds MAX_LEAKAGE there and is
+       not yet held joins `keep`, and steps 2-4 run again. A leak the probe of step 1 missed because it only grows
+       past MAX_LEAKAGE at a larger calibrated scale (hair colours on the shipped model) is held all the same.
+    The stored leakage is that of the final edit at its calibrated scale.
     """
     d = service.directions
     names = classifier.attributes
@@ -231,38 +258,34 @@ def calibrate(service: EditorService, classifier: AttributeClassifier, faces: Fa
         probe = base.scale if keep_probe is None else keep_probe
         raw = base.sign * probe * d.vector(base.attribute, "classifier")
         first = measure_vector(service, classifier, faces, raw, 1.0, base.attribute, base.sign, backoff=False)
-        keep = [a for a in LEAK_ATTRIBUTES if a != base.attribute and a in names
-                and first["leakage"].get(a, 0.0) > MAX_LEAKAGE]
-        results = {}
-        for method in methods:
-            v = base.sign * d.vector(base.attribute, method)
-            if keep:
-                v = orthogonalize(v[None], torch.stack([d.vector(k, method) for k in keep]))[0]
-            rows = [measure_vector(service, classifier, faces, v, m, base.attribute, base.sign, backoff=False)
-                    for m in grid]
-            scale, flip, ok = choose_scale(grid, rows)
-            near = rows[int(np.argmin([abs(m - scale) for m in grid]))]
-            leak = max([near["leakage"].get(a, 0.0) for a in LEAK_ATTRIBUTES] + [0.0])
-            results[method] = dict(scale=scale, flip=flip, ok=ok, leak=leak, rows=rows, near=near)
-        reach = [m for m in methods if results[m]["flip"] >= TARGET_FLIP]
-        if reach:
-            method = min(reach, key=lambda m: (results[m]["leak"], m != "classifier"))
-        else:
-            method = max(methods, key=lambda m: (results[m]["flip"], m == "classifier"))
-        r = results[method]
+        candidates = [a for a in LEAK_ATTRIBUTES if a != base.attribute and a in names]
+        keep = [a for a in candidates if first["leakage"].get(a, 0.0) > MAX_LEAKAGE]
+        added = []
+        while True:
+            method, results = _fit_methods(service, classifier, faces, base, keep, grid, methods)
+            r = results[method]
+            final = measure_vector(service, classifier, faces, r["vector"], r["scale"], base.attribute, base.sign,
+                                   backoff=False)
+            more = [a for a in candidates if a not in keep and final["leakage"].get(a, 0.0) > MAX_LEAKAGE]
+            if not more:
+                break
+            added += [f"{a} ({final['leakage'][a]:.2f} at {r['scale']:g} gaps)" for a in more]
+            keep = [a for a in candidates if a in keep or a in more]
         flips = ", ".join(f"{m}: " + "/".join((f"{row['flip']:.0%}" if not math.isnan(row["flip"]) else "-")
                                                + (f" (back-off {row['backoff']:.0%})" if row["backoff"] else "")
                                                for row in results[m]["rows"]) for m in methods)
         reason = (f"flip at +{'/'.join(f'{g:g}' for g in grid)} class-mean gaps: {flips}; leakage at "
                   f"{probe:g} gaps without holding anything: "
                   + ", ".join(f"{a} {v:.2f}" for a, v in first["leakage"].items()))
+        if added:
+            reason += "; held once they leaked at the calibrated scale: " + ", ".join(added)
         if not r["ok"]:
             reason = (f"out of the default set: at most {r['flip']:.0%} of faces flip at any strength that still "
                       f"decodes; " + reason)
         sliders[label] = SliderCalibration(
             method=method, scale=float(r["scale"]), keep=keep, default=bool(r["ok"]),
             scales={m: float(results[m]["scale"]) for m in methods}, flip_at_1=float(r["flip"]),
-            leakage={a: round(v, 4) for a, v in r["near"]["leakage"].items()}, reason=reason)
+            leakage={a: round(v, 4) for a, v in final["leakage"].items()}, reason=reason)
         if progress:
             progress(label, sliders[label])
     return Calibration(sliders, {"grid": list(grid), "faces": len(faces.latents), "target_flip": TARGET_FLIP,

@@ -30,8 +30,9 @@ def add_parser(sub) -> None:
     p.add_argument("--grid", default="1,1.25,1.5,2,3",
                    help="multipliers of the class-mean gap that --calibrate tries")
     p.add_argument("--keep-probe", type=float,
-                   help="class-mean gaps at which --calibrate measures leakage to choose the held attributes "
-                        "(default: the uncalibrated slider's +1)")
+                   help="class-mean gaps at which --calibrate first measures leakage to choose the held "
+                        "attributes (default: the uncalibrated slider's +1); a leak seen later at the calibrated "
+                        "scale is held too")
     p.add_argument("--calibration-out", help="where --calibrate writes (default: MODEL/calibration.json)")
     p.add_argument("--sliders", help="comma-separated slider labels to measure (default: every built-in slider)")
     p.add_argument("--no-before", dest="before", action="store_false",
@@ -263,7 +264,9 @@ reconstruction| in 0-255 units; back-off = share of faces whose edit had to be s
                      f"{', '.join(f'{g:g}' for g in calibration.info.get('grid', []))} class-mean gaps, and the "
                      "scale is the smallest reaching 60% flip at +1 (linear between grid points) among strengths "
                      "that still decode (back-off on at most 10% of faces); the method is the one that reaches it "
-                     "with less leakage (else the one that flips more). A slider that cannot reach 30% at any "
+                     "with less leakage (else the one that flips more). The chosen edit is measured again at its "
+                     "scale: a leak attribute above 0.05 there is held as well and the slider recalibrated, until "
+                     "none is left to hold. A slider that cannot reach 30% at any "
                      "decodable strength leaves the default set (it stays under \"More attributes\").\n\n"
                      + "\n".join(rows))
     if quality:

@@ -4,6 +4,7 @@ from __future__ import annotations
 import functools
 import json
 import math
+from types import SimpleNamespace
 
 import numpy as np
 import pytest
@@ -64,6 +65,32 @@ def test_choose_scale_interpolates_to_the_target_and_drops_weak_sliders():
     # below 30% everywhere that decodes: out of the default set
     scale, flip, default = choose_scale((1, 2, 3), _rows([0.05, 0.2, 0.25]))
     assert (scale, flip, default) == (3, 0.25, False)
+
+
+def test_calibration_holds_a_leak_that_only_appears_at_the_calibrated_scale(monkeypatch):
+    """Smiling leaks into Male at 0.09 per class-mean gap along it: 0.045 at the probe (not held), 0.054 at the
+    calibrated 1.2 gaps. Calibration holds Male once it sees that, recalibrates, and stores the final leakage."""
+    e = torch.eye(4)
+    vectors = {"Smiling": e[0] + 0.5 * e[1], "Male": e[1], "Young": e[2]}
+    service = SimpleNamespace(directions=SimpleNamespace(vector=lambda name, method: vectors[name]))
+    classifier = SimpleNamespace(attributes=["Male", "Young", "Smiling"])
+
+    def measure(service, classifier, faces, vector, value, attribute, sign, backoff=True):
+        flip = float(min(1.0, max(0.0, sign * value * float(vector @ e[0]) / 2)))
+        return {"flip": flip, "backoff": 0.0, "leakage": {"Male": 0.09 * abs(value * float(vector @ e[1])),
+                                                          "Young": 0.0}}
+
+    monkeypatch.setattr(edit_evaluation, "measure_vector", measure)
+    faces = SimpleNamespace(latents=torch.zeros(8, 4))
+    smiling = edit_evaluation.calibrate(service, classifier, faces, ["Smiling"], grid=(1, 1.5, 2, 3), keep_probe=1)
+    smiling = smiling.get("Smiling")
+    assert smiling.keep == ["Male"]
+    assert smiling.leakage["Male"] == pytest.approx(0.0, abs=1e-6)
+    assert smiling.scale == pytest.approx(1 + 0.5 * (0.6 - 1.118 / 2) / (1.118 * 0.75 - 1.118 / 2), abs=0.01)
+    assert "held once they leaked at the calibrated scale: Male (0.05 at 1.2 gaps)" in smiling.reason
+    # a probe that already sees the leak holds Male from the start, and says nothing about a second round
+    early = edit_evaluation.calibrate(service, classifier, faces, ["Smiling"], grid=(1, 1.5, 2, 3), keep_probe=2)
+    assert early.get("Smiling").keep == ["Male"] and "held once" not in early.get("Smiling").reason
 
 
 # -- the service applies a calibration -------------------------------------------------------------------
