@@ -197,15 +197,19 @@ def report_text(config: AblationConfig, results: list[dict], command: str, accou
     return "\n".join(lines) + "\n" + account
 
 
-def kept_account(path: Path) -> str:
-    """The hand-written account below ACCOUNT_HEADING survives regeneration of the report."""
+ABLATION_PROMPT = ("what the numbers show, whether the ordering matches Table 2, what the budget allowed, and what "
+                   "went wrong")
+
+
+def kept_account(path: Path, prompt: str = ABLATION_PROMPT) -> str:
+    """The hand-written account below ACCOUNT_HEADING survives regeneration of the report; a new report gets a
+    placeholder asking for `prompt`."""
     if path.is_file():
         text = path.read_text()
         match = re.search(rf"^{re.escape(ACCOUNT_HEADING)}\b", text, flags=re.MULTILINE)
         if match:
             return text[match.start():]
-    return (f"{ACCOUNT_HEADING}\n\n_To be written by whoever ran it: what the numbers show, whether the ordering "
-            "matches Table 2, what the budget allowed, and what went wrong._\n")
+    return f"{ACCOUNT_HEADING}\n\n_To be written by whoever ran it: {prompt}._\n"
 
 
 def write_outputs(config: AblationConfig, results: list[dict], command: str) -> None:

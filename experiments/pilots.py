@@ -110,7 +110,8 @@ def write_report(run_dirs: list[Path], out: Path, per_row: int = 8, seed: int = 
     samples(runs, out.with_name(f"{out.stem}_samples.png"), per_row, seed)
     command = "python -m experiments pilot-report " + shlex.join(
         [str(d) for d in run_dirs] + ["--out", str(out)] + (["--data", str(data)] if data is not None else []))
-    write_text(out, report(runs, out, command) + kept_account(out))
+    write_text(out, report(runs, out, command) + kept_account(
+        out, "what the numbers show, which run leads at equal minutes, and what the budget allowed"))
     return sorted(runs, key=lambda r: r["val_bpd"])
 
 
