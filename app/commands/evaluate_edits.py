@@ -220,9 +220,10 @@ def _report(args, service, classifier, metrics, faces, cal_faces, before, after,
 
 Written by `python -m app evaluate-edits --model {args.model} --data DATA --faces {args.faces} \\
 --calibration-faces {args.calibration_faces}{f' --calibrate --grid {args.grid}' if args.calibrate else ''}\
+{f' --keep-probe {args.keep_probe:g}' if args.calibrate and args.keep_probe else ''}\
 {'' if args.before else ' --no-before'} --samples {args.samples}{'' if args.geometry else ' --no-geometry'}\
-{f' --geometry-faces {args.geometry_faces}' if args.geometry_faces else ''}` ({seconds / 60:.0f} minutes,
-{args.threads} CPU thread). Raw numbers: [{out.with_suffix('.json').name}]({out.with_suffix('.json').name}).
+{f' --geometry-faces {args.geometry_faces}' if args.geometry_faces else ''} --threads {args.threads}` \
+({seconds / 60:.0f} minutes, {args.threads} CPU thread{'s' if args.threads > 1 else ''}). Raw numbers: [{out.with_suffix('.json').name}]({out.with_suffix('.json').name}).
 
 **Instrument.** The attribute classifier in `{args.classifier}` (its CARD.md): a small CNN trained on the model's
 training faces only, a different model from the latent-space directions. Held-out accuracy on the 726 validation

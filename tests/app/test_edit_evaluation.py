@@ -303,9 +303,11 @@ def test_evaluate_edits_calibrates_reports_and_the_service_loads_it(faces_dir, t
     out = tmp_path / "docs" / "edits.md"
     args = ["evaluate-edits", "--model", str(model_dir), "--data", str(faces_dir), "--classifier",
             str(tmp_path / "clf"), "--faces", "4", "--calibration-faces", "4", "--calibrate", "--samples", "4",
-            "--temperatures", "0.5,1.0", "--out", str(out), "--sliders", "Smiling,Age"]
+            "--temperatures", "0.5,1.0", "--out", str(out), "--sliders", "Smiling,Age", "--keep-probe", "2"]
     assert main(args) == 0
     text = out.read_text()
+    header = " ".join(text.split("Raw numbers")[0].split())  # the command line, as the page records it
+    assert "--calibrate --grid 1,1.25,1.5,2,3 --keep-probe 2 --samples 4 --threads 1` (" in header
     assert "## Calibrated defaults at +1" in text and "| Smiling |" in text and "Frechet" in text
     assert "The same distance from 4 real faces of the first held-out half" in text  # the floor at --samples 4
     assert (out.parent / "edits_flip.png").stat().st_size > 0

@@ -1,0 +1,130 @@
+"""Measure a trained run as the next release in a staging folder, then (with --install) put it in place.
+
+    python scripts/release.py --run runs/celeba64_cooldown --stage /tmp/release
+    python scripts/release.py --stage /tmp/release --install --keep-curve-as training_curve_release6.png
+
+The measuring pass runs, in order, every step a release needs (each a CLI of this project, logged to
+STAGE/release.log): `build_assets.py` (weights, validation bits/dim, samples, curve), `app directions` on the
+model's training faces, the edit strip, `bpd_range.py`, bits/dim on training faces (the train/held-out gap),
+`app evaluate-edits --calibrate` (calibration, recommended temperature, docs/edits.md) and `experiments
+leakage-floor`. The pages keep their hand-written accounts: the current docs/edits.md and
+experiments/leakage_floor.md are copied into the staging folder first. Nothing in the checkout changes.
+
+`--install` then copies the staged model into assets/celeba64 (all but MODEL_CARD.md, which is written by hand
+from the numbers in release.log), the pages into docs/ and experiments/, with every staging path in them rewritten
+to its installed one. Decide on the numbers first: a release replaces the shipped model only if it validates lower.
+"""
+from __future__ import annotations
+
+import argparse
+import shutil
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+MODEL = Path("assets/celeba64")
+PAGES = {"edits": Path("docs/edits"), "leakage_floor": Path("experiments/leakage_floor")}
+PAGE_FILES = {"edits": (".md", ".json", "_flip.png"), "leakage_floor": (".md", ".json")}
+HAND_WRITTEN = {"MODEL_CARD.md"}
+EVALUATE_EDITS = ["--faces", "64", "--calibration-faces", "96", "--calibrate", "--keep-probe", "2",
+                  "--grid", "1,1.5,2,3,4,5,6,8", "--no-before", "--samples", "256"]
+
+
+def steps(run: Path, data: Path, stage: Path, threads: int) -> list[tuple[str, list[str]]]:
+    """(name, argv) of every measuring step, in order."""
+    model, py = stage / MODEL.name, [sys.executable]
+    split = model / "split.json"
+    return [
+        ("weights, validation, samples, curve",
+         py + ["scripts/build_assets.py", "--run", str(run), "--data", str(data), "--out", str(model)]),
+        ("directions", py + ["-m", "app", "directions", "--model", str(model), "--data", str(data), "--split",
+                             str(split), "--out", str(model / "directions.safetensors"), "--figures",
+                             str(model / "figures"), "--no-progress"]),
+        ("edit strip", py + ["scripts/build_assets.py", "--run", str(run), "--data", str(data), "--out", str(model),
+                             "--strip-only"]),
+        ("bits/dim range", py + ["scripts/bpd_range.py", "--model", str(model), "--data", str(data), "--split",
+                                 str(split)]),
+        ("training-face bits/dim", py + ["-m", "flow_model", "eval", "--model", str(model), "--data", str(data),
+                                         "--split", str(split), "--subset", "train", "--limit", "1300"]),
+        ("calibration and slider figures",
+         py + ["-m", "app", "evaluate-edits", "--model", str(model), "--data", str(data), *EVALUATE_EDITS,
+               "--threads", str(threads), "--out", str(stage / "edits.md")]),
+        ("leakage floor", py + ["-m", "experiments", "leakage-floor", "--model", str(model), "--data", str(data),
+                                "--threads", str(threads), "--out", str(stage / "leakage_floor.md")]),
+    ]
+
+
+def measure(run: Path, data: Path, stage: Path, threads: int) -> None:
+    if not (run / "checkpoint.safetensors").is_file():
+        raise SystemExit(f"error: {run} holds no checkpoint.safetensors: not a training run")
+    if (stage / MODEL.name).exists():
+        raise SystemExit(f"error: {stage / MODEL.name} exists; pick an empty --stage")
+    stage.mkdir(parents=True, exist_ok=True)
+    for key, page in PAGES.items():  # their hand-written accounts survive the regeneration
+        if (ROOT / page.with_suffix(".md")).is_file():
+            shutil.copy(ROOT / page.with_suffix(".md"), stage / f"{key}.md")
+    with open(stage / "release.log", "a") as log:
+        for name, argv in steps(run, data, stage, threads):
+            started = time.perf_counter()
+            print(f"== {name}", flush=True)
+            log.write(f"== {name}: {' '.join(argv)}\n")
+            log.flush()
+            done = subprocess.run(argv, cwd=ROOT, stdout=log, stderr=subprocess.STDOUT)
+            log.write(f"== {name}: exit {done.returncode} after {time.perf_counter() - started:.0f} s\n")
+            if done.returncode:
+                raise SystemExit(f"error: step '{name}' failed (exit {done.returncode}); see {stage / 'release.log'}")
+    print(f"staged in {stage}; the numbers are in {stage / 'release.log'}")
+
+
+def rewrite(text: str, stage: Path) -> str:
+    """Staging paths in a page or JSON file -> the paths the files are installed at."""
+    for key, page in PAGES.items():
+        text = text.replace(str(stage / key), str(page))
+    return text.replace(str(stage / MODEL.name), str(MODEL))
+
+
+def install(stage: Path, keep_curve_as: str | None) -> None:
+    model = stage / MODEL.name
+    missing = [p for p in [model / "model.safetensors", model / "calibration.json"]
+               + [stage / f"{k}{suffix}" for k, suffixes in PAGE_FILES.items() for suffix in suffixes]
+               if not p.is_file()]
+    if missing:
+        raise SystemExit(f"error: {stage} is not a finished release (missing {', '.join(map(str, missing))})")
+    target = ROOT / MODEL
+    if keep_curve_as:
+        shutil.copy(target / "training_curve.png", target / keep_curve_as)
+    copies = [(p, target / p.relative_to(model)) for p in model.rglob("*")
+              if p.is_file() and p.name not in HAND_WRITTEN]
+    copies += [(stage / f"{k}{suffix}", ROOT / f"{page}{suffix}") for k, page in PAGES.items()
+               for suffix in PAGE_FILES[k]]
+    for source, dest in copies:
+        dest.parent.mkdir(parents=True, exist_ok=True)
+        if source.suffix in (".md", ".json"):
+            dest.write_text(rewrite(source.read_text(), stage))
+        else:
+            shutil.copy(source, dest)
+    print(f"installed {len(copies)} files; now update {MODEL / 'MODEL_CARD.md'} and the README from "
+          f"{stage / 'release.log'}")
+
+
+def main(argv: list[str] | None = None) -> None:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--run", type=Path, help="training run to release (measuring pass)")
+    p.add_argument("--data", type=Path, default=Path("../shared/data/celeba"))
+    p.add_argument("--stage", type=Path, required=True, help="staging folder (new, for the measuring pass)")
+    p.add_argument("--threads", type=int, default=2)
+    p.add_argument("--install", action="store_true", help="copy a finished staging folder into the checkout")
+    p.add_argument("--keep-curve-as", help="with --install: keep the current training curve under this name")
+    args = p.parse_args(argv)
+    if args.install == (args.run is not None):
+        p.error("give --run (measure into --stage) or --install (install --stage), not both")
+    if args.install:
+        install(args.stage.resolve(), args.keep_curve_as)
+    else:
+        measure(args.run.resolve(), args.data.resolve(), args.stage.resolve(), args.threads)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,79 @@
+"""scripts/release.py: what --install copies where, with staging paths rewritten; bad folders are named."""
+from __future__ import annotations
+
+import importlib.util
+import json
+from pathlib import Path
+
+import pytest
+
+from tests.conftest import ROOT
+
+spec = importlib.util.spec_from_file_location("release", ROOT / "scripts" / "release.py")
+release = importlib.util.module_from_spec(spec)
+spec.loader.exec_module(release)
+
+
+def staged(stage: Path) -> Path:
+    """A finished staging folder whose files mention their staging paths."""
+    model = stage / "celeba64"
+    (model / "figures").mkdir(parents=True)
+    (model / "model.safetensors").write_bytes(b"weights")
+    (model / "figures" / "directions_auc.png").write_bytes(b"png")
+    (model / "MODEL_CARD.md").write_text("staged card")
+    (model / "calibration.json").write_text(json.dumps({"faces_from": f"split {model}/split.json"}))
+    (stage / "edits.md").write_text(f"--model {model} --out {stage}/edits.md\n## Account\nours\n")
+    (stage / "edits.json").write_text(json.dumps({"model": str(model)}))
+    (stage / "edits_flip.png").write_bytes(b"png")
+    (stage / "leakage_floor.md").write_text(f"--model {model} --out {stage}/leakage_floor.md")
+    (stage / "leakage_floor.json").write_text("{}")
+    return model
+
+
+def test_install_copies_the_release_rewrites_its_paths_and_keeps_the_card_and_curve(tmp_path, monkeypatch):
+    root = tmp_path / "checkout"
+    (root / "assets" / "celeba64").mkdir(parents=True)
+    (root / "assets" / "celeba64" / "MODEL_CARD.md").write_text("hand-written card")
+    (root / "assets" / "celeba64" / "training_curve.png").write_bytes(b"old curve")
+    monkeypatch.setattr(release, "ROOT", root)
+    stage = tmp_path / "stage"
+    staged(stage)
+    release.main(["--stage", str(stage), "--install", "--keep-curve-as", "training_curve_release6.png"])
+    shipped = root / "assets" / "celeba64"
+    assert (shipped / "model.safetensors").read_bytes() == b"weights"
+    assert (shipped / "figures" / "directions_auc.png").is_file()
+    assert (shipped / "MODEL_CARD.md").read_text() == "hand-written card"
+    assert (shipped / "training_curve_release6.png").read_bytes() == b"old curve"
+    assert json.loads((shipped / "calibration.json").read_text()) == {"faces_from": "split assets/celeba64/split.json"}
+    assert (root / "docs" / "edits.md").read_text() == \
+        "--model assets/celeba64 --out docs/edits.md\n## Account\nours\n"
+    assert (root / "experiments" / "leakage_floor.md").read_text() == \
+        "--model assets/celeba64 --out experiments/leakage_floor.md"
+    assert (root / "docs" / "edits_flip.png").is_file() and (root / "experiments" / "leakage_floor.json").is_file()
+
+
+def test_an_unfinished_stage_or_a_folder_without_a_run_is_named(tmp_path):
+    stage = tmp_path / "stage"
+    staged(stage)
+    (stage / "edits.json").unlink()
+    with pytest.raises(SystemExit, match=f"missing {stage / 'edits.json'}"):
+        release.main(["--stage", str(stage), "--install"])
+    with pytest.raises(SystemExit, match="holds no checkpoint.safetensors"):
+        release.main(["--run", str(tmp_path), "--stage", str(tmp_path / "new")])
+    assert not (tmp_path / "new").exists()
+
+
+def test_run_and_install_are_exclusive(tmp_path, capsys):
+    for argv in (["--stage", str(tmp_path)], ["--stage", str(tmp_path), "--install", "--run", str(tmp_path)]):
+        with pytest.raises(SystemExit):
+            release.main(argv)
+        assert "not both" in capsys.readouterr().err
+
+
+def test_every_measuring_step_names_an_existing_entry_point(tmp_path):
+    for name, argv in release.steps(tmp_path / "run", tmp_path / "data", tmp_path / "stage", 2):
+        target = argv[1:3] if argv[1] == "-m" else argv[1:2]
+        if target[0] == "-m":
+            assert importlib.util.find_spec(target[1]) is not None, name
+        else:
+            assert (ROOT / target[0]).is_file(), name
