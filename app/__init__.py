@@ -14,5 +14,6 @@ os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 
 
 def default_threads() -> int:
-    """Torch threads per request: 2 halve a batch-1 decode's latency on an idle machine; more barely help."""
+    """The most torch threads a request gets: more than 2 barely help a batch-1 decode. Whether 2 beat 1 depends on
+    the machine, so the server times both (app/threads.py)."""
     return min(2, os.cpu_count() or 1)

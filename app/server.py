@@ -1,13 +1,15 @@
 """Load a model into an EditorService, draw the example faces and serve the UI, offline."""
 from __future__ import annotations
 
+import functools
 import logging
 import os
 import shutil
 import signal
 import tempfile
+import time
 import traceback
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 
 import gradio as gr
@@ -17,14 +19,11 @@ from gradio.utils import get_upload_folder
 from flow_model.device import resolve_device
 from flow_model.imaging import to_pil
 
-
 from . import default_threads
-import functools
-import time
-
 from .limits import CHECKS, LIMITS, LimitError, Limits, file_payload, workers
 from .service import EditorService
 from .session_files import SessionFiles
+from .threads import fastest, time_thread_counts
 from .ui import EditorUI
 
 log = logging.getLogger(__name__)
@@ -40,7 +39,7 @@ class ServerOptions:
     host: str = "127.0.0.1"
     port: int = 7860
     share: bool = False
-    threads: int = field(default_factory=default_threads)
+    threads: int | None = None  # None: the count that decodes fastest here, measured at start-up (choose_threads)
     examples: int = 6
     limits: Limits = LIMITS
 
@@ -207,18 +206,31 @@ def bound_malloc() -> None:
         pass
 
 
+def choose_threads(service: EditorService) -> int:
+    """The thread count (1 .. default_threads()) at which a slider update's decode is fastest on this machine."""
+    candidates = list(range(1, default_threads() + 1))
+    if len(candidates) == 1:
+        return 1
+    latent = 0.7 * torch.randn(service.model.latent_dim, generator=torch.Generator().manual_seed(0))
+    medians = time_thread_counts(lambda: service.decode(latent), candidates)
+    threads = fastest(medians)
+    log.info("a batch-1 decode takes %s: %d thread(s) per request (--threads N overrides)",
+             ", ".join(f"{m * 1000:.0f} ms at {n} thread(s)" for n, m in medians.items()), threads)
+    return threads
+
+
 def serve(options: ServerOptions) -> None:
-    # A slider update is one batch-1 decode, a little faster with 2 threads than with 1 on an idle CPU (bench/editor.py
-    # times both; the README has the figures). Model requests share one group of cores // threads slots (one, by
-    # default) and the rest wait in the queue (at most limits.queue_size): two multi-thread decodes side by side make
-    # their OpenMP threads wait on each other, and --threads 1 lets two requests run side by side instead.
+    # Model requests share one group of cores // threads slots and the rest wait in the queue (at most
+    # limits.queue_size): two multi-thread decodes side by side make their OpenMP threads wait on each other, while
+    # one-thread requests run side by side. The thread count is measured (choose_threads) unless given.
     limits = options.limits
     bound_malloc()
-    torch.set_num_threads(options.threads)
     device = resolve_device(options.device)
     service = EditorService.load(options.model, device=str(device))
     log.info("model %s on %s: %d parameters, %d directions", options.model, device,
              service.model.num_parameters(), len(service.attributes))
+    threads = options.threads if options.threads is not None else choose_threads(service)
+    torch.set_num_threads(threads)
     # Uploads, outputs and examples live in one folder of this process, removed at exit, on SIGTERM and on Ctrl-C;
     # while serving, Gradio's delete_cache removes files older than limits.cache_age_seconds.
     folder = Path(tempfile.mkdtemp(prefix="face-editor-"))
@@ -226,10 +238,10 @@ def serve(options: ServerOptions) -> None:
     os.environ["GRADIO_TEMP_DIR"] = str(folder / "gradio")
     try:
         examples = example_faces(service, options.examples, folder)
-        slots = workers(options.threads)
+        slots = workers(threads)
         demo = build_demo(service, examples, limits, slots)
         log.info("%d model request(s) at a time with %d thread(s) each; queue of %d; uploads up to %d MB",
-                 slots, options.threads, limits.queue_size, limits.upload_bytes // 2**20)
+                 slots, threads, limits.queue_size, limits.upload_bytes // 2**20)
         demo.launch(server_name=options.host, server_port=options.port, share=options.share,
                     footer_links=["api", "settings"], allowed_paths=[str(folder)],
                     max_file_size=limits.upload_bytes, show_error=True)

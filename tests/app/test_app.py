@@ -3,6 +3,7 @@ kind of bad input (each must give a clear message while the app keeps serving) a
 from __future__ import annotations
 
 import io
+import re
 import struct
 import zlib
 from pathlib import Path
@@ -13,6 +14,8 @@ from gradio_client import Client, handle_file
 from gradio_client.exceptions import AppError
 from PIL import Image
 
+from app import default_threads
+from app.limits import workers
 from flow_model.imaging import load_image
 from tests.editor_support import AppProcess, crop_array, file_writer, full_size_faces, serve_app
 
@@ -64,6 +67,18 @@ def png_header(width: int, height: int) -> bytes:
 
 
 # -- the main job, through the API ---------------------------------------------------------------
+def test_the_server_measured_its_thread_count(app, client):
+    """Started without --threads, it timed a decode at 1 and 2 threads and serves cores // threads requests."""
+    still_serving(client)
+    log = app.log()
+    if default_threads() == 1:
+        return
+    chosen = re.search(r"ms at 2 thread\(s\): (\d) thread\(s\) per request", log)
+    assert chosen, log
+    threads = int(chosen.group(1))
+    assert f"{workers(threads)} model request(s) at a time with {threads} thread(s) each" in log
+
+
 def test_encode_edit_interpolate_sample(client, photos):
     aligned, info = encode(client, str(photos[0]))
     assert Image.open(aligned).size == (256, 256)
