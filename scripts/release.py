@@ -29,7 +29,7 @@ PAGES = {"edits": Path("docs/edits"), "leakage_floor": Path("experiments/leakage
 PAGE_FILES = {"edits": (".md", ".json", "_flip.png"), "leakage_floor": (".md", ".json")}
 HAND_WRITTEN = {"MODEL_CARD.md"}
 EVALUATE_EDITS = ["--faces", "64", "--calibration-faces", "96", "--calibrate", "--keep-probe", "2",
-                  "--grid", "1,1.5,2,3,4,5,6,8", "--no-before", "--samples", "256"]
+                  "--grid", "1,1.5,2,3,4,5,6", "--no-before", "--samples", "256"]
 
 
 def steps(run: Path, data: Path, stage: Path, threads: int) -> list[tuple[str, list[str]]]:
