@@ -209,16 +209,15 @@ def choose_scale(grid: Sequence[float], rows: Sequence[dict], target: float = TA
     return ms[best], fs[best], fs[best] >= min_flip
 
 
-def _held(vector: torch.Tensor, directions, keep: Sequence[str], method: str) -> torch.Tensor:
-    return orthogonalize(vector[None], torch.stack([directions.vector(k, method) for k in keep]))[0] if keep else vector
-
-
 def _fit_methods(service: EditorService, classifier: AttributeClassifier, faces: FaceSet, base: SliderSpec,
                  keep: Sequence[str], grid: Sequence[float], methods: Sequence[str]) -> tuple[str, dict]:
     """Steps 2-3 of `calibrate` for one set of held attributes: per method the scale, then the method."""
     results = {}
     for method in methods:
-        v = _held(base.sign * service.directions.vector(base.attribute, method), service.directions, keep, method)
+        d = service.directions
+        v = base.sign * d.vector(base.attribute, method)
+        if keep:
+            v = orthogonalize(v[None], torch.stack([d.vector(k, method) for k in keep]))[0]
         rows = [measure_vector(service, classifier, faces, v, m, base.attribute, base.sign, backoff=False)
                 for m in grid]
         scale, flip, ok = choose_scale(grid, rows)
