@@ -41,7 +41,8 @@ def add_parser(sub) -> None:
                    help="sample temperatures for the Frechet distance and the geometry check ('' to skip)")
     p.add_argument("--samples", type=int, default=128, help="samples per temperature")
     p.add_argument("--no-geometry", dest="geometry", action="store_false",
-                   help="skip the face-geometry check of the samples (dlib; about 0.05 s per image)")
+                   help="skip the face-geometry check (dlib; about 0.03 s per image) of the samples and of the "
+                        "edits (calibration then ignores distortion)")
     p.add_argument("--geometry-faces", type=int,
                    help="real faces per validation half the geometry check is fitted on (first half) and checked on "
                         "(second half; the reference share); default: all of each half")
@@ -61,7 +62,7 @@ def run(args: argparse.Namespace) -> int:
 
     from ..calibration import CALIBRATION_FILE
     from ..classifier import AttributeClassifier, load_metrics
-    from ..edit_evaluation import (VALUES, calibrate, encode_faces, evaluate_sliders, frechet_distance,
+    from ..edit_evaluation import (VALUES, Intactness, calibrate, encode_faces, evaluate_sliders, frechet_distance,
                                    plot_flip_rates, recommend_temperature, sample_quality, validation_halves)
     from ..face_check import FaceGeometryCheck
     from ..service import SLIDERS, EditorService
@@ -81,7 +82,7 @@ def run(args: argparse.Namespace) -> int:
     cal_half, report_half = validation_halves(val_names, args.seed)
     cal_names, report_names = cal_half[:args.calibration_faces], report_half[:args.faces]
     temps = [float(t) for t in args.temperatures.split(",") if t.strip()]
-    check_geometry = bool(temps) and args.geometry
+    check_geometry = args.geometry
     geo_fit_names, geo_real_names = ((cal_half[:args.geometry_faces], report_half[:args.geometry_faces])
                                      if check_geometry else ([], []))
     floor_names = cal_half[:args.samples] if temps else []
@@ -120,12 +121,14 @@ def run(args: argparse.Namespace) -> int:
     faces = encode_faces(service, classifier, pick(report_names))
     print(f"{len(cal_faces.latents)} calibration faces, {len(faces.latents)} report faces "
           f"({time.perf_counter() - started:.0f} s)", flush=True)
+    intact = Intactness.of(check, faces) if check is not None else None
 
     def show(label, rows):
         r = next(r for r in rows if r["value"] == rows[-1]["value"])
         print(f"  {label:20s} flip {r['flip']:.0%} moved {r['moved']:.0%} leak " +
               " ".join(f"{a} {v:.3f}" for a, v in r["leakage"].items()) +
-              f" back-off {r['backoff']:.0%} ({time.perf_counter() - started:.0f} s)", flush=True)
+              f" back-off {r['backoff']:.0%}" + (f" intact {r['intact']:.0%}" if "intact" in r else "")
+              + f" ({time.perf_counter() - started:.0f} s)", flush=True)
 
     before = None
     if args.before:
@@ -133,7 +136,7 @@ def run(args: argparse.Namespace) -> int:
         print("uncalibrated sliders (classifier normal, SliderSpec scales, nothing held), at -1 and +1:")
         before = evaluate_sliders(service, classifier, faces, [service.slider(s.label) for s in order(service.sliders)],
                                   (-1.0, 1.0),
-                                  method="classifier", progress=show)
+                                  method="classifier", progress=show, intact=intact)
     if args.calibrate:
         service.set_calibration(None)
         print(f"calibrating on {len(cal_faces.latents)} faces:", flush=True)
@@ -141,6 +144,7 @@ def run(args: argparse.Namespace) -> int:
         if not grid or min(grid) <= 0 or list(grid) != sorted(grid):
             raise ValueError(f"--grid must be increasing positive numbers, got {args.grid!r}")
         calibration = calibrate(service, classifier, cal_faces, chosen, grid, keep_probe=args.keep_probe,
+                                geometry=check,
                                 progress=lambda label, c: print(
             f"  {label:20s} {c.method} x{c.scale:g} keep {c.keep} default {c.default} flip {c.flip_at_1:.0%} "
             f"({time.perf_counter() - started:.0f} s)", flush=True))
@@ -154,7 +158,7 @@ def run(args: argparse.Namespace) -> int:
     service.set_calibration(calibration)
     specs = [service.slider(s.label) for s in order(service.sliders + service.more_sliders)]
     print("calibrated defaults, at " + ", ".join(f"{v:+g}" for v in VALUES) + ":")
-    after = evaluate_sliders(service, classifier, faces, specs, VALUES, progress=show)
+    after = evaluate_sliders(service, classifier, faces, specs, VALUES, progress=show, intact=intact)
 
     quality, floor, recommended = {}, None, (None, "")
     if temps:
@@ -239,7 +243,9 @@ exactly; the "before" reading is of its reconstruction (5-bit), the "after" read
 shift = mean change of P(attribute) the intended way; moved = share of faces whose P moved the intended way;
 flip = among the faces that started on the other side of 0.5, the share that crossed (n = that count); leakage =
 mean |dP| of Male, Young, Smiling (and the largest over all other 39 attributes); pixel change = mean |edit -
-reconstruction| in 0-255 units; back-off = share of faces whose edit had to be shown at reduced strength.
+reconstruction| in 0-255 units; back-off = share of faces whose edit had to be shown at reduced strength;
+face intact (with the face-geometry check of the samples' section) = of the faces whose reconstruction passes the
+check, the share whose edit still passes.
 """,
              "## Calibrated defaults at +1\n\n" + slider_table(after, service, 1.0),
              "## Calibrated defaults at -1\n\n" + slider_table(after, service, -1.0),
@@ -264,7 +270,10 @@ reconstruction| in 0-255 units; back-off = share of faces whose edit had to be s
                      "for each method the direction (orthogonal to them) is measured at "
                      f"{', '.join(f'{g:g}' for g in calibration.info.get('grid', []))} class-mean gaps, and the "
                      "scale is the smallest reaching 60% flip at +1 (linear between grid points) among strengths "
-                     "that still decode (back-off on at most 10% of faces); the method is the one that reaches it "
+                     "that still decode (back-off on at most 10% of faces"
+                     + (f", and at least {calibration.info['min_intact']:.0%} of the faces kept intact by the "
+                        "face-geometry check, searched upwards and stopped at the first strength that breaks more"
+                        if calibration.info.get("min_intact") else "") + "); the method is the one that reaches it "
                      "with less leakage (else the one that flips more). The chosen edit is measured again at its "
                      "scale: a leak attribute above 0.05 there is held as well and the slider recalibrated, until "
                      "none is left to hold. A slider that cannot reach 30% at any "

@@ -67,6 +67,78 @@ def test_choose_scale_interpolates_to_the_target_and_drops_weak_sliders():
     assert (scale, flip, default) == (3, 0.25, False)
 
 
+def test_choose_scale_stops_at_the_first_strength_that_breaks_faces_and_checks_no_further():
+    asked = []
+
+    def intact(i):
+        asked.append(i)
+        return [0.95, 0.9, 0.7, 0.95][i]  # the third breaks faces (a fourth that passes again must not count)
+
+    assert choose_scale((1, 2, 3, 4), _rows([0.1, 0.4, 0.9, 1.0]), intact=intact) == (2, 0.4, True)
+    assert asked == [0, 1, 2]
+    asked.clear()  # reaching the target ends the search before any stronger strength is checked
+    assert choose_scale((1, 2, 3, 4), _rows([0.3, 0.9, 1.0, 1.0]), intact=intact)[:2] == (pytest.approx(1.5), 0.6)
+    assert asked == [0, 1]
+    asked.clear()  # a strength that does not decode is skipped without checking its faces
+    assert choose_scale((1, 2, 3, 4), _rows([0.1, 0.2, 0.9, 1.0], [0, 0.5, 0, 0]), intact=intact) == (1, 0.1, False)
+    assert asked == [0, 2]
+
+
+class _PixelCheck:
+    """Stands in for a fitted FaceGeometryCheck: an image passes when its first pixel is at most `limit`."""
+
+    def __init__(self, limit: int) -> None:
+        self.limit = limit
+
+    def check(self, images: torch.Tensor) -> GeometryResult:
+        n = len(images)
+        return GeometryResult(np.ones(n, bool), np.zeros(n), np.ones(n),
+                              (images[:, 0, 0, 0] <= self.limit).numpy())
+
+
+def test_intactness_counts_only_faces_whose_reconstruction_passes():
+    faces = SimpleNamespace(images=torch.tensor([1, 9, 2, 3], dtype=torch.uint8)[:, None, None, None].expand(4, 3, 2, 2))
+    intact = edit_evaluation.Intactness.of(_PixelCheck(5), faces)  # the second face fails unedited
+    assert intact.base.tolist() == [True, False, True, True]
+    edited = torch.tensor([4, 0, 7, 1], dtype=torch.uint8)[:, None, None, None].expand(4, 3, 2, 2)
+    assert intact.share(edited) == pytest.approx(2 / 3)  # the third breaks; the second's pass does not count
+    with pytest.raises(ValueError, match="no reconstruction passes"):
+        edit_evaluation.Intactness.of(_PixelCheck(0), faces)
+
+
+def test_calibration_stops_where_edits_break_faces(monkeypatch):
+    """The slider flips 30% per class-mean gap; its edits break faces past 2 gaps. Without the check it calibrates
+    to 2 gaps (60%); with it, it stops at 1.5 (45%), says why, and stores the share kept at its scale."""
+    e = torch.eye(4)
+    vectors = {"Bald": e[0], "Male": e[1], "Young": e[2], "Smiling": e[3]}
+    service = SimpleNamespace(directions=SimpleNamespace(vector=lambda name, method: vectors[name]))
+    classifier = SimpleNamespace(attributes=["Male", "Young", "Smiling", "Bald"])
+
+    def measure(service, classifier, faces, vector, value, attribute, sign, backoff=True, intact=None):
+        m = {"flip": min(1.0, 0.3 * value * float(vector @ e[0])), "backoff": 0.0, "leakage": {"Male": 0.0}}
+        if intact is not None:
+            m["intact"] = intact.share(images(service, faces, vector, value, backoff)[0])
+        return m
+
+    def images(service, faces, vector, value, backoff=True):  # pixel 10 x gaps: the stand-in check reads it
+        gaps = value * float(vector @ e[0])
+        return torch.full((8, 3, 2, 2), round(10 * gaps), dtype=torch.uint8), torch.ones(8)
+
+    monkeypatch.setattr(edit_evaluation, "measure_vector", measure)
+    monkeypatch.setattr(edit_evaluation, "edited_images", images)
+    faces = SimpleNamespace(latents=torch.zeros(8, 4), images=torch.zeros(8, 3, 2, 2, dtype=torch.uint8))
+    grid = (1, 1.5, 2, 3)
+    plain = edit_evaluation.calibrate(service, classifier, faces, ["Bald"], grid=grid, keep_probe=1).get("Bald")
+    assert plain.scale == 2 and plain.intact is None
+    checked = edit_evaluation.calibrate(service, classifier, faces, ["Bald"], grid=grid, keep_probe=1,
+                                        geometry=_PixelCheck(15))
+    bald = checked.get("Bald")
+    assert bald.scale == 1.5 and bald.flip_at_1 == pytest.approx(0.45) and bald.default and bald.intact == 1.0
+    assert "stopped at 2 gaps, where only 0% of the faces kept their face geometry (< 80%)" in bald.reason
+    assert "30% (intact 100%)/45% (intact 100%)/60% (intact 0%)/90%" in bald.reason
+    assert checked.info["min_intact"] == 0.8
+
+
 def test_calibration_holds_a_leak_that_only_appears_at_the_calibrated_scale(monkeypatch):
     """Smiling leaks into Male at 0.09 per class-mean gap along it: 0.045 at the probe (not held), 0.054 at the
     calibrated 1.2 gaps. Calibration holds Male once it sees that, recalibrates, and stores the final leakage."""
@@ -75,7 +147,7 @@ def test_calibration_holds_a_leak_that_only_appears_at_the_calibrated_scale(monk
     service = SimpleNamespace(directions=SimpleNamespace(vector=lambda name, method: vectors[name]))
     classifier = SimpleNamespace(attributes=["Male", "Young", "Smiling"])
 
-    def measure(service, classifier, faces, vector, value, attribute, sign, backoff=True):
+    def measure(service, classifier, faces, vector, value, attribute, sign, backoff=True, intact=None):
         flip = float(min(1.0, max(0.0, sign * value * float(vector @ e[0]) / 2)))
         return {"flip": flip, "backoff": 0.0, "leakage": {"Male": 0.09 * abs(value * float(vector @ e[1])),
                                                           "Young": 0.0}}
@@ -320,6 +392,9 @@ def test_evaluate_edits_calibrates_reports_and_the_service_loads_it(faces_dir, t
     assert f"pass **{geometry['real']['share']:.0%}**" in text
     cal = Calibration.load(model_dir / "calibration.json")
     assert set(cal.sliders) == {"Smiling", "Age"}
+    # the geometry check fitted for the samples also judges the edits: calibration's rule, the report's column
+    assert cal.info["min_intact"] == 0.8 and all(0 <= c.intact <= 1 for c in cal.sliders.values())
+    assert "face intact |" in text and all("intact" in r for rows in results["after"].values() for r in rows)
     service = EditorService.load(model_dir, align=False)
     recommended = results["recommended_temperature"]
     assert cal.temperature == recommended and ("**Recommended temperature:" in text) == (recommended is not None)
