@@ -38,10 +38,13 @@ class SliderCalibration:
     leakage: dict[str, float] = field(default_factory=dict)  # mean |dP| at +1 of the held attributes, as measured
     reason: str = ""
     intact: float | None = None  # share of faces keeping their face geometry at +1; None: not checked
+    hold: str | None = None  # the method of the held attributes' directions; None: the slider's own
 
     def __post_init__(self) -> None:
         if self.method not in METHODS:
             raise ValueError(f"unknown method {self.method!r}; valid: {list(METHODS)}")
+        if self.hold is not None and self.hold not in METHODS:
+            raise ValueError(f"unknown method {self.hold!r} to hold attributes by; valid: {list(METHODS)}")
         if not (math.isfinite(self.scale) and self.scale > 0):
             raise ValueError(f"a slider's scale must be a positive number, got {self.scale}")
         bad = {m: s for m, s in self.scales.items() if m not in METHODS or not (math.isfinite(s) and s > 0)}

@@ -248,15 +248,16 @@ def choose_scale(grid: Sequence[float], rows: Sequence[dict], target: float = TA
 
 def _fit_methods(service: EditorService, classifier: AttributeClassifier, faces: FaceSet, base: SliderSpec,
                  keep: Sequence[str], grid: Sequence[float], methods: Sequence[str],
-                 intact: Intactness | None) -> tuple[str, dict]:
-    """Steps 2-3 of `calibrate` for one set of held attributes: per method the scale, then the method. The
-    intactness a grid point was checked for is kept in its row."""
+                 intact: Intactness | None) -> tuple[tuple[str, str], dict]:
+    """Steps 2-3 of `calibrate` for one set of held attributes: per (method, method the held attributes'
+    directions come from) the scale, then the pair. The intactness a grid point was checked for is kept in its
+    row."""
     results = {}
-    for method in methods:
-        d = service.directions
+    d = service.directions
+    for method, hold in [(m, h) for m in methods for h in methods if keep or h == m]:
         v = base.sign * d.vector(base.attribute, method)
         if keep:
-            v = orthogonalize(v[None], torch.stack([d.vector(k, method) for k in keep]))[0]
+            v = orthogonalize(v[None], torch.stack([d.vector(k, hold) for k in keep]))[0]
         rows = [measure_vector(service, classifier, faces, v, m, base.attribute, base.sign, backoff=False)
                 for m in grid]
 
@@ -267,13 +268,21 @@ def _fit_methods(service: EditorService, classifier: AttributeClassifier, faces:
         scale, flip, ok = choose_scale(grid, rows, intact=intact_at if intact is not None else None)
         near = rows[int(np.argmin([abs(m - scale) for m in grid]))]
         leak = max([near["leakage"].get(a, 0.0) for a in LEAK_ATTRIBUTES] + [0.0])
-        results[method] = dict(scale=scale, flip=flip, ok=ok, leak=leak, rows=rows, vector=v)
-    reach = [m for m in methods if results[m]["flip"] >= TARGET_FLIP]
+        results[method, hold] = dict(scale=scale, flip=flip, ok=ok, leak=leak, rows=rows, vector=v)
+    # ties: the classifier normal, then holding by the slider's own method
+    reach = [p for p in results if results[p]["flip"] >= TARGET_FLIP]
     if reach:
-        method = min(reach, key=lambda m: (results[m]["leak"], m != "classifier"))
+        pair = min(reach, key=lambda p: (results[p]["leak"], p[0] != "classifier", p[0] != p[1]))
     else:
-        method = max(methods, key=lambda m: (results[m]["flip"], m == "classifier"))
-    return method, results
+        pair = max(results, key=lambda p: (results[p]["flip"], p[0] == "classifier", p[0] == p[1]))
+    return pair, results
+
+
+def _flips(rows: Sequence[dict]) -> str:
+    """A method's grid measures, as the reason of a calibration shows them."""
+    return "/".join((f"{row['flip']:.0%}" if not math.isnan(row["flip"]) else "-")
+                    + (f" (back-off {row['backoff']:.0%})" if row["backoff"] else "")
+                    + (f" (intact {row['intact']:.0%})" if "intact" in row else "") for row in rows)
 
 
 def calibrate(service: EditorService, classifier: AttributeClassifier, faces: FaceSet,
@@ -285,11 +294,12 @@ def calibrate(service: EditorService, classifier: AttributeClassifier, faces: Fa
     1. keep: the leak attributes (Male, Young, Smiling) whose mean |dP| exceeds MAX_LEAKAGE when the slider's
        classifier normal moves `keep_probe` class-mean gaps (default: the uncalibrated SliderSpec scale, i.e. the
        old +1) are held fixed;
-    2. per method, the slider's direction (orthogonal to the kept ones) at multipliers `grid` of the class-mean
-       gap: the scale is the smallest multiplier reaching TARGET_FLIP at +1 among those that still decode
+    2. per method, the slider's direction, orthogonal to the kept ones' directions taken from either method
+       (holding by the classifier normals removes more of what a linear read-out sees), at multipliers `grid` of
+       the class-mean gap: the scale is the smallest multiplier reaching TARGET_FLIP at +1 among those that still decode
        (choose_scale; with a fitted `geometry` check, also keeping MIN_INTACT of the faces intact);
-    3. method: the one that reaches the target with the smaller leakage into the kept and leak attributes at
-       the grid point nearest its scale, else the one that flips more;
+    3. method and held directions' method: the pair that reaches the target with the smaller leakage into the
+       kept and leak attributes at the grid point nearest its scale, else the one that flips more;
     4. the chosen edit is measured at its calibrated scale: a leak attribute that exceeds MAX_LEAKAGE there and is
        not yet held joins `keep`, and steps 2-4 run again. A leak the probe of step 1 missed because it only grows
        past MAX_LEAKAGE at a larger calibrated scale (hair colours on the shipped model) is held all the same.
@@ -308,8 +318,8 @@ def calibrate(service: EditorService, classifier: AttributeClassifier, faces: Fa
         keep = [a for a in candidates if first["leakage"].get(a, 0.0) > MAX_LEAKAGE]
         added = []
         while True:
-            method, results = _fit_methods(service, classifier, faces, base, keep, grid, methods, intact)
-            r = results[method]
+            (method, hold), results = _fit_methods(service, classifier, faces, base, keep, grid, methods, intact)
+            r = results[method, hold]
             final = measure_vector(service, classifier, faces, r["vector"], r["scale"], base.attribute, base.sign,
                                    backoff=False, intact=intact)
             more = [a for a in candidates if a not in keep and final["leakage"].get(a, 0.0) > MAX_LEAKAGE]
@@ -317,10 +327,8 @@ def calibrate(service: EditorService, classifier: AttributeClassifier, faces: Fa
                 break
             added += [f"{a} ({final['leakage'][a]:.2f} at {r['scale']:g} gaps)" for a in more]
             keep = [a for a in candidates if a in keep or a in more]
-        flips = ", ".join(f"{m}: " + "/".join((f"{row['flip']:.0%}" if not math.isnan(row["flip"]) else "-")
-                                               + (f" (back-off {row['backoff']:.0%})" if row["backoff"] else "")
-                                               + (f" (intact {row['intact']:.0%})" if "intact" in row else "")
-                                               for row in results[m]["rows"]) for m in methods)
+        flips = ", ".join(p[0] + (f" holding by {p[1]}" if p[1] != p[0] else "") + ": " + _flips(results[p]["rows"])
+                          for p in results)
         reason = (f"flip at +{'/'.join(f'{g:g}' for g in grid)} class-mean gaps: {flips}; leakage at "
                   f"{probe:g} gaps without holding anything: "
                   + ", ".join(f"{a} {v:.2f}" for a, v in first["leakage"].items()))
@@ -335,9 +343,9 @@ def calibrate(service: EditorService, classifier: AttributeClassifier, faces: Fa
                       f"decodes; " + reason)
         sliders[label] = SliderCalibration(
             method=method, scale=float(r["scale"]), keep=keep, default=bool(r["ok"]),
-            scales={m: float(results[m]["scale"]) for m in methods}, flip_at_1=float(r["flip"]),
+            scales={m: float(results[m, m]["scale"]) for m in methods}, flip_at_1=float(r["flip"]),
             leakage={a: round(v, 4) for a, v in final["leakage"].items()}, reason=reason,
-            intact=final.get("intact"))
+            intact=final.get("intact"), hold=hold if hold != method else None)
         if progress:
             progress(label, sliders[label])
     return Calibration(sliders, {"grid": list(grid), "faces": len(faces.latents), "target_flip": TARGET_FLIP,
@@ -440,7 +448,8 @@ def slider_table(results: Mapping[str, list[dict]], service: EditorService, valu
         r = next(r for r in rows if r["value"] == value)
         leak = r["leakage"]
         lines.append(
-            f"| {label} | {spec.method} | {spec.scale:g} | {', '.join(spec.keep) or '-'} | "
+            f"| {label} | {spec.method} | {spec.scale:g} | {', '.join(spec.keep) or '-'}"
+            f"{f' (by {spec.hold_method})' if spec.hold_method else ''} | "
             f"{'yes' if spec.default else 'no'} | {r['p_before']:.0%} -> {r['p_after']:.0%} | {r['shift']:+.2f} | "
             f"{_pct(r['moved'])} | {_pct(r['flip'])} ({r['flip_n']}) | "
             + " | ".join(f"{leak[a]:.3f}" if a in leak else "-" for a in LEAK_ATTRIBUTES)

@@ -71,6 +71,7 @@ class SliderSpec:
     keep: tuple[str, ...] = ()  # attributes held fixed by default (orthogonalised against), on top of the user's
     default: bool = True  # False: not among the default sliders (reachable under "more attributes")
     method_scales: tuple[tuple[str, float], ...] = ()  # calibrated scale per method, when it differs from scale
+    hold_method: str | None = None  # under AUTO_METHOD, the method of the kept attributes' directions (None: method)
 
     def scale_for(self, method: str) -> float:
         return self.scale if method == self.method else dict(self.method_scales).get(method, self.scale)
@@ -106,7 +107,7 @@ def calibrated_sliders(calibration: Calibration | None) -> dict[str, SliderSpec]
         c = calibration.get(spec.label) if calibration is not None else None
         out[spec.label] = spec if c is None else SliderSpec(
             spec.label, spec.attribute, spec.sign, c.scale, c.method, tuple(c.keep), c.default,
-            tuple(sorted(c.scales.items())))
+            tuple(sorted(c.scales.items())), c.hold)
     return out
 
 
@@ -522,15 +523,17 @@ class EditorService:
                      custom: Mapping[str, torch.Tensor] | None = None) -> torch.Tensor:
         """(K, D) vectors the slider values multiply: restricted to the chosen levels and, for each, made
         orthogonal to the (equally restricted) directions of the kept attributes other than itself: those given
-        and, for a built-in slider, those its calibration holds fixed by default."""
+        and, for a built-in slider, those its calibration holds fixed by default. The kept directions come from the
+        slider's method, or under AUTO_METHOD from the one its calibration holds them by."""
         mask = self.level_mask(levels)
         rows = []
         for key in keys:
             spec = self.slider(key)
-            key_method = spec.method if spec is not None and method == AUTO_METHOD else method  # kept ones alike
+            key_method = spec.method if spec is not None and method == AUTO_METHOD else method
+            hold_method = (spec.hold_method or spec.method) if spec is not None and method == AUTO_METHOD else method
             v = self.vector(key, key_method, custom)
             held = list(dict.fromkeys([*keep, *(spec.keep if spec is not None else ())]))
-            kept = [self.vector(k, key_method, custom) for k in held if k != key and self._attribute_of(k) !=
+            kept = [self.vector(k, hold_method, custom) for k in held if k != key and self._attribute_of(k) !=
                     self._attribute_of(key)]
             if mask is not None:
                 v = v * mask

@@ -261,7 +261,8 @@ check, the share whose edit still passes.
                 "|---|---|---|---|---|---|---|"]
         for label, c in calibration.sliders.items():
             rows.append(f"| {label} | {c.method} | {c.scale:g} (classifier {c.scales.get('classifier', 0):g}, "
-                        f"mean diff {c.scales.get('mean_diff', 0):g}) | {', '.join(c.keep) or '-'} | "
+                        f"mean diff {c.scales.get('mean_diff', 0):g}) | {', '.join(c.keep) or '-'}"
+                        f"{f' (by {c.hold} directions)' if c.hold else ''} | "
                         f"{'yes' if c.default else 'no'} | {c.flip_at_1:.0%} | {c.reason} |")
         parts.append("## The calibration (`calibration.json`)\n\nMeasured on the calibration half only. Per slider: "
                      "the leak attributes (Male, Young, Smiling) whose mean |dP| exceeds 0.05 when the classifier "
@@ -276,7 +277,9 @@ check, the share whose edit still passes.
                         if calibration.info.get("min_intact") else "") + "); the method is the one that reaches it "
                      "with less leakage (else the one that flips more). The chosen edit is measured again at its "
                      "scale: a leak attribute above 0.05 there is held as well and the slider recalibrated, until "
-                     "none is left to hold. A slider that cannot reach 30% at any "
+                     "none is left to hold. The held attributes' directions may come from either method: every "
+                     "pair of the slider's method and the held directions' method is measured (\"by ... directions\" "
+                     "in the table marks a slider held by the other method's). A slider that cannot reach 30% at any "
                      "decodable strength leaves the default set (it stays under \"More attributes\").\n\n"
                      + "\n".join(rows))
     if quality:

@@ -67,6 +67,37 @@ def test_choose_scale_interpolates_to_the_target_and_drops_weak_sliders():
     assert (scale, flip, default) == (3, 0.25, False)
 
 
+def test_calibration_holds_by_the_other_method_when_that_leaks_less(monkeypatch):
+    """Smiling's mean-difference direction leaks into Male (0.09 per unit of e1) and is the only one that flips
+    enough. Held by Male's mean-difference direction (e1 + e2, normalised) it keeps a quarter of that leak; held by
+    Male's classifier normal (e1), none: calibration picks the normal and says so."""
+    e = torch.eye(4)
+    vectors = {("Smiling", "classifier"): 0.2 * e[0], ("Smiling", "mean_diff"): e[0] + 0.5 * e[1],
+               ("Male", "classifier"): e[1], ("Male", "mean_diff"): (e[1] + e[2]) / 2 ** 0.5,
+               ("Young", "classifier"): e[3], ("Young", "mean_diff"): e[3]}
+    service = SimpleNamespace(directions=SimpleNamespace(vector=lambda name, method: vectors[name, method]))
+    classifier = SimpleNamespace(attributes=["Male", "Young", "Smiling"])
+
+    def measure(service, classifier, faces, vector, value, attribute, sign, backoff=True, intact=None):
+        flip = float(min(1.0, max(0.0, sign * value * float(vector @ e[0]) / 2)))
+        return {"flip": flip, "backoff": 0.0, "leakage": {"Male": 0.09 * abs(value * float(vector @ e[1])),
+                                                          "Young": 0.0}}
+
+    monkeypatch.setattr(edit_evaluation, "measure_vector", measure)
+    faces = SimpleNamespace(latents=torch.zeros(8, 4))
+    smiling = edit_evaluation.calibrate(service, classifier, faces, ["Smiling"], grid=(1, 1.5, 2, 3),
+                                        keep_probe=1).get("Smiling")
+    assert (smiling.method, smiling.hold, smiling.keep) == ("mean_diff", "classifier", ["Male"])
+    # orthogonalising keeps the norm: e0 + 0.5 e1 held by e1 becomes 1.25^0.5 e0, which flips 60% at 1.2 / 1.25^0.5
+    assert smiling.leakage["Male"] == pytest.approx(0.0, abs=1e-6)
+    assert smiling.scale == pytest.approx(1.2 / 1.25 ** 0.5, abs=0.01)
+    assert "mean_diff holding by classifier: " in smiling.reason
+    # the override scale is the method's own, held by itself: e0 + 0.25 (e1 - e2) rescaled from norm 1.125^0.5
+    assert smiling.scales["mean_diff"] == pytest.approx(1.2 / (1.25 / 1.125) ** 0.5, abs=0.01)
+    with pytest.raises(ValueError, match="hold attributes by"):
+        SliderCalibration("classifier", 1.0, hold="pca")
+
+
 def test_choose_scale_stops_at_the_first_strength_that_breaks_faces_and_checks_no_further():
     asked = []
 
@@ -243,6 +274,14 @@ def test_service_applies_calibrated_scale_method_and_keep(service):
         assert abs(float(v @ d.vector("Young", "mean_diff"))) < 1e-3 * float(v.norm() * d.vector("Young").norm())
         latent = torch.zeros(service.model.latent_dim)
         assert torch.allclose(service.edit_latent(latent, {"Smiling": 1.0}), v)
+        # held by the other method's directions when the calibration says so, under the calibrated default only
+        service.set_calibration(Calibration({"Smiling": SliderCalibration("mean_diff", 2.5, ["Young"],
+                                                                          hold="classifier")}))
+        by_normal = orthogonalize(2.5 * d.vector("Smiling", "mean_diff")[None], d.vector("Young", "classifier")[None])
+        assert torch.allclose(service.edit_vectors(["Smiling"])[0], by_normal[0], atol=1e-5)
+        assert torch.allclose(service.edit_vectors(["Smiling"], "mean_diff")[0], expected[0], atol=1e-5)
+        assert not torch.allclose(by_normal, expected, atol=1e-3)
+        service.set_calibration(cal)
         # a slider below the line leaves the default set but stays reachable
         assert "Bald" not in [s.label for s in service.sliders]
         assert "Bald" in [s.label for s in service.more_sliders]
