@@ -404,7 +404,7 @@ def recommend_temperature(frechet: Mapping[float, float], undistorted: Mapping[f
                   f"{min_undistorted:.0%} of the samples pass the face-geometry check ({undistorted[best]:.0%} here)")
 
 
-def _pct(x: float) -> str:
+def percent(x: float) -> str:
     return "-" if x is None or (isinstance(x, float) and math.isnan(x)) else f"{x:.0%}"
 
 
@@ -451,10 +451,10 @@ def slider_table(results: Mapping[str, list[dict]], service: EditorService, valu
             f"| {label} | {spec.method} | {spec.scale:g} | {', '.join(spec.keep) or '-'}"
             f"{f' (by {spec.hold_method})' if spec.hold_method else ''} | "
             f"{'yes' if spec.default else 'no'} | {r['p_before']:.0%} -> {r['p_after']:.0%} | {r['shift']:+.2f} | "
-            f"{_pct(r['moved'])} | {_pct(r['flip'])} ({r['flip_n']}) | "
+            f"{percent(r['moved'])} | {percent(r['flip'])} ({r['flip_n']}) | "
             + " | ".join(f"{leak[a]:.3f}" if a in leak else "-" for a in LEAK_ATTRIBUTES)
-            + f" | {r['max_leak_attribute']} {r['max_leak']:.3f} | {r['pixel']:.1f} | {_pct(r['backoff'])} |"
-            + (f" {_pct(r['intact'])} |" if checked else ""))
+            + f" | {r['max_leak_attribute']} {r['max_leak']:.3f} | {r['pixel']:.1f} | {percent(r['backoff'])} |"
+            + (f" {percent(r['intact'])} |" if checked else ""))
     return "\n".join(lines)
 
 
@@ -464,8 +464,8 @@ def flip_table(results: Mapping[str, list[dict]]) -> str:
         " | ".join(f"moved at {v:+g}" for v in values) + " |"
     lines = [head, "|---|" + "---|" * (2 * len(values))]
     for label, rows in results.items():
-        lines.append(f"| {label} | " + " | ".join(_pct(r["flip"]) for r in rows) + " | "
-                     + " | ".join(_pct(r["moved"]) for r in rows) + " |")
+        lines.append(f"| {label} | " + " | ".join(percent(r["flip"]) for r in rows) + " | "
+                     + " | ".join(percent(r["moved"]) for r in rows) + " |")
     return "\n".join(lines)
 
 
@@ -479,8 +479,8 @@ def before_after_table(before: Mapping[str, list[dict]], after: Mapping[str, lis
         b = {r["value"]: r for r in before[label]}
         a = {r["value"]: r for r in after[label]}
         lm = [x[1.0]["leakage"].get("Male") for x in (b, a)]
-        lines.append(f"| {label} | {_pct(b[1.0]['flip'])} | {_pct(a[1.0]['flip'])} | {_pct(b[-1.0]['flip'])} | "
-                     f"{_pct(a[-1.0]['flip'])} | {_pct(b[1.0]['moved'])} | {_pct(a[1.0]['moved'])} | "
+        lines.append(f"| {label} | {percent(b[1.0]['flip'])} | {percent(a[1.0]['flip'])} | {percent(b[-1.0]['flip'])} | "
+                     f"{percent(a[-1.0]['flip'])} | {percent(b[1.0]['moved'])} | {percent(a[1.0]['moved'])} | "
                      + " | ".join("-" if v is None else f"{v:.3f}" for v in lm)
                      + f" | {b[1.0]['max_leak_attribute']} {b[1.0]['max_leak']:.3f} | "
                      f"{a[1.0]['max_leak_attribute']} {a[1.0]['max_leak']:.3f} |")
@@ -499,7 +499,7 @@ def targets_summary(after: Mapping[str, list[dict]], service: EditorService) -> 
         if r["moved"] < 0.95:
             fails.append(f"moved {r['moved']:.0%} < 95%")
         if not r["flip"] >= TARGET_FLIP:
-            fails.append(f"flip {_pct(r['flip'])} < 60%")
+            fails.append(f"flip {percent(r['flip'])} < 60%")
         if spec.attribute != "Male" and r["leakage"].get("Male", 0) > MAX_LEAKAGE:
             fails.append(f"Male leak {r['leakage']['Male']:.3f} > 0.05")
         if label == "Smiling" and r["leakage"].get("Young", 0) > MAX_LEAKAGE:

@@ -15,6 +15,7 @@ import time
 from pathlib import Path
 
 ACCOUNT = "## Account"
+REFERENCE_FACES = 64  # labelled real faces per slider for the face-geometry reference
 
 
 def add_parser(sub) -> None:
@@ -117,6 +118,16 @@ def run(args: argparse.Namespace) -> int:
               f"{per_image:.3f} s per image", flush=True)
         geometry = {"quantile": check.quantile, "threshold": check.threshold, "min_confidence": check.min_confidence,
                     "fit": fit.summary(), "real": real_check.summary(), "seconds_per_image": per_image}
+        by_slider = _attribute_faces(data, set(val_names), [s for s in SLIDERS if s.label in chosen], args.seed)
+        if by_slider:
+            names = sorted({n for v in by_slider.values() for n in v})
+            refs, refs_kept = load_images(select(data, names), size, workers=1, progress=False)
+            at = {n: i for i, n in enumerate(refs_kept.names())}
+            geometry["attributes"] = {
+                label: check.check(reduce_bits(refs[torch.tensor([at[n] for n in v if n in at])], n_bits)).summary()
+                for label, v in by_slider.items()}
+            print("real faces carrying each slider's attribute pass the geometry check: " + ", ".join(
+                f"{k} {v['share']:.0%}" for k, v in geometry["attributes"].items()), flush=True)
     cal_faces = encode_faces(service, classifier, pick(cal_names))
     faces = encode_faces(service, classifier, pick(report_names))
     print(f"{len(cal_faces.latents)} calibration faces, {len(faces.latents)} report faces "
@@ -202,13 +213,35 @@ def run(args: argparse.Namespace) -> int:
     return 0
 
 
+def _attribute_faces(data, exclude: set[str], specs, seed: int) -> dict[str, list[str]]:
+    """Per slider, up to REFERENCE_FACES labelled real faces outside `exclude` on the side the slider moves to (with
+    glasses; old for Age), drawn with a seeded generator: how often real faces that carry the attribute pass the
+    face-geometry check is what an edit to it may cost. Empty without labels."""
+    import numpy as np
+
+    if data.labels is None:
+        return {}
+    names = data.names()
+    out = {}
+    for spec in specs:
+        if spec.attribute not in data.attributes:
+            continue
+        column = data.labels[:, data.attributes.index(spec.attribute)]
+        pool = [n for n, v in zip(names, column) if v == (1 if spec.sign > 0 else -1) and n not in exclude]
+        if pool:
+            rng = np.random.default_rng(seed)
+            out[spec.label] = [pool[i] for i in sorted(rng.choice(len(pool), min(REFERENCE_FACES, len(pool)),
+                                                                   replace=False))]
+    return out
+
+
 def _report(args, service, classifier, metrics, faces, cal_faces, before, after, quality, floor, geometry, recommended,
             figure, calibration, out, seconds) -> str:
     """The markdown page; `floor` is (real-vs-real Frechet distance, real faces it used)."""
     import numpy as np
 
     from ..calibration import CALIBRATION_FILE
-    from ..edit_evaluation import before_after_table, flip_table, slider_table, targets_summary
+    from ..edit_evaluation import before_after_table, flip_table, percent, slider_table, targets_summary
 
     floor, floor_faces = floor
 
@@ -256,6 +289,22 @@ check, the share whose edit still passes.
                      "normal, nothing held fixed (the editor's previous defaults), on the same faces.\n\n"
                      + before_after_table(before, after))
     parts.append("## Targets (issue 15) for the default sliders at +1\n\n" + targets_summary(after, service))
+    if geometry and geometry.get("attributes"):
+        real = geometry["real"]
+        rows = ["| slider | face intact at +1 (edits) | real faces with the attribute pass (n) |", "|---|---|---|"]
+        for label, ref in geometry["attributes"].items():
+            edit = next((r for r in after.get(label, []) if r["value"] == 1.0), {})
+            rows.append(f"| {label} | {percent(edit.get('intact'))} | {ref['share']:.0%} ({ref['n']}) |")
+        parts.append(
+            "## Faces kept intact\n\nFace intact = of the report faces whose reconstruction passes the face-geometry "
+            "check (described under sample quality), the share whose edit still passes. Beside it, how often real "
+            "faces that carry the slider's attribute pass (labelled faces outside the validation split, on the "
+            f"side the slider moves to; all real faces of the second held-out half pass {real['share']:.0%}): "
+            "where the attribute itself hides landmarks (glasses, bangs, a beard) real faces pass somewhat less, "
+            "so an edit that keeps far fewer faces intact than that distorts them."
+            + (f" Calibration counts a strength only if at least {calibration.info['min_intact']:.0%} of the "
+               "calibration faces stay intact." if calibration is not None and calibration.info.get("min_intact")
+               else "") + "\n\n" + "\n".join(rows))
     if calibration is not None:
         rows = ["| slider | method | scale | kept fixed | default | flip on calibration faces | why |",
                 "|---|---|---|---|---|---|---|"]

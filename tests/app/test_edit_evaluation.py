@@ -406,6 +406,8 @@ def test_evaluate_edits_calibrates_reports_and_the_service_loads_it(faces_dir, t
     names = attribute_names(faces_dir)
     random_directions(names, model.latent_dim).save(model_dir / "directions.safetensors")
     files = sorted(p.name for p in (faces_dir / "img_align_celeba").glob("*.jpg"))
+    attributes = {row.split()[0]: [int(v) for v in row.split()[1:]]
+                  for row in (faces_dir / "list_attr_celeba.txt").read_text().splitlines()[2:] if row.strip()}
     # 40 validation faces: the geometry check fits on one half, and needs a few faces dlib finds at 16x16
     (model_dir / "split.json").write_text(json.dumps({"val": [f"img_align_celeba/{n}" for n in files[:40]]}))
     torch.manual_seed(0)
@@ -434,6 +436,11 @@ def test_evaluate_edits_calibrates_reports_and_the_service_loads_it(faces_dir, t
     # the geometry check fitted for the samples also judges the edits: calibration's rule, the report's column
     assert cal.info["min_intact"] == 0.8 and all(0 <= c.intact <= 1 for c in cal.sliders.values())
     assert "face intact |" in text and all("intact" in r for rows in results["after"].values() for r in rows)
+    # the reference: labelled real faces outside the validation split, on each slider's side (smiling; not young)
+    for label, column, side in (("Smiling", "Smiling", 1), ("Age", "Young", -1)):
+        pool = [n for n in files[40:] if attributes[n][names.index(column)] == side]
+        assert geometry["attributes"][label]["n"] == min(64, len(pool)) > 0
+    assert "## Faces kept intact" in text and "| Smiling |" in text.split("## Faces kept intact")[1]
     service = EditorService.load(model_dir, align=False)
     recommended = results["recommended_temperature"]
     assert cal.temperature == recommended and ("**Recommended temperature:" in text) == (recommended is not None)
