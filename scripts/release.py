@@ -6,8 +6,9 @@
 The measuring pass runs, in order, every step a release needs (each a CLI of this project, logged to
 STAGE/release.log): `build_assets.py` (weights, validation bits/dim, samples, curve), `app directions` on the
 model's training faces, the edit strip, `bpd_range.py`, bits/dim on training faces (the train/held-out gap),
-`app evaluate-edits --calibrate` (calibration, recommended temperature, docs/edits.md) and `experiments
-leakage-floor`. The pages keep their hand-written accounts: the current docs/edits.md and
+`app evaluate-edits --calibrate` (calibration, recommended temperature, docs/edits.md), `experiments
+leakage-floor` and the slider sheet (`slider_sheet.py`: every calibrated slider at -2..+2 on three held-out faces,
+STAGE/slider_sheet.png, to look at before installing; not installed). The pages keep their hand-written accounts: the current docs/edits.md and
 experiments/leakage_floor.md are copied into the staging folder first. Nothing in the checkout changes.
 
 `--install` then copies the staged model into assets/celeba64 (all but MODEL_CARD.md, which is written by hand
@@ -53,6 +54,8 @@ def steps(run: Path, data: Path, stage: Path, threads: int) -> list[tuple[str, l
                "--threads", str(threads), "--out", str(stage / "edits.md")]),
         ("leakage floor", py + ["-m", "experiments", "leakage-floor", "--model", str(model), "--data", str(data),
                                 "--threads", str(threads), "--out", str(stage / "leakage_floor.md")]),
+        ("slider sheet", py + ["scripts/slider_sheet.py", "--model", str(model), "--data", str(data), "--split",
+                               str(split), "--method", "auto", "--out", str(stage / "slider_sheet.png")]),
     ]
 
 

@@ -1,8 +1,9 @@
-"""Render every editor slider at -2, -1, 0, +1, +2 on a few held-out faces: the sheet to judge and tune the sliders'
-calibration (SliderSpec.scale in app/service.py) on a trained model.
+"""Render every editor slider (the default set, then those under "More attributes") at -2, -1, 0, +1, +2 on a few
+held-out faces, with the model's calibration (calibration.json) unless --method names one: the sheet to judge by eye
+what `python -m app evaluate-edits` measured.
 
     python scripts/slider_sheet.py --model assets/celeba64 --data ../shared/data/celeba \
-        --split assets/celeba64/split.json --out slider_sheet.png [--method classifier] [--faces 3]
+        --split assets/celeba64/split.json --out slider_sheet.png [--method auto] [--faces 3]
 
 +1 should be a clearly visible but natural change, +2 a strong one.
 """
@@ -14,7 +15,7 @@ from pathlib import Path
 
 import torch
 
-from app.service import METHOD_LABELS, EditorService
+from app.service import AUTO_METHOD, METHOD_LABELS, EditorService
 from flow_model.data import load_images, open_dataset, select
 from flow_model.visualize import image_grid, pyplot
 
@@ -27,7 +28,7 @@ def main() -> None:
     parser.add_argument("--data", required=True)
     parser.add_argument("--split", required=True, help="the run's split.json: faces come from its 'val' names")
     parser.add_argument("--out", required=True)
-    parser.add_argument("--method", choices=list(METHOD_LABELS), default="classifier")
+    parser.add_argument("--method", choices=list(METHOD_LABELS), default=AUTO_METHOD)
     parser.add_argument("--faces", type=int, default=3)
     args = parser.parse_args()
 
@@ -38,15 +39,17 @@ def main() -> None:
     images, _ = load_images(select(open_dataset(args.data), names), service.image_size, workers=0, progress=False)
     faces = [service.encode(x) for x in images]
 
-    fig, axes = pyplot().subplots(len(service.sliders), 1, figsize=(len(faces) * len(VALUES) * 0.75,
-                                                                len(service.sliders) * 0.85))
-    for ax, spec in zip(axes, service.sliders):
+    specs = service.sliders + service.more_sliders
+    fig, axes = pyplot().subplots(len(specs), 1, figsize=(len(faces) * len(VALUES) * 0.75, len(specs) * 0.85))
+    for ax, spec in zip(axes, specs):
         row = [service.edit(face, {spec.label: v}, method=args.method).image for face in faces for v in VALUES]
         ax.imshow(image_grid(torch.stack(row), columns=len(row)))
         ax.set_xticks([])
         ax.set_yticks([])
-        ax.set_ylabel(spec.label, rotation=0, ha="right", va="center", fontsize=8)
-    fig.suptitle(f"{args.method} directions at {', '.join(f'{v:+g}' for v in VALUES)} per face", fontsize=9)
+        ax.set_ylabel(spec.label + ("" if spec.default else " (more)"), rotation=0, ha="right", va="center",
+                      fontsize=8)
+    values = ", ".join(f"{v:+g}" for v in VALUES)
+    fig.suptitle(f"{METHOD_LABELS[args.method]} directions at {values} per face", fontsize=9)
     fig.tight_layout()
     fig.savefig(args.out, dpi=110, bbox_inches="tight")
     print(f"wrote {args.out}")
