@@ -67,6 +67,23 @@ def test_choose_scale_interpolates_to_the_target_and_drops_weak_sliders():
     assert (scale, flip, default) == (3, 0.25, False)
 
 
+def _calibrate_smiling(monkeypatch, vector, keep_probe: float = 1) -> SliderCalibration:
+    """Smiling calibrated on stand-ins for the directions (`vector(name, method)`) and the measures in a 4-D latent:
+    flip = value x (edit . e0) / 2, Male leakage = 0.09 x |value x (edit . e1)|."""
+    e = torch.eye(4)
+
+    def measure(service, classifier, faces, vector, value, attribute, sign, backoff=True, intact=None):
+        flip = float(min(1.0, max(0.0, sign * value * float(vector @ e[0]) / 2)))
+        return {"flip": flip, "backoff": 0.0, "leakage": {"Male": 0.09 * abs(value * float(vector @ e[1])),
+                                                          "Young": 0.0}}
+
+    monkeypatch.setattr(edit_evaluation, "measure_vector", measure)
+    service = SimpleNamespace(directions=SimpleNamespace(vector=vector))
+    classifier = SimpleNamespace(attributes=["Male", "Young", "Smiling"])
+    return edit_evaluation.calibrate(service, classifier, SimpleNamespace(latents=torch.zeros(8, 4)), ["Smiling"],
+                                     grid=(1, 1.5, 2, 3), keep_probe=keep_probe).get("Smiling")
+
+
 def test_calibration_holds_by_the_other_method_when_that_leaks_less(monkeypatch):
     """Smiling's mean-difference direction leaks into Male (0.09 per unit of e1) and is the only one that flips
     enough. Held by Male's mean-difference direction (e1 + e2, normalised) it keeps a quarter of that leak; held by
@@ -75,18 +92,7 @@ def test_calibration_holds_by_the_other_method_when_that_leaks_less(monkeypatch)
     vectors = {("Smiling", "classifier"): 0.2 * e[0], ("Smiling", "mean_diff"): e[0] + 0.5 * e[1],
                ("Male", "classifier"): e[1], ("Male", "mean_diff"): (e[1] + e[2]) / 2 ** 0.5,
                ("Young", "classifier"): e[3], ("Young", "mean_diff"): e[3]}
-    service = SimpleNamespace(directions=SimpleNamespace(vector=lambda name, method: vectors[name, method]))
-    classifier = SimpleNamespace(attributes=["Male", "Young", "Smiling"])
-
-    def measure(service, classifier, faces, vector, value, attribute, sign, backoff=True, intact=None):
-        flip = float(min(1.0, max(0.0, sign * value * float(vector @ e[0]) / 2)))
-        return {"flip": flip, "backoff": 0.0, "leakage": {"Male": 0.09 * abs(value * float(vector @ e[1])),
-                                                          "Young": 0.0}}
-
-    monkeypatch.setattr(edit_evaluation, "measure_vector", measure)
-    faces = SimpleNamespace(latents=torch.zeros(8, 4))
-    smiling = edit_evaluation.calibrate(service, classifier, faces, ["Smiling"], grid=(1, 1.5, 2, 3),
-                                        keep_probe=1).get("Smiling")
+    smiling = _calibrate_smiling(monkeypatch, lambda name, method: vectors[name, method])
     assert (smiling.method, smiling.hold, smiling.keep) == ("mean_diff", "classifier", ["Male"])
     # orthogonalising keeps the norm: e0 + 0.5 e1 held by e1 becomes 1.25^0.5 e0, which flips 60% at 1.2 / 1.25^0.5
     assert smiling.leakage["Male"] == pytest.approx(0.0, abs=1e-6)
@@ -175,25 +181,14 @@ def test_calibration_holds_a_leak_that_only_appears_at_the_calibrated_scale(monk
     calibrated 1.2 gaps. Calibration holds Male once it sees that, recalibrates, and stores the final leakage."""
     e = torch.eye(4)
     vectors = {"Smiling": e[0] + 0.5 * e[1], "Male": e[1], "Young": e[2]}
-    service = SimpleNamespace(directions=SimpleNamespace(vector=lambda name, method: vectors[name]))
-    classifier = SimpleNamespace(attributes=["Male", "Young", "Smiling"])
-
-    def measure(service, classifier, faces, vector, value, attribute, sign, backoff=True, intact=None):
-        flip = float(min(1.0, max(0.0, sign * value * float(vector @ e[0]) / 2)))
-        return {"flip": flip, "backoff": 0.0, "leakage": {"Male": 0.09 * abs(value * float(vector @ e[1])),
-                                                          "Young": 0.0}}
-
-    monkeypatch.setattr(edit_evaluation, "measure_vector", measure)
-    faces = SimpleNamespace(latents=torch.zeros(8, 4))
-    smiling = edit_evaluation.calibrate(service, classifier, faces, ["Smiling"], grid=(1, 1.5, 2, 3), keep_probe=1)
-    smiling = smiling.get("Smiling")
+    smiling = _calibrate_smiling(monkeypatch, lambda name, method: vectors[name])
     assert smiling.keep == ["Male"]
     assert smiling.leakage["Male"] == pytest.approx(0.0, abs=1e-6)
     assert smiling.scale == pytest.approx(1 + 0.5 * (0.6 - 1.118 / 2) / (1.118 * 0.75 - 1.118 / 2), abs=0.01)
     assert "held once they leaked at the calibrated scale: Male (0.05 at 1.2 gaps)" in smiling.reason
     # a probe that already sees the leak holds Male from the start, and says nothing about a second round
-    early = edit_evaluation.calibrate(service, classifier, faces, ["Smiling"], grid=(1, 1.5, 2, 3), keep_probe=2)
-    assert early.get("Smiling").keep == ["Male"] and "held once" not in early.get("Smiling").reason
+    early = _calibrate_smiling(monkeypatch, lambda name, method: vectors[name], keep_probe=2)
+    assert early.keep == ["Male"] and "held once" not in early.reason
 
 
 # -- the service applies a calibration -------------------------------------------------------------------
