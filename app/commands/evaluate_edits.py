@@ -253,6 +253,8 @@ def _report(args, service, classifier, metrics, faces, cal_faces, before, after,
     accs = ", ".join(f"{a} {metrics[a]['accuracy']:.1%}" for a in ("Male", "Young", "Smiling", "Eyeglasses")
                      if a in metrics)
     mean_acc = np.mean([m["accuracy"] for m in metrics.values()]) if metrics else float("nan")
+    intact = ("; face intact (the face-geometry check of the samples' section) = of the faces whose reconstruction\n"
+              "passes the check, the share whose edit still passes") if geometry else ""
     parts = [f"""# What the sliders do, measured
 
 Written by `python -m app evaluate-edits --model {args.model} --data DATA --faces {args.faces} \\
@@ -276,9 +278,7 @@ exactly; the "before" reading is of its reconstruction (5-bit), the "after" read
 shift = mean change of P(attribute) the intended way; moved = share of faces whose P moved the intended way;
 flip = among the faces that started on the other side of 0.5, the share that crossed (n = that count); leakage =
 mean |dP| of Male, Young, Smiling (and the largest over all other 39 attributes); pixel change = mean |edit -
-reconstruction| in 0-255 units; back-off = share of faces whose edit had to be shown at reduced strength;
-face intact (with the face-geometry check of the samples' section) = of the faces whose reconstruction passes the
-check, the share whose edit still passes.
+reconstruction| in 0-255 units; back-off = share of faces whose edit had to be shown at reduced strength{intact}.
 """,
              "## Calibrated defaults at +1\n\n" + slider_table(after, service, 1.0),
              "## Calibrated defaults at -1\n\n" + slider_table(after, service, -1.0),

@@ -456,6 +456,13 @@ def test_evaluate_edits_calibrates_reports_and_the_service_loads_it(faces_dir, t
     assert f"**Recommended temperature: {float(lowest):g}**" in text
     assert EditorService.load(model_dir, align=False).recommended_temperature == float(lowest)
 
+    # without the geometry check nothing is judged intact, and the calibration records that it was not
+    assert main(args + ["--no-geometry", "--temperatures", ""]) == 0
+    results, text = json.loads((out.parent / "edits.json").read_text()), out.read_text()
+    cal = Calibration.load(model_dir / "calibration.json")
+    assert cal.info["min_intact"] is None and all(c.intact is None for c in cal.sliders.values())
+    assert results["geometry"] is None and "face intact" not in text
+
 
 def test_the_ui_edits_with_the_calibrated_defaults_and_shows_the_reading(celeba_dir, tmp_path_factory, tmp_path):
     from PIL import Image
