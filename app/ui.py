@@ -82,8 +82,11 @@ class EditorUI:
         self.examples = list(examples)
         self.limits = limits
         self.labels = [s.label for s in service.sliders]
-        covered = {s.attribute for s in service.sliders}
-        self.other_attributes = [a for a in service.attributes if a not in covered]
+        # under "More attributes": the calibrated sliders outside the default set by their labels (with their
+        # measured scale, method and holds), then the attributes no slider covers
+        covered = {s.attribute for s in service.sliders + service.more_sliders}
+        self.other_attributes = ([s.label for s in service.more_sliders]
+                                 + [a for a in service.attributes if a not in covered])
         self.level_choices = service.level_choices()
         self._stops: dict[str, threading.Event] = {}  # session -> stop flag of its running custom-slider fit
 

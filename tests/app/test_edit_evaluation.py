@@ -473,13 +473,21 @@ def test_the_ui_edits_with_the_calibrated_defaults_and_shows_the_reading(celeba_
 
     service = EditorService.load(build_assets(celeba_dir, tmp_path_factory.getbasetemp()))
     service.set_calibration(Calibration({"Smiling": SliderCalibration("mean_diff", 2.0, ["Male"]),
-                                         "Bald": SliderCalibration("classifier", 3.0, [], False)}, temperature=0.65))
+                                         "Bald": SliderCalibration("classifier", 3.0, [], False),
+                                         "Gray hair": SliderCalibration("mean_diff", 2.5, ["Male"], False)},
+                                        temperature=0.65))
     torch.manual_seed(0)
     service.classifier = AttributeClassifier(ClassifierConfig(attribute_names(celeba_dir),
                                                               image_size=TINY["image_size"], widths=[4, 8])).eval()
     try:
         ui = EditorUI(service)
         assert "Bald" not in ui.labels and "Smiling" in ui.labels and "Bald" in ui.other_attributes
+        # a slider out of the default set is offered under its label, calibrated, not as its raw attribute
+        assert ui.other_attributes[:2] == ["Gray hair", "Bald"] and "Gray_Hair" not in ui.other_attributes
+        assert ui.add_attribute("Gray hair", [])[0] == ["Gray hair"]
+        gray = orthogonalize(2.5 * service.directions.vector("Gray_Hair", "mean_diff")[None],
+                             service.directions.vector("Male", "mean_diff")[None])[0]
+        assert torch.allclose(service.edit_vectors(["Gray hair"])[0], gray, atol=1e-5)
         temperature = [c for c in ui.build().blocks.values() if getattr(c, "label", None) == "Temperature"]
         assert [c.value for c in temperature] == [0.65]  # the Sample tab starts at the measured recommendation
         crop = tmp_path / "crop.png"
