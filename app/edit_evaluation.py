@@ -296,8 +296,8 @@ def calibrate(service: EditorService, classifier: AttributeClassifier, faces: Fa
        old +1) are held fixed;
     2. per method, the slider's direction, orthogonal to the kept ones' directions taken from either method
        (holding by the classifier normals removes more of what a linear read-out sees), at multipliers `grid` of
-       the class-mean gap: the scale is the smallest multiplier reaching TARGET_FLIP at +1 among those that still decode
-       (choose_scale; with a fitted `geometry` check, also keeping MIN_INTACT of the faces intact);
+       the class-mean gap: the scale is the smallest multiplier reaching TARGET_FLIP at +1 among those that still
+       decode (choose_scale; with a fitted `geometry` check, also keeping MIN_INTACT of the faces intact);
     3. method and held directions' method: the pair that reaches the target with the smaller leakage into the
        kept and leak attributes at the grid point nearest its scale, else the one that flips more;
     4. the chosen edit is measured at its calibrated scale: a leak attribute that exceeds MAX_LEAKAGE there and is
@@ -479,7 +479,8 @@ def before_after_table(before: Mapping[str, list[dict]], after: Mapping[str, lis
         b = {r["value"]: r for r in before[label]}
         a = {r["value"]: r for r in after[label]}
         lm = [x[1.0]["leakage"].get("Male") for x in (b, a)]
-        lines.append(f"| {label} | {percent(b[1.0]['flip'])} | {percent(a[1.0]['flip'])} | {percent(b[-1.0]['flip'])} | "
+        lines.append(f"| {label} | {percent(b[1.0]['flip'])} | {percent(a[1.0]['flip'])} | "
+                     f"{percent(b[-1.0]['flip'])} | "
                      f"{percent(a[-1.0]['flip'])} | {percent(b[1.0]['moved'])} | {percent(a[1.0]['moved'])} | "
                      + " | ".join("-" if v is None else f"{v:.3f}" for v in lm)
                      + f" | {b[1.0]['max_leak_attribute']} {b[1.0]['max_leak']:.3f} | "

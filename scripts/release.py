@@ -8,8 +8,9 @@ STAGE/release.log): `build_assets.py` (weights, validation bits/dim, samples, cu
 model's training faces, the edit strip, `bpd_range.py`, bits/dim on training faces (the train/held-out gap),
 `app evaluate-edits --calibrate` (calibration, recommended temperature, docs/edits.md), `experiments
 leakage-floor` and the slider sheet (`slider_sheet.py`: every calibrated slider at -2..+2 on three held-out faces,
-STAGE/slider_sheet.png, to look at before installing; not installed). The pages keep their hand-written accounts: the current docs/edits.md and
-experiments/leakage_floor.md are copied into the staging folder first. Nothing in the checkout changes.
+STAGE/slider_sheet.png, to look at before installing; not installed). The pages keep their hand-written accounts:
+the current docs/edits.md and experiments/leakage_floor.md are copied into the staging folder first. Nothing in
+the checkout changes.
 
 `--install` then copies the staged model into assets/celeba64 (all but MODEL_CARD.md, which is written by hand
 from the numbers in release.log), the pages into docs/ and experiments/, with every staging path in them rewritten

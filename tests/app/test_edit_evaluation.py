@@ -134,7 +134,8 @@ class _PixelCheck:
 
 
 def test_intactness_counts_only_faces_whose_reconstruction_passes():
-    faces = SimpleNamespace(images=torch.tensor([1, 9, 2, 3], dtype=torch.uint8)[:, None, None, None].expand(4, 3, 2, 2))
+    pixels = torch.tensor([1, 9, 2, 3], dtype=torch.uint8)
+    faces = SimpleNamespace(images=pixels[:, None, None, None].expand(4, 3, 2, 2))
     intact = edit_evaluation.Intactness.of(_PixelCheck(5), faces)  # the second face fails unedited
     assert intact.base.tolist() == [True, False, True, True]
     edited = torch.tensor([4, 0, 7, 1], dtype=torch.uint8)[:, None, None, None].expand(4, 3, 2, 2)
