@@ -147,6 +147,22 @@ def test_cooldown_lowers_the_rate_linearly_to_zero_resumes_mid_decay_and_stops(f
     assert load_checkpoint(out / CHECKPOINT_NAME)["meta"]["step"] == 8
 
 
+def test_a_cooldown_given_again_on_resume_keeps_its_start_and_changes_its_length(faces_dir, tmp_path):
+    """`--cooldown 4` from step 4, stopped at 6, resumed with `--cooldown 6`: the decay still starts at 4 and now
+    reaches 0 at step 10, so a cooldown can be shortened or lengthened to fit the time left."""
+    from flow_model.cli import main
+
+    out = tmp_path / "run"
+    common = ["train", "--out", str(out), "--resume", "--no-progress"]
+    Trainer(train_config(faces_dir, out, limit=40, warmup_steps=1, lr=1e-3), tiny_config()).run()
+    assert main([*common, "--cooldown", "4", "--max-steps", "6"]) == 0
+    assert main([*common, "--cooldown", "6", "--max-steps", "100"]) == 0
+    rows = train_rows(out)
+    assert [r["step"] for r in rows] == list(range(1, 11))
+    assert [r["lr"] for r in rows[4:]] == pytest.approx([7.5e-4, 5e-4] + [1e-3 * (1 - k / 6) for k in (3, 4, 5, 6)])
+    assert metrics(out)[-1]["reason"] == "cooldown"
+
+
 def train_command(data: Path, out: Path, *extra: str) -> list[str]:
     return [sys.executable, "-m", "flow_model", "train", "--data", str(data), "--out", str(out), "--image-size", "8",
             "--levels", "2", "--depth", "2", "--hidden", "8", "--batch-size", "8", "--lr", "2e-3", "--warmup-steps",
