@@ -48,7 +48,7 @@ VARIANTS: dict[str, Variant] = {
                     None),
 }
 PIECES = ("coupling", "cond_net", "dequant")
-TRAIN_FIXED = ("data", "out", "max_minutes", "max_steps", "epochs", "seed", "progress", "init_from")
+TRAIN_FIXED = ("data", "out", "max_minutes", "max_train_minutes", "max_steps", "epochs", "seed", "progress", "init_from")
 ACCOUNT_HEADING = "## Account"
 PLOT_NAME = "ablation_bpd.png"
 
@@ -92,7 +92,7 @@ class AblationConfig:
     def train_config(self, name: str) -> TrainConfig:
         train = {"cache": str(Path(self.out) / "images.safetensors"), **self.train}
         return TrainConfig(data=self.data, out=str(Path(self.out) / name), seed=self.seed, progress=False,
-                           max_minutes=self.minutes_per_config, **train)
+                           max_train_minutes=self.minutes_per_config, **train)
 
     def to_dict(self) -> dict:
         return dataclasses.asdict(self)
@@ -105,11 +105,10 @@ def train_variant(config: AblationConfig, name: str) -> dict:
         raise ValueError(f"{run_dir} already holds a run; pick another --out so every configuration starts fresh")
     trainer = Trainer(config.train_config(name), config.model_config(name))
     budget = config.minutes_per_config * 60
-    interval = budget / config.curve_points
     curve = []
-    while trainer.elapsed < budget:
-        chunk = min(interval, budget - trainer.elapsed)
-        trainer.cfg = dataclasses.replace(trainer.cfg, max_minutes=chunk / 60)
+    for point in range(1, config.curve_points + 1):
+        # a budget of training-step time, not wall-clock: each call then trains until it is spent, never zero steps
+        trainer.cfg = dataclasses.replace(trainer.cfg, max_train_minutes=budget * point / config.curve_points / 60)
         row = trainer.run()
         curve.append({"seconds": trainer.elapsed, "step": trainer.step, "val_bpd": row["val_bpd"],
                       "val_bpd_se": row["val_bpd_se"]})

@@ -53,6 +53,7 @@ class TrainConfig:
     max_steps: int | None = None
     epochs: int | None = None
     max_minutes: float | None = None
+    max_train_minutes: float | None = None  # time inside training steps, summed over resumes; validation excluded
     ckpt_every: int = 200
     sample_every: int = 500
     log_every: int = 10
@@ -87,6 +88,7 @@ class TrainConfig:
             (self.max_bad_steps >= 1, "max_bad_steps must be >= 1"),
             (self.max_steps is None or self.max_steps >= 0, "max_steps must be >= 0"),
             (self.max_minutes is None or self.max_minutes > 0, "max_minutes must be > 0"),
+            (self.max_train_minutes is None or self.max_train_minutes > 0, "max_train_minutes must be > 0"),
         ]
         for ok, message in checks:
             if not ok:
@@ -387,12 +389,14 @@ class Trainer:
             stop = 2
         elif cfg.max_minutes is not None and (time.time() - started) / 60 >= cfg.max_minutes:
             stop = 1
+        elif cfg.max_train_minutes is not None and self.elapsed >= cfg.max_train_minutes * 60:
+            stop = 3
         if self.world > 1:
             # rank 0 decides for every rank: ranks stopping at different steps deadlock in the next collective
             flag = torch.tensor(float(stop), device=self.device)
             dist.broadcast(flag, src=0)
             stop = int(flag.item())
-        return {0: None, 1: "max_minutes", 2: "signal"}[stop]
+        return {0: None, 1: "max_minutes", 2: "signal", 3: "max_train_minutes"}[stop]
 
     def _request_stop(self, signum: int, _frame) -> None:
         log.warning("received signal %d: finishing this step, then writing a checkpoint", signum)

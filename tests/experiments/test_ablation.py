@@ -29,7 +29,7 @@ def image_dir(tmp_path_factory):
 def test_ablation_trains_every_configuration_and_writes_table_plot_report(image_dir, tmp_path, capsys) -> None:
     out, report = tmp_path / "ablation", tmp_path / "docs" / "ablation.md"
     argv = ["ablation", "--data", str(image_dir), "--out", str(out), "--minutes-per-config", "0.01",
-            "--curve-points", "1", "--importance-samples", "2", "--report", str(report), *TINY]
+            "--curve-points", "2", "--importance-samples", "2", "--report", str(report), *TINY]
     assert cli.main(argv) == 0
     payload = json.loads((out / "results.json").read_text())
     results = payload["results"]
@@ -39,7 +39,8 @@ def test_ablation_trains_every_configuration_and_writes_table_plot_report(image_
         assert pieces == ablation.VARIANTS[r["name"]].pieces
         assert math.isfinite(r["val_bpd"]) and r["val_bpd_se"] > 0 and math.isfinite(r["val_bpd_iw"])
         assert r["parameters"] > 0 and r["images_per_s"] > 0 and r["steps"] >= 1 and r["val_images"] == 6
-        assert r["curve"] and r["curve"][-1]["seconds"] >= 0.01 * 60
+        # one validation per curve point, each after its share of the training-step budget
+        assert [c["seconds"] >= 0.01 * 60 * (i + 1) / 2 for i, c in enumerate(r["curve"])] == [True, True]
         assert r["round_trip_exact"]
     sizes = {r["name"]: r["parameters"] for r in results}
     assert sizes["glow"] < sizes["no_attention"] < sizes["flowpp"]

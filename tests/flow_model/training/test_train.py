@@ -1,6 +1,8 @@
 """Training: it learns, it survives NaNs and SIGKILL, it resumes exactly, and DDP ranks stay in lockstep."""
 from __future__ import annotations
 
+import dataclasses
+
 import json
 import math
 import os
@@ -49,6 +51,18 @@ def test_training_lowers_validation_bpd(faces_dir, tmp_path):
     assert load_checkpoint(tmp_path / "run" / CHECKPOINT_NAME)["meta"]["step"] == 50
     assert (tmp_path / "run" / "samples.png").is_file() and (tmp_path / "run" / "bpd.png").is_file()
     assert temp_files(tmp_path) == [], "checkpoint writes must rename their temp file into place"
+
+
+def test_a_training_time_budget_always_takes_a_step_and_stops_once_spent(faces_dir, tmp_path):
+    """A budget of step time cannot leave a run that trains nothing (the ablation's chunks once spun like that)."""
+    trainer = Trainer(train_config(faces_dir, tmp_path / "run", limit=64, max_steps=None), tiny_config())
+    trainer.elapsed = 100.0  # as if resumed with a microsecond of the budget left
+    trainer.cfg = dataclasses.replace(trainer.cfg, max_train_minutes=(100.0 + 1e-6) / 60)
+    trainer.run()
+    assert trainer.step == 1 and trainer.elapsed > 100.0 + 1e-6
+    assert metrics(tmp_path / "run")[-1]["reason"] == "max_train_minutes"
+    trainer.run()  # spent: validates again, trains nothing
+    assert trainer.step == 1
 
 
 def poison_forward(model: Glow, bad_calls: set[int]) -> dict:
