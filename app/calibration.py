@@ -18,9 +18,10 @@ FORMAT_VERSION = 1
 TARGET_FLIP = 0.6  # +1 should flip at least this share of the faces that start on the other side
 MIN_FLIP = 0.3  # a slider that cannot reach this at any decodable strength leaves the default set
 MAX_LEAKAGE = 0.05  # mean |dP| of another attribute above which that attribute is held fixed by default
-# A strength still decodes only if at least this share of the faces that pass the face-geometry check unedited
-# still pass it edited. Real faces that carry a slider's attribute (glasses, bangs, a beard) pass about as often as
-# faces without it (docs/edits.md), so a larger loss is the edit's distortion, not the attribute's look.
+# A strength still decodes only if at least this share of the faces that pass the face checks unedited (geometry
+# and colour blow-out) still pass them edited, at + and at -. Real faces that carry a slider's attribute (glasses,
+# bangs, a beard) pass about as often as faces without it (docs/edits.md), so a larger loss is the edit's
+# distortion, not the attribute's look.
 MIN_INTACT = 0.8
 METHODS = ("classifier", "mean_diff")
 
@@ -37,7 +38,7 @@ class SliderCalibration:
     flip_at_1: float | None = None  # measured on the calibration faces
     leakage: dict[str, float] = field(default_factory=dict)  # mean |dP| at +1 of the held attributes, as measured
     reason: str = ""
-    intact: float | None = None  # share of faces keeping their face geometry at +1; None: not checked
+    intact: float | None = None  # share of faces kept intact at +1 and -1, the lower; None: unchecked
     hold: str | None = None  # the method of the held attributes' directions; None: the slider's own
 
     def __post_init__(self) -> None:

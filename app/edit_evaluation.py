@@ -21,7 +21,7 @@ from flow_model.glow import reduce_bits
 
 from .calibration import MAX_LEAKAGE, METHODS, MIN_FLIP, MIN_INTACT, TARGET_FLIP, Calibration, SliderCalibration
 from .classifier import AttributeClassifier
-from .face_check import FaceGeometryCheck, GeometryResult
+from .face_check import ColourCheck, FaceGeometryCheck, GeometryResult
 from .service import (BACKOFF_FRACTIONS, SLIDER_BY_LABEL, Check, EditorService, SliderSpec, checkpoint,
                       orthogonalize)
 
@@ -122,22 +122,29 @@ class FaceSet:
 
 @dataclass
 class Intactness:
-    """Whether edits keep faces intact: of the faces whose reconstruction passes the face-geometry check, the share
-    whose edit still passes. Counting only those faces keeps the check's misses on real faces out of the figure."""
+    """Whether edits keep faces intact: of the faces whose reconstruction passes the face-geometry check (and the
+    colour check, given one), the share whose edit still passes. Counting only those faces keeps the checks' misses
+    on real faces out of the figure."""
 
     check: FaceGeometryCheck
     base: torch.Tensor  # (N,) bool: the reconstructions that pass
+    colour: ColourCheck | None = None
 
     @classmethod
-    def of(cls, check: FaceGeometryCheck, faces: FaceSet) -> "Intactness":
-        base = torch.from_numpy(check.check(faces.images).passed)
+    def of(cls, check: FaceGeometryCheck, faces: FaceSet, colour: ColourCheck | None = None) -> "Intactness":
+        everyone = cls(check, torch.ones(len(faces.images), dtype=torch.bool), colour)
+        base = torch.from_numpy(everyone.passed(faces.images))
         if not base.any():
-            raise ValueError("no reconstruction passes the face-geometry check: intactness cannot be measured")
-        return cls(check, base)
+            raise ValueError("no reconstruction passes the face checks: intactness cannot be measured")
+        return cls(check, base, colour)
+
+    def passed(self, images: torch.Tensor) -> np.ndarray:
+        ok = self.colour.check(images) if self.colour is not None else np.ones(len(images), dtype=bool)
+        return ok & self.check.check(images).passed
 
     def share(self, edited: torch.Tensor) -> float:
         """(N, 3, S, S) uint8 edits of the same faces, in order -> the share of the passing ones that still pass."""
-        return self.check.check(edited[self.base]).share
+        return float(self.passed(edited[self.base]).mean())
 
 
 @torch.inference_mode()
@@ -170,7 +177,7 @@ def measure_vector(service: EditorService, classifier: AttributeClassifier, face
                    backoff: bool = True, intact: Intactness | None = None) -> dict:
     """The edits of `edited_images`, measured: edit_measures plus pixel change (mean |edit - reconstruction| in
     0..255 units), back-off rate, over all other attributes the largest mean |dP| and, given `intact`, the share of
-    faces that keep their face geometry. Without back-off a face whose edit does not decode counts as unedited, so
+    faces kept intact (Intactness). Without back-off a face whose edit does not decode counts as unedited, so
     its flip and shift are 0: a lower bound on what the editor shows."""
     names = classifier.attributes
     images, strength = edited_images(service, faces, vector, value, backoff)
@@ -223,7 +230,7 @@ def choose_scale(grid: Sequence[float], rows: Sequence[dict], target: float = TA
     """From measures at multipliers `grid` (value +1 x multiplier): (scale, flip reached, in default set).
 
     Only multipliers that still decode count: back-off on at most DECODABLE_BACKOFF of faces and, given `intact`
-    (grid index -> share of faces keeping their face geometry), at least MIN_INTACT. Distortion grows with the
+    (grid index -> share of faces kept intact), at least MIN_INTACT. Distortion grows with the
     strength, so the first multiplier below MIN_INTACT ends the search; `intact` is asked only for multipliers the
     search reaches (it is the costly measure). The scale is the smallest multiplier with flip >= target; if none,
     the strongest decodable one, and the slider stays in the default set only if that reaches min_flip."""
@@ -246,6 +253,13 @@ def choose_scale(grid: Sequence[float], rows: Sequence[dict], target: float = TA
     return ms[best], fs[best], fs[best] >= min_flip
 
 
+def both_sides(intact: Intactness, service: EditorService, faces: FaceSet, vector: torch.Tensor,
+               value: float) -> float:
+    """The share of faces kept intact at +value and at -value, whichever is lower: a slider is dragged both ways,
+    and removing an attribute can break faces that adding it does not."""
+    return min(intact.share(edited_images(service, faces, vector, v, backoff=False)[0]) for v in (value, -value))
+
+
 def _fit_methods(service: EditorService, classifier: AttributeClassifier, faces: FaceSet, base: SliderSpec,
                  keep: Sequence[str], grid: Sequence[float], methods: Sequence[str],
                  intact: Intactness | None) -> tuple[tuple[str, str], dict]:
@@ -262,7 +276,7 @@ def _fit_methods(service: EditorService, classifier: AttributeClassifier, faces:
                 for m in grid]
 
         def intact_at(i: int, v=v, rows=rows) -> float:
-            rows[i]["intact"] = intact.share(edited_images(service, faces, v, grid[i], backoff=False)[0])
+            rows[i]["intact"] = both_sides(intact, service, faces, v, grid[i])
             return rows[i]["intact"]
 
         scale, flip, ok = choose_scale(grid, rows, intact=intact_at if intact is not None else None)
@@ -288,7 +302,7 @@ def _flips(rows: Sequence[dict]) -> str:
 def calibrate(service: EditorService, classifier: AttributeClassifier, faces: FaceSet,
               labels: Sequence[str] | None = None, grid: Sequence[float] = GRID,
               methods: Sequence[str] = METHODS, keep_probe: float | None = None, progress=None,
-              geometry: FaceGeometryCheck | None = None) -> Calibration:
+              geometry: FaceGeometryCheck | None = None, colour: ColourCheck | None = None) -> Calibration:
     """Per built-in slider, on `faces` (which must not be the faces the evaluation reports on):
 
     1. keep: the leak attributes (Male, Young, Smiling) whose mean |dP| exceeds MAX_LEAKAGE when the slider's
@@ -297,7 +311,8 @@ def calibrate(service: EditorService, classifier: AttributeClassifier, faces: Fa
     2. per method, the slider's direction, orthogonal to the kept ones' directions taken from either method
        (holding by the classifier normals removes more of what a linear read-out sees), at multipliers `grid` of
        the class-mean gap: the scale is the smallest multiplier reaching TARGET_FLIP at +1 among those that still
-       decode (choose_scale; with a fitted `geometry` check, also keeping MIN_INTACT of the faces intact);
+       decode (choose_scale; with a fitted `geometry` check, also keeping MIN_INTACT of the faces intact at both
+       +1 and -1, by their geometry and, given a fitted `colour` check, their colours);
     3. method and held directions' method: the pair that reaches the target with the smaller leakage into the
        kept and leak attributes at the grid point nearest its scale, else the one that flips more;
     4. the chosen edit is measured at its calibrated scale: a leak attribute that exceeds MAX_LEAKAGE there and is
@@ -307,7 +322,7 @@ def calibrate(service: EditorService, classifier: AttributeClassifier, faces: Fa
     """
     d = service.directions
     names = classifier.attributes
-    intact = Intactness.of(geometry, faces) if geometry is not None else None
+    intact = Intactness.of(geometry, faces, colour) if geometry is not None else None
     sliders = {}
     for label in labels or [s.label for s in service.sliders + service.more_sliders]:
         base = SLIDER_BY_LABEL[label]
@@ -321,7 +336,7 @@ def calibrate(service: EditorService, classifier: AttributeClassifier, faces: Fa
             (method, hold), results = _fit_methods(service, classifier, faces, base, keep, grid, methods, intact)
             r = results[method, hold]
             final = measure_vector(service, classifier, faces, r["vector"], r["scale"], base.attribute, base.sign,
-                                   backoff=False, intact=intact)
+                                   backoff=False)
             more = [a for a in candidates if a not in keep and final["leakage"].get(a, 0.0) > MAX_LEAKAGE]
             if not more:
                 break
@@ -336,8 +351,8 @@ def calibrate(service: EditorService, classifier: AttributeClassifier, faces: Fa
             reason += "; held once they leaked at the calibrated scale: " + ", ".join(added)
         broke = [(g, row["intact"]) for g, row in zip(grid, r["rows"]) if row.get("intact", 1.0) < MIN_INTACT]
         if broke:
-            reason += (f"; {method} stopped at {broke[0][0]:g} gaps, where only {broke[0][1]:.0%} of the faces kept "
-                       f"their face geometry (< {MIN_INTACT:.0%})")
+            reason += (f"; {method} stopped at {broke[0][0]:g} gaps, where only {broke[0][1]:.0%} of the faces stayed "
+                       f"intact at + or - (< {MIN_INTACT:.0%})")
         if not r["ok"]:
             reason = (f"out of the default set: at most {r['flip']:.0%} of faces flip at any strength that still "
                       f"decodes; " + reason)
@@ -345,7 +360,8 @@ def calibrate(service: EditorService, classifier: AttributeClassifier, faces: Fa
             method=method, scale=float(r["scale"]), keep=keep, default=bool(r["ok"]),
             scales={m: float(results[m, m]["scale"]) for m in methods}, flip_at_1=float(r["flip"]),
             leakage={a: round(v, 4) for a, v in final["leakage"].items()}, reason=reason,
-            intact=final.get("intact"), hold=hold if hold != method else None)
+            intact=both_sides(intact, service, faces, r["vector"], r["scale"]) if intact is not None else None,
+            hold=hold if hold != method else None)
         if progress:
             progress(label, sliders[label])
     return Calibration(sliders, {"grid": list(grid), "faces": len(faces.latents), "target_flip": TARGET_FLIP,
@@ -507,6 +523,6 @@ def targets_summary(after: Mapping[str, list[dict]], service: EditorService) -> 
             fails.append(f"Young leak {r['leakage']['Young']:.3f} > 0.05")
         line = f"- {label}: " + ("meets all targets" if not fails else "; ".join(fails))
         if r.get("intact", 1.0) < MIN_INTACT:  # not one of the issue's targets, but what the calibration demands
-            line += f" (and only {r['intact']:.0%} of the faces keep their face geometry)"
+            line += f" (and only {r['intact']:.0%} of the faces stay intact)"
         out.append(line)
     return "\n".join(out)

@@ -25,6 +25,7 @@ from PIL import Image
 
 from .align import FaceAligner, apply_transform, padded_copy, similarity_transform
 
+VIVID_SATURATION, VIVID_BRIGHTNESS = 0.7, 0.55  # more saturated than skin, lips or hair are in real faces
 UPSAMPLE = 256  # the detector and predictor see each image at this side; dlib's detector needs faces of ~80 px
 QUANTILE = 0.95
 MIN_BOX_FRACTION = 0.3  # a detection narrower than this share of the image is not the framed face
@@ -181,3 +182,37 @@ class FaceGeometryCheck:
         passed = (found & (np.nan_to_num(scores, nan=np.inf) <= self.threshold)
                   & (np.nan_to_num(confidence, nan=-np.inf) >= self.min_confidence))
         return GeometryResult(found, scores, confidence, passed)
+
+
+def vivid_share(images: torch.Tensor | np.ndarray) -> np.ndarray:
+    """(N,) share of each image's pixels with saturation (max - min) / max >= VIVID_SATURATION at a brightness
+    (max) >= VIVID_BRIGHTNESS. An edit that blows a region out (a red scalp, a blue smear) raises it; most real
+    faces have none, a few a vivid background."""
+    x = _images(images).astype(np.float32) / 255
+    high, low = x.max(1), x.min(1)
+    saturation = (high - low) / np.maximum(high, 1e-3)
+    return ((saturation >= VIVID_SATURATION) & (high >= VIVID_BRIGHTNESS)).mean((1, 2))
+
+
+class ColourCheck:
+    """Colour blow-out, which the geometry check cannot see (dlib reads the face's outline and features, not the
+    colour of the scalp or the cheeks): an image passes when its vivid share is at most the same quantile of real
+    faces' as the geometry check uses (`fit` first, then `check`)."""
+
+    def __init__(self) -> None:
+        self.threshold: float | None = None
+        self.quantile: float | None = None
+
+    def fit(self, images: torch.Tensor | np.ndarray, quantile: float = QUANTILE) -> np.ndarray:
+        """The threshold from real faces; returns which of them pass."""
+        shares = vivid_share(images)
+        if len(shares) < MIN_FIT_FACES:
+            raise ValueError(f"the colour check needs at least {MIN_FIT_FACES} real faces, got {len(shares)}")
+        self.threshold, self.quantile = quantile_threshold(shares, quantile), quantile
+        return shares <= self.threshold
+
+    def check(self, images: torch.Tensor | np.ndarray) -> np.ndarray:
+        """(N,) bool: passed."""
+        if self.threshold is None:
+            raise RuntimeError("fit the check on real faces first")
+        return vivid_share(images) <= self.threshold

@@ -48,7 +48,8 @@ VARIANTS: dict[str, Variant] = {
                     None),
 }
 PIECES = ("coupling", "cond_net", "dequant")
-TRAIN_FIXED = ("data", "out", "max_minutes", "max_train_minutes", "max_steps", "epochs", "seed", "progress", "init_from")
+TRAIN_FIXED = ("data", "out", "max_minutes", "max_train_minutes", "max_steps", "epochs", "seed", "progress",
+               "init_from")
 ACCOUNT_HEADING = "## Account"
 PLOT_NAME = "ablation_bpd.png"
 

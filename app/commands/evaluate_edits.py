@@ -65,7 +65,7 @@ def run(args: argparse.Namespace) -> int:
     from ..classifier import AttributeClassifier, load_metrics
     from ..edit_evaluation import (VALUES, Intactness, calibrate, encode_faces, evaluate_sliders, frechet_distance,
                                    plot_flip_rates, recommend_temperature, sample_quality, validation_halves)
-    from ..face_check import FaceGeometryCheck
+    from ..face_check import ColourCheck, FaceGeometryCheck
     from ..service import SLIDERS, EditorService
 
     for flag, v in (("--faces", args.faces), ("--calibration-faces", args.calibration_faces),
@@ -105,34 +105,44 @@ def run(args: argparse.Namespace) -> int:
     images, kept = load_images(select(data, wanted), size, workers=1, progress=False)
     index = {n: i for i, n in enumerate(kept.names())}
     pick = lambda names: images[torch.tensor([index[n] for n in names if n in index])]  # noqa: E731
-    check, geometry = None, None
+    check, colour, geometry = None, None, None
     if check_geometry:  # first, so a data set the check cannot fit on fails before the long measurements
         # the real faces at the samples' bit depth, so both go through the same 64x64 pipeline
         n_bits = service.model.config.n_bits
-        check, clock = FaceGeometryCheck(), time.perf_counter()
-        fit = check.fit(reduce_bits(pick(geo_fit_names), n_bits))
-        real_check = check.check(reduce_bits(pick(geo_real_names), n_bits))
+        check, colour, clock = FaceGeometryCheck(), ColourCheck(), time.perf_counter()
+        fit_faces, real_faces = reduce_bits(pick(geo_fit_names), n_bits), reduce_bits(pick(geo_real_names), n_bits)
+        fit = check.fit(fit_faces)
+        real_check = check.check(real_faces)
+        colour.fit(fit_faces)
+        real_colour = colour.check(real_faces)
         per_image = (time.perf_counter() - clock) / (len(fit.passed) + len(real_check.passed))
         print(f"face geometry fitted on {len(fit.passed)} faces (found in {fit.detection_rate:.0%}); held-out "
               f"real faces pass {real_check.share:.0%} (found in {real_check.detection_rate:.0%}); "
-              f"{per_image:.3f} s per image", flush=True)
+              f"{per_image:.3f} s per image; colour: at most {colour.threshold:.3f} of the pixels vivid, held-out "
+              f"real faces pass {real_colour.mean():.0%}, both checks {(real_colour & real_check.passed).mean():.0%}",
+              flush=True)
         geometry = {"quantile": check.quantile, "threshold": check.threshold, "min_confidence": check.min_confidence,
-                    "fit": fit.summary(), "real": real_check.summary(), "seconds_per_image": per_image}
+                    "fit": fit.summary(), "real": real_check.summary(), "seconds_per_image": per_image,
+                    "colour": {"threshold": colour.threshold, "real": float(real_colour.mean()),
+                               "real_both": float((real_colour & real_check.passed).mean())}}
         by_slider = _attribute_faces(data, set(val_names), [s for s in SLIDERS if s.label in chosen], args.seed)
         if by_slider:
             names = sorted({n for v in by_slider.values() for n in v})
             refs, refs_kept = load_images(select(data, names), size, workers=1, progress=False)
             at = {n: i for i, n in enumerate(refs_kept.names())}
-            geometry["attributes"] = {
-                label: check.check(reduce_bits(refs[torch.tensor([at[n] for n in v if n in at])], n_bits)).summary()
-                for label, v in by_slider.items()}
-            print("real faces carrying each slider's attribute pass the geometry check: " + ", ".join(
-                f"{k} {v['share']:.0%}" for k, v in geometry["attributes"].items()), flush=True)
+            geometry["attributes"] = {}
+            for label, v in by_slider.items():
+                real_faces = reduce_bits(refs[torch.tensor([at[n] for n in v if n in at])], n_bits)
+                result = check.check(real_faces)
+                geometry["attributes"][label] = {**result.summary(),
+                                                 "both": float((result.passed & colour.check(real_faces)).mean())}
+            print("real faces carrying each slider's attribute pass the geometry check (and both checks): " + ", ".join(
+                f"{k} {v['share']:.0%} ({v['both']:.0%})" for k, v in geometry["attributes"].items()), flush=True)
     cal_faces = encode_faces(service, classifier, pick(cal_names))
     faces = encode_faces(service, classifier, pick(report_names))
     print(f"{len(cal_faces.latents)} calibration faces, {len(faces.latents)} report faces "
           f"({time.perf_counter() - started:.0f} s)", flush=True)
-    intact = Intactness.of(check, faces) if check is not None else None
+    intact = Intactness.of(check, faces, colour) if check is not None else None
 
     def show(label, rows):
         r = next(r for r in rows if r["value"] == rows[-1]["value"])
@@ -155,7 +165,7 @@ def run(args: argparse.Namespace) -> int:
         if not grid or min(grid) <= 0 or list(grid) != sorted(grid):
             raise ValueError(f"--grid must be increasing positive numbers, got {args.grid!r}")
         calibration = calibrate(service, classifier, cal_faces, chosen, grid, keep_probe=args.keep_probe,
-                                geometry=check,
+                                geometry=check, colour=colour,
                                 progress=lambda label, c: print(
             f"  {label:20s} {c.method} x{c.scale:g} keep {c.keep} default {c.default} flip {c.flip_at_1:.0%} "
             f"({time.perf_counter() - started:.0f} s)", flush=True))
@@ -242,6 +252,7 @@ def _report(args, service, classifier, metrics, faces, cal_faces, before, after,
 
     from ..calibration import CALIBRATION_FILE
     from ..edit_evaluation import before_after_table, flip_table, percent, slider_table, targets_summary
+    from ..face_check import VIVID_BRIGHTNESS, VIVID_SATURATION
 
     floor, floor_faces = floor
 
@@ -290,21 +301,27 @@ reconstruction| in 0-255 units; back-off = share of faces whose edit had to be s
                      + before_after_table(before, after))
     parts.append("## Targets (issue 15) for the default sliders at +1\n\n" + targets_summary(after, service))
     if geometry and geometry.get("attributes"):
-        real = geometry["real"]
-        rows = ["| slider | face intact at +1 (edits) | real faces with the attribute pass (n) |", "|---|---|---|"]
+        real, colour_info = geometry["real"], geometry["colour"]
+        rows = ["| slider | face intact at +1 (edits) | at -1 | real faces with the attribute pass (n) |",
+                "|---|---|---|---|"]
         for label, ref in geometry["attributes"].items():
-            edit = next((r for r in after.get(label, []) if r["value"] == 1.0), {})
-            rows.append(f"| {label} | {percent(edit.get('intact'))} | {ref['share']:.0%} ({ref['n']}) |")
+            edit = {r["value"]: r for r in after.get(label, [])}
+            rows.append(f"| {label} | {percent(edit.get(1.0, {}).get('intact'))} | "
+                        f"{percent(edit.get(-1.0, {}).get('intact'))} | {ref['both']:.0%} ({ref['n']}) |")
         parts.append(
-            "## Faces kept intact\n\nFace intact = of the report faces whose reconstruction passes the face-geometry "
-            "check (described under sample quality), the share whose edit still passes. Beside it, how often real "
-            "faces that carry the slider's attribute pass (labelled faces outside the validation split, on the "
-            f"side the slider moves to; all real faces of the second held-out half pass {real['share']:.0%}): "
+            "## Faces kept intact\n\nFace intact = of the report faces whose reconstruction passes both face checks, "
+            "the share whose edit still passes them: the face-geometry check (described under sample quality) and a "
+            "colour check for blow-outs the landmarks cannot see (a red scalp, a blue smear): at most "
+            f"{colour_info['threshold']:.3f} of the pixels vivid (saturation >= {VIVID_SATURATION:g} at brightness "
+            f">= {VIVID_BRIGHTNESS:g}), which {geometry['quantile']:.0%} of real faces meet. Beside it, how often "
+            "real faces that carry the slider's attribute pass both (labelled faces outside the validation split, "
+            "on the side the slider moves to; all real faces of the second held-out half pass the geometry check "
+            f"{real['share']:.0%}, the colour check {colour_info['real']:.0%}, both {colour_info['real_both']:.0%}): "
             "where the attribute itself hides landmarks (glasses, bangs, a beard) real faces pass somewhat less, "
             "so an edit that keeps far fewer faces intact than that distorts them."
             + (f" Calibration counts a strength only if at least {calibration.info['min_intact']:.0%} of the "
-               "calibration faces stay intact." if calibration is not None and calibration.info.get("min_intact")
-               else "") + "\n\n" + "\n".join(rows))
+               "calibration faces stay intact at + and at - that strength." if calibration is not None
+               and calibration.info.get("min_intact") else "") + "\n\n" + "\n".join(rows))
     if calibration is not None:
         rows = ["| slider | method | scale | kept fixed | default | flip on calibration faces | why |",
                 "|---|---|---|---|---|---|---|"]
@@ -321,8 +338,8 @@ reconstruction| in 0-255 units; back-off = share of faces whose edit had to be s
                      f"{', '.join(f'{g:g}' for g in calibration.info.get('grid', []))} class-mean gaps, and the "
                      "scale is the smallest reaching 60% flip at +1 (linear between grid points) among strengths "
                      "that still decode (back-off on at most 10% of faces"
-                     + (f", and at least {calibration.info['min_intact']:.0%} of the faces kept intact by the "
-                        "face-geometry check, searched upwards and stopped at the first strength that breaks more"
+                     + (f", and at least {calibration.info['min_intact']:.0%} of the faces kept intact at + and - "
+                        "by the face checks, searched upwards and stopped at the first strength that breaks more"
                         if calibration.info.get("min_intact") else "") + "); the method is the one that reaches it "
                      "with less leakage (else the one that flips more). The chosen edit is measured again at its "
                      "scale: a leak attribute above 0.05 there is held as well and the slider recalibrated, until "

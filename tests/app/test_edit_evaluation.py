@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 import torch
 
-from app import edit_evaluation
+from app import edit_evaluation, face_check
 from app.calibration import Calibration, SliderCalibration
 from app.classifier import AttributeClassifier, ClassifierConfig, describe_change
 from app.edit_evaluation import (choose_scale, decode_with_backoff, edit_measures, frechet_distance,
@@ -158,9 +158,9 @@ def test_calibration_stops_where_edits_break_faces(monkeypatch):
             m["intact"] = intact.share(images(service, faces, vector, value, backoff)[0])
         return m
 
-    def images(service, faces, vector, value, backoff=True):  # pixel 10 x gaps: the stand-in check reads it
+    def images(service, faces, vector, value, backoff=True):  # pixel 10 x |gaps|: the stand-in check reads it
         gaps = value * float(vector @ e[0])
-        return torch.full((8, 3, 2, 2), round(10 * gaps), dtype=torch.uint8), torch.ones(8)
+        return torch.full((8, 3, 2, 2), round(10 * abs(gaps)), dtype=torch.uint8), torch.ones(8)
 
     monkeypatch.setattr(edit_evaluation, "measure_vector", measure)
     monkeypatch.setattr(edit_evaluation, "edited_images", images)
@@ -172,9 +172,83 @@ def test_calibration_stops_where_edits_break_faces(monkeypatch):
                                         geometry=_PixelCheck(15))
     bald = checked.get("Bald")
     assert bald.scale == 1.5 and bald.flip_at_1 == pytest.approx(0.45) and bald.default and bald.intact == 1.0
-    assert "stopped at 2 gaps, where only 0% of the faces kept their face geometry (< 80%)" in bald.reason
+    assert "stopped at 2 gaps, where only 0% of the faces stayed intact at + or - (< 80%)" in bald.reason
     assert "30% (intact 100%)/45% (intact 100%)/60% (intact 0%)/90%" in bald.reason
     assert checked.info["min_intact"] == 0.8
+
+
+def test_calibration_stops_where_removing_the_attribute_breaks_faces(monkeypatch):
+    """Adding the attribute keeps every face intact at any strength; removing it breaks them past 0.75 gaps. The
+    search checks both sides, so the slider stops at 0.5 gaps (15% flip: out of the default set) and the share it
+    stores is the lower side's."""
+    e = torch.eye(4)
+    vectors = {"Heavy_Makeup": e[0], "Male": e[1], "Young": e[2], "Smiling": e[3]}
+    service = SimpleNamespace(directions=SimpleNamespace(vector=lambda name, method: vectors[name]))
+    classifier = SimpleNamespace(attributes=["Male", "Young", "Smiling", "Heavy_Makeup"])
+    asked = []
+
+    def measure(service, classifier, faces, vector, value, attribute, sign, backoff=True, intact=None):
+        return {"flip": min(1.0, 0.3 * value * float(vector @ e[0])), "backoff": 0.0, "leakage": {"Male": 0.0}}
+
+    def images(service, faces, vector, value, backoff=True):  # removing: pixel 20 x gaps; adding: 0
+        gaps = value * float(vector @ e[0])
+        asked.append(gaps)
+        return torch.full((8, 3, 2, 2), round(-20 * gaps) if gaps < 0 else 0, dtype=torch.uint8), torch.ones(8)
+
+    monkeypatch.setattr(edit_evaluation, "measure_vector", measure)
+    monkeypatch.setattr(edit_evaluation, "edited_images", images)
+    faces = SimpleNamespace(latents=torch.zeros(8, 4), images=torch.zeros(8, 3, 2, 2, dtype=torch.uint8))
+    makeup = edit_evaluation.calibrate(service, classifier, faces, ["Heavy makeup"], grid=(0.5, 1, 1.5, 2),
+                                       keep_probe=1, geometry=_PixelCheck(15), methods=("classifier",)).get(
+        "Heavy makeup")
+    assert makeup.scale == 0.5 and not makeup.default and makeup.intact == 1.0
+    assert "stopped at 1 gaps, where only 0% of the faces stayed intact at + or - (< 80%)" in makeup.reason
+    assert sorted({abs(g) for g in asked}) == [0.5, 1.0] and -1.0 in asked  # the search stopped at 1 gap
+
+
+class _RedPatch:
+    """(N, 3, 8, 8) grey faces with a saturated red patch of k pixels at the end of face i (the first pixel, which
+    the stand-in geometry check reads, stays grey)."""
+
+    @staticmethod
+    def images(*patch_pixels: int) -> torch.Tensor:
+        x = torch.full((len(patch_pixels), 3, 8, 8), 120, dtype=torch.uint8)
+        for i, k in enumerate(patch_pixels):
+            flat = x[i].view(3, 64)
+            flat[0, 64 - k:], flat[1, 64 - k:], flat[2, 64 - k:] = 250, 40, 30
+        return x
+
+
+def test_vivid_share_counts_saturated_bright_pixels_only():
+    x = _RedPatch.images(0, 16, 64)
+    assert face_check.vivid_share(x).tolist() == [0.0, 0.25, 1.0]
+    dark_red = x.clone()
+    dark_red[:, 0] = dark_red[:, 0] // 3  # saturated but too dark to be a blow-out: 83 < 0.55 x 255
+    assert face_check.vivid_share(dark_red).tolist() == [0.0, 0.0, 0.0]
+    with pytest.raises(ValueError, match="uint8"):
+        face_check.vivid_share(x.float())
+
+
+def test_colour_check_passes_what_the_quantile_of_real_faces_allows():
+    check = face_check.ColourCheck()
+    with pytest.raises(RuntimeError, match="fit"):
+        check.check(_RedPatch.images(0))
+    with pytest.raises(ValueError, match="at least 5"):
+        check.fit(_RedPatch.images(0, 0))
+    real = _RedPatch.images(*([0] * 17 + [4, 8, 32]))  # 20 faces: the 95% quantile is the 19th share, 8/64
+    assert check.fit(real, quantile=0.95).sum() == 19 and check.threshold == 8 / 64
+    assert check.check(_RedPatch.images(8, 9, 0)).tolist() == [True, False, True]
+
+
+def test_intactness_with_the_colour_check_needs_both_and_counts_faces_passing_both_unedited():
+    faces = SimpleNamespace(images=_RedPatch.images(0, 0, 40, 0))  # the third is vivid unedited
+    colour = face_check.ColourCheck()
+    colour.fit(_RedPatch.images(*([0] * 19 + [8])), quantile=0.95)  # threshold 0: no vivid pixel passes
+    intact = edit_evaluation.Intactness.of(_PixelCheck(200), faces, colour)
+    assert intact.base.tolist() == [True, True, False, True]
+    edited = _RedPatch.images(0, 12, 0, 0)
+    edited[3] = 250  # white: not vivid, but the stand-in geometry check fails it
+    assert intact.share(edited) == pytest.approx(1 / 3)  # the second blows out, the fourth loses its geometry
 
 
 def test_calibration_holds_a_leak_that_only_appears_at_the_calibrated_scale(monkeypatch):
@@ -436,7 +510,12 @@ def test_evaluate_edits_calibrates_reports_and_the_service_loads_it(faces_dir, t
     for label, column, side in (("Smiling", "Smiling", 1), ("Age", "Young", -1)):
         pool = [n for n in files[40:] if attributes[n][names.index(column)] == side]
         assert geometry["attributes"][label]["n"] == min(64, len(pool)) > 0
+        assert 0 <= geometry["attributes"][label]["both"] <= geometry["attributes"][label]["share"]
     assert "## Faces kept intact" in text and "| Smiling |" in text.split("## Faces kept intact")[1]
+    # the colour check, fitted on the same real faces, with its threshold in the report; both sides of the edits
+    assert 0 <= geometry["colour"]["real_both"] <= geometry["colour"]["real"] <= 1
+    assert f"at most {geometry['colour']['threshold']:.3f} of the pixels vivid" in text
+    assert "| face intact at +1 (edits) | at -1 |" in text
     service = EditorService.load(model_dir, align=False)
     recommended = results["recommended_temperature"]
     assert cal.temperature == recommended and ("**Recommended temperature:" in text) == (recommended is not None)
