@@ -10,7 +10,9 @@ face-geometry check of `face_check` on the same samples).
 """
 from __future__ import annotations
 
+import functools
 import math
+from collections import abc
 from dataclasses import dataclass
 from typing import Callable, Mapping, Sequence
 
@@ -253,6 +255,27 @@ def choose_scale(grid: Sequence[float], rows: Sequence[dict], target: float = TA
     return ms[best], fs[best], fs[best] >= min_flip
 
 
+class MeasuredLazily(abc.Sequence):
+    """A grid's measures, each taken when first read: the scale search stops at the first strength that reaches
+    the target or breaks faces, so the stronger ones (most of calibration's decodes) are never measured."""
+
+    def __init__(self, grid: Sequence[float], measure: Callable[[float], dict]) -> None:
+        self.grid, self.measure, self._rows = list(grid), measure, {}
+
+    def __len__(self) -> int:
+        return len(self.grid)
+
+    def __getitem__(self, i: int) -> dict:
+        i = range(len(self.grid))[i]  # IndexError past the end, which also ends iteration
+        if i not in self._rows:
+            self._rows[i] = self.measure(self.grid[i])
+        return self._rows[i]
+
+    def taken(self) -> list[dict | None]:
+        """Every grid point's measure, None where none was taken."""
+        return [self._rows.get(i) for i in range(len(self.grid))]
+
+
 def both_sides(intact: Intactness, service: EditorService, faces: FaceSet, vector: torch.Tensor,
                value: float) -> float:
     """The share of faces kept intact at +value and at -value, whichever is lower: a slider is dragged both ways,
@@ -272,8 +295,8 @@ def _fit_methods(service: EditorService, classifier: AttributeClassifier, faces:
         v = base.sign * d.vector(base.attribute, method)
         if keep:
             v = orthogonalize(v[None], torch.stack([d.vector(k, hold) for k in keep]))[0]
-        rows = [measure_vector(service, classifier, faces, v, m, base.attribute, base.sign, backoff=False)
-                for m in grid]
+        rows = MeasuredLazily(grid, functools.partial(measure_vector, service, classifier, faces, v,
+                                                      attribute=base.attribute, sign=base.sign, backoff=False))
 
         def intact_at(i: int, v=v, rows=rows) -> float:
             rows[i]["intact"] = both_sides(intact, service, faces, v, grid[i])
@@ -292,11 +315,13 @@ def _fit_methods(service: EditorService, classifier: AttributeClassifier, faces:
     return pair, results
 
 
-def _flips(rows: Sequence[dict]) -> str:
-    """A method's grid measures, as the reason of a calibration shows them."""
-    return "/".join((f"{row['flip']:.0%}" if not math.isnan(row["flip"]) else "-")
+def _flips(rows: "MeasuredLazily") -> str:
+    """A method's grid measures, as the reason of a calibration shows them ("not measured" past where the search
+    stopped)."""
+    return "/".join("not measured" if row is None else
+                    (f"{row['flip']:.0%}" if not math.isnan(row["flip"]) else "-")
                     + (f" (back-off {row['backoff']:.0%})" if row["backoff"] else "")
-                    + (f" (intact {row['intact']:.0%})" if "intact" in row else "") for row in rows)
+                    + (f" (intact {row['intact']:.0%})" if "intact" in row else "") for row in rows.taken())
 
 
 def calibrate(service: EditorService, classifier: AttributeClassifier, faces: FaceSet,
@@ -349,7 +374,8 @@ def calibrate(service: EditorService, classifier: AttributeClassifier, faces: Fa
                   + ", ".join(f"{a} {v:.2f}" for a, v in first["leakage"].items()))
         if added:
             reason += "; held once they leaked at the calibrated scale: " + ", ".join(added)
-        broke = [(g, row["intact"]) for g, row in zip(grid, r["rows"]) if row.get("intact", 1.0) < MIN_INTACT]
+        broke = [(g, row["intact"]) for g, row in zip(grid, r["rows"].taken())
+                 if row is not None and row.get("intact", 1.0) < MIN_INTACT]
         if broke:
             reason += (f"; {method} stopped at {broke[0][0]:g} gaps, where only {broke[0][1]:.0%} of the faces stayed "
                        f"intact at + or - (< {MIN_INTACT:.0%})")

@@ -121,6 +121,22 @@ def test_choose_scale_stops_at_the_first_strength_that_breaks_faces_and_checks_n
     assert asked == [0, 2]
 
 
+def test_grid_measures_are_taken_once_and_only_as_far_as_the_search_reads():
+    asked = []
+
+    def measure(m):
+        asked.append(m)
+        return {"flip": 0.25 * m, "backoff": 0.0}
+
+    rows = edit_evaluation.MeasuredLazily((1, 2, 3, 4), measure)
+    assert asked == [] and len(rows) == 4
+    assert choose_scale((1, 2, 3, 4), rows)[:2] == (pytest.approx(2.4), 0.6)  # 60% lies between 2 and 3 gaps
+    assert rows[1]["flip"] == 0.5 and asked == [1, 2, 3]  # read again: not measured again
+    assert rows.taken()[3] is None and rows[-1]["flip"] == 1.0 and asked == [1, 2, 3, 4]
+    with pytest.raises(IndexError):
+        rows[4]
+
+
 class _PixelCheck:
     """Stands in for a fitted FaceGeometryCheck: an image passes when its first pixel is at most `limit`."""
 
@@ -173,7 +189,9 @@ def test_calibration_stops_where_edits_break_faces(monkeypatch):
     bald = checked.get("Bald")
     assert bald.scale == 1.5 and bald.flip_at_1 == pytest.approx(0.45) and bald.default and bald.intact == 1.0
     assert "stopped at 2 gaps, where only 0% of the faces stayed intact at + or - (< 80%)" in bald.reason
-    assert "30% (intact 100%)/45% (intact 100%)/60% (intact 0%)/90%" in bald.reason
+    # the search stops at the breaking strength, so the stronger one is never measured
+    assert "30% (intact 100%)/45% (intact 100%)/60% (intact 0%)/not measured" in bald.reason
+    assert "30%/45%/60%/not measured" in plain.reason  # without the check: stops where 60% is reached
     assert checked.info["min_intact"] == 0.8
 
 
