@@ -19,7 +19,7 @@ TARGET_FLIP = 0.6  # +1 should flip at least this share of the faces that start 
 MIN_FLIP = 0.3  # a slider that cannot reach this at any decodable strength leaves the default set
 MAX_LEAKAGE = 0.05  # mean |dP| of another attribute above which that attribute is held fixed by default
 # A strength still decodes only if at least this share of the faces that pass the face checks unedited (geometry
-# and colour blow-out) still pass them edited, at + and at -. Real faces that carry a slider's attribute (glasses,
+# and colour blow-out) still pass them edited (each side of a slider is searched on its own). Real faces that carry a slider's attribute (glasses,
 # bangs, a beard) pass about as often as faces without it (docs/edits.md), so a larger loss is the edit's
 # distortion, not the attribute's look.
 MIN_INTACT = 0.8
@@ -38,8 +38,10 @@ class SliderCalibration:
     flip_at_1: float | None = None  # measured on the calibration faces
     leakage: dict[str, float] = field(default_factory=dict)  # mean |dP| at +1 of the held attributes, as measured
     reason: str = ""
-    intact: float | None = None  # share of faces kept intact at +1 and -1, the lower; None: unchecked
+    intact: float | None = None  # share of faces kept intact at +1 and at -1, the lower; None: unchecked
     hold: str | None = None  # the method of the held attributes' directions; None: the slider's own
+    # the scale of the negative side, where taking the attribute away breaks faces sooner than adding it; None: scale
+    minus_scale: float | None = None
 
     def __post_init__(self) -> None:
         if self.method not in METHODS:
@@ -48,6 +50,9 @@ class SliderCalibration:
             raise ValueError(f"unknown method {self.hold!r} to hold attributes by; valid: {list(METHODS)}")
         if not (math.isfinite(self.scale) and self.scale > 0):
             raise ValueError(f"a slider's scale must be a positive number, got {self.scale}")
+        if self.minus_scale is not None and not (math.isfinite(self.minus_scale) and 0 < self.minus_scale
+                                                 <= self.scale):
+            raise ValueError(f"a slider's minus_scale must be in (0, scale = {self.scale}], got {self.minus_scale}")
         bad = {m: s for m, s in self.scales.items() if m not in METHODS or not (math.isfinite(s) and s > 0)}
         if bad:
             raise ValueError(f"bad per-method scales {bad}")

@@ -24,7 +24,7 @@ from flow_model.glow import reduce_bits
 from .calibration import MAX_LEAKAGE, METHODS, MIN_FLIP, MIN_INTACT, TARGET_FLIP, Calibration, SliderCalibration
 from .classifier import AttributeClassifier
 from .face_check import ColourCheck, FaceGeometryCheck, GeometryResult
-from .service import (BACKOFF_FRACTIONS, SLIDER_BY_LABEL, Check, EditorService, SliderSpec, checkpoint,
+from .service import (AUTO_METHOD, BACKOFF_FRACTIONS, SLIDER_BY_LABEL, Check, EditorService, SliderSpec, checkpoint,
                       orthogonalize)
 
 LEAK_ATTRIBUTES = ("Male", "Young", "Smiling")
@@ -200,14 +200,14 @@ def measure_vector(service: EditorService, classifier: AttributeClassifier, face
 def evaluate_sliders(service: EditorService, classifier: AttributeClassifier, faces: FaceSet,
                      specs: Sequence[SliderSpec], values: Sequence[float] = VALUES, method: str | None = None,
                      progress=None, intact: Intactness | None = None) -> dict[str, list[dict]]:
-    """Each slider at each value with the service's defaults (its calibrated method, scale and kept attributes
-    unless `method` names one)."""
+    """Each slider at each value with the service's defaults (its calibrated method, scale, negative side's scale
+    and kept attributes unless `method` names one)."""
     out = {}
     for spec in specs:
-        kwargs = {} if method is None else {"method": method}
-        vector = service.edit_vectors([spec.label], **kwargs)[0]
-        out[spec.label] = [measure_vector(service, classifier, faces, vector, v, spec.attribute, spec.sign,
-                                          intact=intact) for v in values]
+        chosen = AUTO_METHOD if method is None else method
+        vector = service.edit_vectors([spec.label], method=chosen)[0]
+        out[spec.label] = [measure_vector(service, classifier, faces, vector * (service.multiplier(
+            spec.label, v, chosen) / v if v else 1.0), v, spec.attribute, spec.sign, intact=intact) for v in values]
         if progress:
             progress(spec.label, out[spec.label])
     return out
@@ -276,11 +276,26 @@ class MeasuredLazily(abc.Sequence):
         return [self._rows.get(i) for i in range(len(self.grid))]
 
 
-def both_sides(intact: Intactness, service: EditorService, faces: FaceSet, vector: torch.Tensor,
-               value: float) -> float:
-    """The share of faces kept intact at +value and at -value, whichever is lower: a slider is dragged both ways,
-    and removing an attribute can break faces that adding it does not."""
-    return min(intact.share(edited_images(service, faces, vector, v, backoff=False)[0]) for v in (value, -value))
+def minus_side(intact: Intactness, service: EditorService, faces: FaceSet, vector: torch.Tensor, scale: float,
+               grid: Sequence[float]) -> tuple[float | None, float, str]:
+    """The negative side of a slider calibrated to `scale` on the positive side: None when taking the attribute
+    away at -scale keeps MIN_INTACT of the faces intact, else the strongest of the grid points below scale (and a
+    half and a quarter of the weakest) that does, searched upwards and stopped at the first that breaks more (the
+    weakest when none does). Returns (minus scale, share intact there, what the reason says)."""
+    share = intact.share(edited_images(service, faces, vector, -scale, backoff=False)[0])
+    if share >= MIN_INTACT:
+        return None, share, ""
+    found, kept = None, share
+    for m in sorted({g for g in grid if g < scale} | {grid[0] / 2, grid[0] / 4}):
+        at = intact.share(edited_images(service, faces, vector, -m, backoff=False)[0])
+        if at < MIN_INTACT:
+            break
+        found, kept = m, at
+    if found is None:
+        found = min(grid[0] / 4, scale)
+        kept = intact.share(edited_images(service, faces, vector, -found, backoff=False)[0])
+    return found, kept, (f"; at -{scale:g} gaps only {share:.0%} of the faces stayed intact (< {MIN_INTACT:.0%}), so "
+                         f"the negative side stops at {found:g} gaps ({kept:.0%} intact)")
 
 
 def _fit_methods(service: EditorService, classifier: AttributeClassifier, faces: FaceSet, base: SliderSpec,
@@ -299,7 +314,7 @@ def _fit_methods(service: EditorService, classifier: AttributeClassifier, faces:
                                                       attribute=base.attribute, sign=base.sign, backoff=False))
 
         def intact_at(i: int, v=v, rows=rows) -> float:
-            rows[i]["intact"] = both_sides(intact, service, faces, v, grid[i])
+            rows[i]["intact"] = intact.share(edited_images(service, faces, v, grid[i], backoff=False)[0])
             return rows[i]["intact"]
 
         scale, flip, ok = choose_scale(grid, rows, intact=intact_at if intact is not None else None)
@@ -336,8 +351,9 @@ def calibrate(service: EditorService, classifier: AttributeClassifier, faces: Fa
     2. per method, the slider's direction, orthogonal to the kept ones' directions taken from either method
        (holding by the classifier normals removes more of what a linear read-out sees), at multipliers `grid` of
        the class-mean gap: the scale is the smallest multiplier reaching TARGET_FLIP at +1 among those that still
-       decode (choose_scale; with a fitted `geometry` check, also keeping MIN_INTACT of the faces intact at both
-       +1 and -1, by their geometry and, given a fitted `colour` check, their colours);
+       decode (choose_scale; with a fitted `geometry` check, also keeping MIN_INTACT of the faces intact, by their
+       geometry and, given a fitted `colour` check, their colours; the negative side gets a smaller scale of its
+       own where taking the attribute away breaks faces sooner, minus_side);
     3. method and held directions' method: the pair that reaches the target with the smaller leakage into the
        kept and leak attributes at the grid point nearest its scale, else the one that flips more;
     4. the chosen edit is measured at its calibrated scale: a leak attribute that exceeds MAX_LEAKAGE there and is
@@ -361,7 +377,7 @@ def calibrate(service: EditorService, classifier: AttributeClassifier, faces: Fa
             (method, hold), results = _fit_methods(service, classifier, faces, base, keep, grid, methods, intact)
             r = results[method, hold]
             final = measure_vector(service, classifier, faces, r["vector"], r["scale"], base.attribute, base.sign,
-                                   backoff=False)
+                                   backoff=False, intact=intact)
             more = [a for a in candidates if a not in keep and final["leakage"].get(a, 0.0) > MAX_LEAKAGE]
             if not more:
                 break
@@ -378,7 +394,12 @@ def calibrate(service: EditorService, classifier: AttributeClassifier, faces: Fa
                  if row is not None and row.get("intact", 1.0) < MIN_INTACT]
         if broke:
             reason += (f"; {method} stopped at {broke[0][0]:g} gaps, where only {broke[0][1]:.0%} of the faces stayed "
-                       f"intact at + or - (< {MIN_INTACT:.0%})")
+                       f"intact (< {MIN_INTACT:.0%})")
+        minus, kept = None, None
+        if intact is not None:
+            minus, minus_kept, said = minus_side(intact, service, faces, r["vector"], r["scale"], grid)
+            kept = min(final["intact"], minus_kept)
+            reason += said
         if not r["ok"]:
             reason = (f"out of the default set: at most {r['flip']:.0%} of faces flip at any strength that still "
                       f"decodes; " + reason)
@@ -386,8 +407,7 @@ def calibrate(service: EditorService, classifier: AttributeClassifier, faces: Fa
             method=method, scale=float(r["scale"]), keep=keep, default=bool(r["ok"]),
             scales={m: float(results[m, m]["scale"]) for m in methods}, flip_at_1=float(r["flip"]),
             leakage={a: round(v, 4) for a, v in final["leakage"].items()}, reason=reason,
-            intact=both_sides(intact, service, faces, r["vector"], r["scale"]) if intact is not None else None,
-            hold=hold if hold != method else None)
+            intact=kept, hold=hold if hold != method else None, minus_scale=minus)
         if progress:
             progress(label, sliders[label])
     return Calibration(sliders, {"grid": list(grid), "faces": len(faces.latents), "target_flip": TARGET_FLIP,

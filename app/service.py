@@ -72,6 +72,7 @@ class SliderSpec:
     default: bool = True  # False: not among the default sliders (reachable under "more attributes")
     method_scales: tuple[tuple[str, float], ...] = ()  # calibrated scale per method, when it differs from scale
     hold_method: str | None = None  # under AUTO_METHOD, the method of the kept attributes' directions (None: method)
+    minus_scale: float | None = None  # under AUTO_METHOD, the negative side's scale (None: scale)
 
     def scale_for(self, method: str) -> float:
         return self.scale if method == self.method else dict(self.method_scales).get(method, self.scale)
@@ -107,7 +108,7 @@ def calibrated_sliders(calibration: Calibration | None) -> dict[str, SliderSpec]
         c = calibration.get(spec.label) if calibration is not None else None
         out[spec.label] = spec if c is None else SliderSpec(
             spec.label, spec.attribute, spec.sign, c.scale, c.method, tuple(c.keep), c.default,
-            tuple(sorted(c.scales.items())), c.hold)
+            tuple(sorted(c.scales.items())), c.hold, c.minus_scale)
     return out
 
 
@@ -556,8 +557,17 @@ class EditorService:
         if not active:
             return latent
         vectors = self.edit_vectors(list(active), method, keep, levels, custom)
-        values = torch.tensor(list(active.values()), dtype=vectors.dtype)
+        values = torch.tensor([self.multiplier(k, v, method) for k, v in active.items()], dtype=vectors.dtype)
         return latent + values @ vectors
+
+    def multiplier(self, key: str, value: float, method: str = AUTO_METHOD) -> float:
+        """What a slider's vector (edit_vectors) is multiplied by at `value`: the value itself, except on the
+        negative side of a slider whose calibration gives that side a smaller scale, under AUTO_METHOD (taking an
+        attribute away can break faces at a strength that adding it does not)."""
+        spec = self.slider(key)
+        if value >= 0 or spec is None or spec.minus_scale is None or method != AUTO_METHOD:
+            return value
+        return value * spec.minus_scale / spec.scale
 
     def edit(self, face: Face, edits: Mapping[str, float], method: str = AUTO_METHOD, keep: Sequence[str] = (),
              levels: Sequence[int] | None = None, custom: Mapping[str, torch.Tensor] | None = None,

@@ -320,14 +320,15 @@ reconstruction| in 0-255 units; back-off = share of faces whose edit had to be s
             "where the attribute itself hides landmarks (glasses, bangs, a beard) real faces pass somewhat less, "
             "so an edit that keeps far fewer faces intact than that distorts them."
             + (f" Calibration counts a strength only if at least {calibration.info['min_intact']:.0%} of the "
-               "calibration faces stay intact at + and at - that strength." if calibration is not None
+               "calibration faces stay intact there, on each side." if calibration is not None
                and calibration.info.get("min_intact") else "") + "\n\n" + "\n".join(rows))
     if calibration is not None:
         rows = ["| slider | method | scale | kept fixed | default | flip on calibration faces | why |",
                 "|---|---|---|---|---|---|---|"]
         for label, c in calibration.sliders.items():
+            minus = f"; negative side {c.minus_scale:g}" if c.minus_scale is not None else ""
             rows.append(f"| {label} | {c.method} | {c.scale:g} (classifier {c.scales.get('classifier', 0):g}, "
-                        f"mean diff {c.scales.get('mean_diff', 0):g}) | {', '.join(c.keep) or '-'}"
+                        f"mean diff {c.scales.get('mean_diff', 0):g}{minus}) | {', '.join(c.keep) or '-'}"
                         f"{f' (by {c.hold} directions)' if c.hold else ''} | "
                         f"{'yes' if c.default else 'no'} | {c.flip_at_1:.0%} | {c.reason} |")
         parts.append("## The calibration (`calibration.json`)\n\nMeasured on the calibration half only. Per slider: "
@@ -338,8 +339,10 @@ reconstruction| in 0-255 units; back-off = share of faces whose edit had to be s
                      f"{', '.join(f'{g:g}' for g in calibration.info.get('grid', []))} class-mean gaps, and the "
                      "scale is the smallest reaching 60% flip at +1 (linear between grid points) among strengths "
                      "that still decode (back-off on at most 10% of faces"
-                     + (f", and at least {calibration.info['min_intact']:.0%} of the faces kept intact at + and - "
-                        "by the face checks, searched upwards and stopped at the first strength that breaks more"
+                     + (f", and at least {calibration.info['min_intact']:.0%} of the faces kept intact by the face "
+                        "checks, searched upwards and stopped at the first strength that breaks more; where taking "
+                        "the attribute away at that scale breaks more faces, the negative side gets its own smaller "
+                        "scale, searched the same way"
                         if calibration.info.get("min_intact") else "") + "); the method is the one that reaches it "
                      "with less leakage (else the one that flips more). The chosen edit is measured again at its "
                      "scale: a leak attribute above 0.05 there is held as well and the slider recalibrated, until "

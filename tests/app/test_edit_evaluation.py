@@ -188,17 +188,18 @@ def test_calibration_stops_where_edits_break_faces(monkeypatch):
                                         geometry=_PixelCheck(15))
     bald = checked.get("Bald")
     assert bald.scale == 1.5 and bald.flip_at_1 == pytest.approx(0.45) and bald.default and bald.intact == 1.0
-    assert "stopped at 2 gaps, where only 0% of the faces stayed intact at + or - (< 80%)" in bald.reason
+    assert bald.minus_scale is None  # the stand-in breaks both sides alike: -1.5 keeps them intact too
+    assert "stopped at 2 gaps, where only 0% of the faces stayed intact (< 80%)" in bald.reason
     # the search stops at the breaking strength, so the stronger one is never measured
     assert "30% (intact 100%)/45% (intact 100%)/60% (intact 0%)/not measured" in bald.reason
     assert "30%/45%/60%/not measured" in plain.reason  # without the check: stops where 60% is reached
     assert checked.info["min_intact"] == 0.8
 
 
-def test_calibration_stops_where_removing_the_attribute_breaks_faces(monkeypatch):
+def test_the_negative_side_gets_its_own_scale_where_removing_the_attribute_breaks_faces(monkeypatch):
     """Adding the attribute keeps every face intact at any strength; removing it breaks them past 0.75 gaps. The
-    search checks both sides, so the slider stops at 0.5 gaps (15% flip: out of the default set) and the share it
-    stores is the lower side's."""
+    positive side calibrates to 2 gaps (60% flip) as before; the negative side searches upwards from a quarter of
+    the weakest grid point and stops at 0.5 gaps, the last that keeps faces intact."""
     e = torch.eye(4)
     vectors = {"Heavy_Makeup": e[0], "Male": e[1], "Young": e[2], "Smiling": e[3]}
     service = SimpleNamespace(directions=SimpleNamespace(vector=lambda name, method: vectors[name]))
@@ -206,7 +207,10 @@ def test_calibration_stops_where_removing_the_attribute_breaks_faces(monkeypatch
     asked = []
 
     def measure(service, classifier, faces, vector, value, attribute, sign, backoff=True, intact=None):
-        return {"flip": min(1.0, 0.3 * value * float(vector @ e[0])), "backoff": 0.0, "leakage": {"Male": 0.0}}
+        m = {"flip": min(1.0, 0.3 * value * float(vector @ e[0])), "backoff": 0.0, "leakage": {"Male": 0.0}}
+        if intact is not None:
+            m["intact"] = intact.share(images(service, faces, vector, value, backoff)[0])
+        return m
 
     def images(service, faces, vector, value, backoff=True):  # removing: pixel 20 x gaps; adding: 0
         gaps = value * float(vector @ e[0])
@@ -219,9 +223,13 @@ def test_calibration_stops_where_removing_the_attribute_breaks_faces(monkeypatch
     makeup = edit_evaluation.calibrate(service, classifier, faces, ["Heavy makeup"], grid=(0.5, 1, 1.5, 2),
                                        keep_probe=1, geometry=_PixelCheck(15), methods=("classifier",)).get(
         "Heavy makeup")
-    assert makeup.scale == 0.5 and not makeup.default and makeup.intact == 1.0
-    assert "stopped at 1 gaps, where only 0% of the faces stayed intact at + or - (< 80%)" in makeup.reason
-    assert sorted({abs(g) for g in asked}) == [0.5, 1.0] and -1.0 in asked  # the search stopped at 1 gap
+    assert (makeup.scale, makeup.minus_scale, makeup.default, makeup.intact) == (2, 0.5, True, 1.0)
+    assert "at -2 gaps only 0% of the faces stayed intact (< 80%), so the negative side stops at 0.5 gaps" in (
+        makeup.reason)
+    assert [g for g in asked if g < 0] == [-2, -0.125, -0.25, -0.5, -1.0]  # stopped at the first that breaks
+    symmetric = edit_evaluation.calibrate(service, classifier, faces, ["Heavy makeup"], grid=(0.5, 1, 1.5, 2),
+                                          keep_probe=1, geometry=_PixelCheck(255), methods=("classifier",))
+    assert symmetric.get("Heavy makeup").minus_scale is None
 
 
 class _RedPatch:
@@ -369,6 +377,14 @@ def test_service_applies_calibrated_scale_method_and_keep(service):
         assert torch.allclose(service.edit_vectors(["Smiling"])[0], by_normal[0], atol=1e-5)
         assert torch.allclose(service.edit_vectors(["Smiling"], "mean_diff")[0], expected[0], atol=1e-5)
         assert not torch.allclose(by_normal, expected, atol=1e-3)
+        # a negative side calibrated apart: -1 moves minus_scale gaps, +1 scale gaps, under the calibrated default
+        service.set_calibration(Calibration({"Smiling": SliderCalibration("mean_diff", 2.5, ["Young"],
+                                                                          minus_scale=1.0)}))
+        assert torch.allclose(service.edit_latent(latent, {"Smiling": 1.0}), expected[0], atol=1e-5)
+        assert torch.allclose(service.edit_latent(latent, {"Smiling": -0.5}), -0.5 / 2.5 * expected[0], atol=1e-5)
+        assert service.multiplier("Smiling", -0.5, "mean_diff") == -0.5  # an explicit method: its own scale
+        with pytest.raises(ValueError, match="minus_scale"):
+            SliderCalibration("classifier", 1.0, minus_scale=1.5)
         service.set_calibration(cal)
         # a slider below the line leaves the default set but stays reachable
         assert "Bald" not in [s.label for s in service.sliders]
