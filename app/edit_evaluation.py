@@ -282,20 +282,22 @@ def minus_side(intact: Intactness, service: EditorService, faces: FaceSet, vecto
     away at -scale keeps MIN_INTACT of the faces intact, else the strongest of the grid points below scale (and a
     half and a quarter of the weakest) that does, searched upwards and stopped at the first that breaks more (the
     weakest when none does). Returns (minus scale, share intact there, what the reason says)."""
-    share = intact.share(edited_images(service, faces, vector, -scale, backoff=False)[0])
-    if share >= MIN_INTACT:
-        return None, share, ""
-    found, kept = None, share
-    for m in sorted({g for g in grid if g < scale} | {grid[0] / 2, grid[0] / 4}):
-        at = intact.share(edited_images(service, faces, vector, -m, backoff=False)[0])
+    def share(m: float) -> float:
+        return intact.share(edited_images(service, faces, vector, -m, backoff=False)[0])
+
+    at_scale = share(scale)
+    if at_scale >= MIN_INTACT:
+        return None, at_scale, ""
+    candidates = sorted(m for m in {*grid, grid[0] / 2, grid[0] / 4} if m < scale) or [scale / 4]
+    found, kept = candidates[0], None
+    for m in candidates:
+        at = share(m)
         if at < MIN_INTACT:
+            kept = at if kept is None else kept  # even the weakest breaks faces: it is the side's scale anyway
             break
         found, kept = m, at
-    if found is None:
-        found = min(grid[0] / 4, scale)
-        kept = intact.share(edited_images(service, faces, vector, -found, backoff=False)[0])
-    return found, kept, (f"; at -{scale:g} gaps only {share:.0%} of the faces stayed intact (< {MIN_INTACT:.0%}), so "
-                         f"the negative side stops at {found:g} gaps ({kept:.0%} intact)")
+    return found, kept, (f"; at -{scale:g} gaps only {at_scale:.0%} of the faces stayed intact (< {MIN_INTACT:.0%}), "
+                         f"so the negative side stops at {found:g} gaps ({kept:.0%} intact)")
 
 
 def _fit_methods(service: EditorService, classifier: AttributeClassifier, faces: FaceSet, base: SliderSpec,
@@ -330,7 +332,7 @@ def _fit_methods(service: EditorService, classifier: AttributeClassifier, faces:
     return pair, results
 
 
-def _flips(rows: "MeasuredLazily") -> str:
+def _flips(rows: MeasuredLazily) -> str:
     """A method's grid measures, as the reason of a calibration shows them ("not measured" past where the search
     stopped)."""
     return "/".join("not measured" if row is None else
@@ -395,10 +397,10 @@ def calibrate(service: EditorService, classifier: AttributeClassifier, faces: Fa
         if broke:
             reason += (f"; {method} stopped at {broke[0][0]:g} gaps, where only {broke[0][1]:.0%} of the faces stayed "
                        f"intact (< {MIN_INTACT:.0%})")
-        minus, kept = None, None
+        minus, intact_share = None, None
         if intact is not None:
-            minus, minus_kept, said = minus_side(intact, service, faces, r["vector"], r["scale"], grid)
-            kept = min(final["intact"], minus_kept)
+            minus, minus_share, said = minus_side(intact, service, faces, r["vector"], r["scale"], grid)
+            intact_share = min(final["intact"], minus_share)
             reason += said
         if not r["ok"]:
             reason = (f"out of the default set: at most {r['flip']:.0%} of faces flip at any strength that still "
@@ -407,7 +409,7 @@ def calibrate(service: EditorService, classifier: AttributeClassifier, faces: Fa
             method=method, scale=float(r["scale"]), keep=keep, default=bool(r["ok"]),
             scales={m: float(results[m, m]["scale"]) for m in methods}, flip_at_1=float(r["flip"]),
             leakage={a: round(v, 4) for a, v in final["leakage"].items()}, reason=reason,
-            intact=kept, hold=hold if hold != method else None, minus_scale=minus)
+            intact=intact_share, hold=hold if hold != method else None, minus_scale=minus)
         if progress:
             progress(label, sliders[label])
     return Calibration(sliders, {"grid": list(grid), "faces": len(faces.latents), "target_flip": TARGET_FLIP,

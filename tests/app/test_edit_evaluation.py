@@ -230,6 +230,11 @@ def test_the_negative_side_gets_its_own_scale_where_removing_the_attribute_break
     symmetric = edit_evaluation.calibrate(service, classifier, faces, ["Heavy makeup"], grid=(0.5, 1, 1.5, 2),
                                           keep_probe=1, geometry=_PixelCheck(255), methods=("classifier",))
     assert symmetric.get("Heavy makeup").minus_scale is None
+    fragile = edit_evaluation.calibrate(service, classifier, faces, ["Heavy makeup"], grid=(0.5, 1, 1.5, 2),
+                                        keep_probe=1, geometry=_PixelCheck(1), methods=("classifier",))
+    weakest = fragile.get("Heavy makeup")  # even a quarter of the weakest grid point breaks them: it is used anyway
+    assert (weakest.minus_scale, weakest.intact) == (0.125, 0.0)
+    assert "the negative side stops at 0.125 gaps (0% intact)" in weakest.reason
 
 
 class _RedPatch:
