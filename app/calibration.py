@@ -19,9 +19,9 @@ TARGET_FLIP = 0.6  # +1 should flip at least this share of the faces that start 
 MIN_FLIP = 0.3  # a slider that cannot reach this at any decodable strength leaves the default set
 MAX_LEAKAGE = 0.05  # mean |dP| of another attribute above which that attribute is held fixed by default
 # A strength still decodes only if at least this share of the faces that pass the face checks unedited (geometry
-# and colour blow-out) still pass them edited (each side of a slider is searched on its own). Real faces that carry a slider's attribute (glasses,
-# bangs, a beard) pass about as often as faces without it (docs/edits.md), so a larger loss is the edit's
-# distortion, not the attribute's look.
+# and colour blow-out) still pass them edited (each side of a slider is searched on its own). Real faces that carry
+# a slider's attribute (glasses, bangs, a beard) pass about as often as faces without it (docs/edits.md), so a
+# larger loss is the edit's distortion, not the attribute's look.
 MIN_INTACT = 0.8
 METHODS = ("classifier", "mean_diff")
 
