@@ -401,6 +401,25 @@ def test_service_applies_calibrated_scale_method_and_keep(service):
     assert [s.label for s in service.sliders] == [s.label for s in SLIDERS]
 
 
+def test_evaluate_sliders_measures_the_negative_side_at_its_own_scale(service, monkeypatch):
+    """The report measures what the editor shows: -1 at minus_scale, +0.5 and +1 at scale."""
+    seen = {}
+
+    def measure(service, classifier, faces, vector, value, attribute, sign, intact=None):
+        seen[value] = vector
+        return {"value": value}
+
+    monkeypatch.setattr(edit_evaluation, "measure_vector", measure)
+    service.set_calibration(Calibration({"Smiling": SliderCalibration("classifier", 2.0, minus_scale=0.5)}))
+    try:
+        edit_evaluation.evaluate_sliders(service, None, None, [service.slider("Smiling")], (-1.0, 0.5, 1.0))
+        full = service.edit_vectors(["Smiling"])[0]
+    finally:
+        service.set_calibration(None)
+    assert torch.allclose(seen[1.0], full) and torch.allclose(seen[0.5], full)
+    assert torch.allclose(seen[-1.0], 0.25 * full)
+
+
 def test_load_reads_calibration_beside_the_directions(service, tmp_path):
     service.model.save_pretrained(tmp_path)
     service.directions.save(tmp_path / "directions.safetensors")
