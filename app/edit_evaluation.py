@@ -10,7 +10,6 @@ face-geometry check of `face_check` on the same samples).
 """
 from __future__ import annotations
 
-import functools
 import math
 from collections import abc
 from dataclasses import dataclass
@@ -176,13 +175,15 @@ def edited_images(service: EditorService, faces: FaceSet, vector: torch.Tensor, 
 
 def measure_vector(service: EditorService, classifier: AttributeClassifier, faces: FaceSet, vector: torch.Tensor,
                    value: float, attribute: str, sign: float, leak: Sequence[str] = LEAK_ATTRIBUTES,
-                   backoff: bool = True, intact: Intactness | None = None) -> dict:
+                   backoff: bool = True, intact: Intactness | None = None,
+                   edited: tuple[torch.Tensor, torch.Tensor] | None = None) -> dict:
     """The edits of `edited_images`, measured: edit_measures plus pixel change (mean |edit - reconstruction| in
     0..255 units), back-off rate, over all other attributes the largest mean |dP| and, given `intact`, the share of
     faces kept intact (Intactness). Without back-off a face whose edit does not decode counts as unedited, so
-    its flip and shift are 0: a lower bound on what the editor shows."""
+    its flip and shift are 0: a lower bound on what the editor shows. `edited`: those edits, when the caller
+    already has them."""
     names = classifier.attributes
-    images, strength = edited_images(service, faces, vector, value, backoff)
+    images, strength = edited if edited is not None else edited_images(service, faces, vector, value, backoff)
     probs, _ = classifier.predict(images)
     target = names.index(attribute)
     m = edit_measures(faces.probs, probs, target, sign * value, {a: names.index(a) for a in leak if a in names})
@@ -312,14 +313,23 @@ def _fit_methods(service: EditorService, classifier: AttributeClassifier, faces:
         v = base.sign * d.vector(base.attribute, method)
         if keep:
             v = orthogonalize(v[None], torch.stack([d.vector(k, hold) for k in keep]))[0]
-        rows = MeasuredLazily(grid, functools.partial(measure_vector, service, classifier, faces, v,
-                                                      attribute=base.attribute, sign=base.sign, backoff=False))
+        shown: dict[float, torch.Tensor] = {}  # each measured strength's edits, for intact_at to check
 
-        def intact_at(i: int, v=v, rows=rows) -> float:
-            rows[i]["intact"] = intact.share(edited_images(service, faces, v, grid[i], backoff=False)[0])
+        def measure(m: float, v=v, shown=shown) -> dict:
+            edited = edited_images(service, faces, v, m, backoff=False) if intact is not None else None
+            if edited is not None:
+                shown[m] = edited[0]
+            return measure_vector(service, classifier, faces, v, m, base.attribute, base.sign, backoff=False,
+                                  edited=edited)
+
+        rows = MeasuredLazily(grid, measure)
+
+        def intact_at(i: int, rows=rows, shown=shown) -> float:
+            rows[i]["intact"] = intact.share(shown[grid[i]])
             return rows[i]["intact"]
 
         scale, flip, ok = choose_scale(grid, rows, intact=intact_at if intact is not None else None)
+        shown.clear()
         near = rows[int(np.argmin([abs(m - scale) for m in grid]))]
         leak = max([near["leakage"].get(a, 0.0) for a in LEAK_ATTRIBUTES] + [0.0])
         results[method, hold] = dict(scale=scale, flip=flip, ok=ok, leak=leak, rows=rows, vector=v)

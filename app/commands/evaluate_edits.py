@@ -113,18 +113,18 @@ def run(args: argparse.Namespace) -> int:
         fit_faces, real_faces = reduce_bits(pick(geo_fit_names), n_bits), reduce_bits(pick(geo_real_names), n_bits)
         fit = check.fit(fit_faces)
         real_check = check.check(real_faces)
+        per_image = (time.perf_counter() - clock) / (len(fit.passed) + len(real_check.passed))
         colour.fit(fit_faces)
         real_colour = colour.check(real_faces)
-        per_image = (time.perf_counter() - clock) / (len(fit.passed) + len(real_check.passed))
+        colour_info = {"threshold": colour.threshold, "real": float(real_colour.mean()),
+                       "real_both": float((real_colour & real_check.passed).mean())}
         print(f"face geometry fitted on {len(fit.passed)} faces (found in {fit.detection_rate:.0%}); held-out "
               f"real faces pass {real_check.share:.0%} (found in {real_check.detection_rate:.0%}); "
               f"{per_image:.3f} s per image; colour: at most {colour.threshold:.3f} of the pixels vivid, held-out "
-              f"real faces pass {real_colour.mean():.0%}, both checks {(real_colour & real_check.passed).mean():.0%}",
-              flush=True)
+              f"real faces pass {colour_info['real']:.0%}, both checks {colour_info['real_both']:.0%}", flush=True)
         geometry = {"quantile": check.quantile, "threshold": check.threshold, "min_confidence": check.min_confidence,
                     "fit": fit.summary(), "real": real_check.summary(), "seconds_per_image": per_image,
-                    "colour": {"threshold": colour.threshold, "real": float(real_colour.mean()),
-                               "real_both": float((real_colour & real_check.passed).mean())}}
+                    "colour": colour_info}
         by_slider = _attribute_faces(data, set(val_names), [s for s in SLIDERS if s.label in chosen], args.seed)
         if by_slider:
             names = sorted({n for v in by_slider.values() for n in v})
@@ -132,10 +132,10 @@ def run(args: argparse.Namespace) -> int:
             at = {n: i for i, n in enumerate(refs_kept.names())}
             geometry["attributes"] = {}
             for label, v in by_slider.items():
-                real_faces = reduce_bits(refs[torch.tensor([at[n] for n in v if n in at])], n_bits)
-                result = check.check(real_faces)
+                carriers = reduce_bits(refs[torch.tensor([at[n] for n in v if n in at])], n_bits)
+                result = check.check(carriers)
                 geometry["attributes"][label] = {**result.summary(),
-                                                 "both": float((result.passed & colour.check(real_faces)).mean())}
+                                                 "both": float((result.passed & colour.check(carriers)).mean())}
             print("real faces carrying each slider's attribute pass the geometry check (and both checks): " + ", ".join(
                 f"{k} {v['share']:.0%} ({v['both']:.0%})" for k, v in geometry["attributes"].items()), flush=True)
     cal_faces = encode_faces(service, classifier, pick(cal_names))

@@ -72,7 +72,7 @@ def _calibrate_smiling(monkeypatch, vector, keep_probe: float = 1) -> SliderCali
     flip = value x (edit . e0) / 2, Male leakage = 0.09 x |value x (edit . e1)|."""
     e = torch.eye(4)
 
-    def measure(service, classifier, faces, vector, value, attribute, sign, backoff=True, intact=None):
+    def measure(service, classifier, faces, vector, value, attribute, sign, backoff=True, intact=None, edited=None):
         flip = float(min(1.0, max(0.0, sign * value * float(vector @ e[0]) / 2)))
         return {"flip": flip, "backoff": 0.0, "leakage": {"Male": 0.09 * abs(value * float(vector @ e[1])),
                                                           "Young": 0.0}}
@@ -168,7 +168,7 @@ def test_calibration_stops_where_edits_break_faces(monkeypatch):
     service = SimpleNamespace(directions=SimpleNamespace(vector=lambda name, method: vectors[name]))
     classifier = SimpleNamespace(attributes=["Male", "Young", "Smiling", "Bald"])
 
-    def measure(service, classifier, faces, vector, value, attribute, sign, backoff=True, intact=None):
+    def measure(service, classifier, faces, vector, value, attribute, sign, backoff=True, intact=None, edited=None):
         m = {"flip": min(1.0, 0.3 * value * float(vector @ e[0])), "backoff": 0.0, "leakage": {"Male": 0.0}}
         if intact is not None:
             m["intact"] = intact.share(images(service, faces, vector, value, backoff)[0])
@@ -196,6 +196,31 @@ def test_calibration_stops_where_edits_break_faces(monkeypatch):
     assert checked.info["min_intact"] == 0.8
 
 
+def test_calibration_checks_intactness_on_the_edits_it_measured_without_decoding_them_again(monkeypatch):
+    """The real measure_vector on stand-in edits (pixel = 10 x gaps; the classifier reads pixel / 100, so nothing
+    flips): each strength the search reaches is decoded once, for its measures and its intactness alike."""
+    e = torch.eye(4)
+    vectors = {"Bald": e[0], "Male": e[1], "Young": e[2], "Smiling": e[3]}
+    service = SimpleNamespace(directions=SimpleNamespace(vector=lambda name, method: vectors[name]))
+    classifier = SimpleNamespace(attributes=["Male", "Young", "Smiling", "Bald"],
+                                 predict=lambda x: (x[:, 0, 0, 0, None].float().expand(-1, 4) / 100, None))
+    decoded = []
+
+    def images(service, faces, vector, value, backoff=True):
+        gaps = value * float(vector @ e[0])
+        decoded.append(gaps)
+        return torch.full((8, 3, 2, 2), round(10 * abs(gaps)), dtype=torch.uint8), torch.ones(8)
+
+    monkeypatch.setattr(edit_evaluation, "edited_images", images)
+    faces = SimpleNamespace(latents=torch.zeros(8, 4), images=torch.zeros(8, 3, 2, 2, dtype=torch.uint8),
+                            probs=torch.zeros(8, 4))
+    bald = edit_evaluation.calibrate(service, classifier, faces, ["Bald"], grid=(1, 1.5, 2, 3), keep_probe=1,
+                                     geometry=_PixelCheck(15), methods=("classifier",)).get("Bald")
+    assert (bald.scale, bald.default, bald.minus_scale) == (1.5, False, None)  # 2 gaps break faces
+    # the probe, the grid up to the breaking strength (each once), the final measure, the negative side
+    assert decoded == [1, 1, 1.5, 2, 1.5, -1.5]
+
+
 def test_the_negative_side_gets_its_own_scale_where_removing_the_attribute_breaks_faces(monkeypatch):
     """Adding the attribute keeps every face intact at any strength; removing it breaks them past 0.75 gaps. The
     positive side calibrates to 2 gaps (60% flip) as before; the negative side searches upwards from a quarter of
@@ -206,7 +231,7 @@ def test_the_negative_side_gets_its_own_scale_where_removing_the_attribute_break
     classifier = SimpleNamespace(attributes=["Male", "Young", "Smiling", "Heavy_Makeup"])
     asked = []
 
-    def measure(service, classifier, faces, vector, value, attribute, sign, backoff=True, intact=None):
+    def measure(service, classifier, faces, vector, value, attribute, sign, backoff=True, intact=None, edited=None):
         m = {"flip": min(1.0, 0.3 * value * float(vector @ e[0])), "backoff": 0.0, "leakage": {"Male": 0.0}}
         if intact is not None:
             m["intact"] = intact.share(images(service, faces, vector, value, backoff)[0])
