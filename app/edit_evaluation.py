@@ -424,7 +424,9 @@ def calibrate(service: EditorService, classifier: AttributeClassifier, faces: Fa
             progress(label, sliders[label])
     return Calibration(sliders, {"grid": list(grid), "faces": len(faces.latents), "target_flip": TARGET_FLIP,
                                  "min_flip": MIN_FLIP, "max_leakage": MAX_LEAKAGE,
-                                 "min_intact": MIN_INTACT if intact is not None else None})
+                                 "min_intact": MIN_INTACT if intact is not None else None,
+                                 "colour_thresholds": {"vivid": colour.threshold, "scalp": colour.scalp_threshold}
+                                 if intact is not None and colour is not None else None})
 
 
 # -- sample quality ---------------------------------------------------------------------------------------

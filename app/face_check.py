@@ -26,6 +26,12 @@ from PIL import Image
 from .align import FaceAligner, apply_transform, padded_copy, similarity_transform
 
 VIVID_SATURATION, VIVID_BRIGHTNESS = 0.7, 0.55  # more saturated than skin, lips or hair are in real faces
+# The top of the head in the training framing (fractions of the side): above the brows, between the temples.
+SCALP_ROWS, SCALP_COLUMNS = (0.0, 0.28), (0.25, 0.75)
+BLOWN_RED, BLOWN_RED_OVER_GREEN = 0.8, 0.25  # a bright red or pink redder than skin, which stays near R - G = 0.15
+# Red backgrounds and red hair give real faces a long tail of scalp blow-out shares: at QUANTILE a quarter of real
+# bald heads and hair-colour edits that only warm the hair fail; at this one few do, and Bald's blown scalps still do.
+SCALP_QUANTILE = 0.99
 UPSAMPLE = 256  # the detector and predictor see each image at this side; dlib's detector needs faces of ~80 px
 QUANTILE = 0.95
 MIN_BOX_FRACTION = 0.3  # a detection narrower than this share of the image is not the framed face
@@ -194,25 +200,43 @@ def vivid_share(images: torch.Tensor | np.ndarray) -> np.ndarray:
     return ((saturation >= VIVID_SATURATION) & (high >= VIVID_BRIGHTNESS)).mean((1, 2))
 
 
+def scalp_blowout_share(images: torch.Tensor | np.ndarray) -> np.ndarray:
+    """(N,) share of each image's scalp region (SCALP_ROWS x SCALP_COLUMNS) that is bright red or pink (R >=
+    BLOWN_RED and R - G >= BLOWN_RED_OVER_GREEN). A Bald edit blows the scalp out to pink or dark red, less
+    saturated than vivid_share counts and unlike real bald heads, whose scalp reads as skin."""
+    x = _images(images).astype(np.float32) / 255
+    side = x.shape[-1]
+    top, bottom = (round(f * side) for f in SCALP_ROWS)
+    left, right = (round(f * side) for f in SCALP_COLUMNS)
+    red, green = x[:, 0, top:bottom, left:right], x[:, 1, top:bottom, left:right]
+    return ((red >= BLOWN_RED) & (red - green >= BLOWN_RED_OVER_GREEN)).mean((1, 2))
+
+
 class ColourCheck:
     """Colour blow-out, which the geometry check cannot see (dlib reads the face's outline and features, not the
     colour of the scalp or the cheeks): an image passes when its vivid share is at most the same quantile of real
-    faces' as the geometry check uses (`fit` first, then `check`)."""
+    faces' as the geometry check uses, and its scalp blow-out share at most their SCALP_QUANTILE (`fit` first, then
+    `check`)."""
 
     def __init__(self) -> None:
-        self.threshold: float | None = None
+        self.threshold: float | None = None  # of vivid_share
+        self.scalp_threshold: float | None = None  # of scalp_blowout_share
         self.quantile: float | None = None
+        self.scalp_quantile: float | None = None
 
-    def fit(self, images: torch.Tensor | np.ndarray, quantile: float = QUANTILE) -> np.ndarray:
-        """The threshold from real faces; returns which of them pass."""
+    def fit(self, images: torch.Tensor | np.ndarray, quantile: float = QUANTILE,
+            scalp_quantile: float = SCALP_QUANTILE) -> np.ndarray:
+        """The thresholds from real faces; returns which of them pass."""
         shares = vivid_share(images)
         if len(shares) < MIN_FIT_FACES:
             raise ValueError(f"the colour check needs at least {MIN_FIT_FACES} real faces, got {len(shares)}")
-        self.threshold, self.quantile = quantile_threshold(shares, quantile), quantile
-        return shares <= self.threshold
+        self.threshold = quantile_threshold(shares, quantile)
+        self.scalp_threshold = quantile_threshold(scalp_blowout_share(images), scalp_quantile)
+        self.quantile, self.scalp_quantile = quantile, scalp_quantile
+        return self.check(images)
 
     def check(self, images: torch.Tensor | np.ndarray) -> np.ndarray:
         """(N,) bool: passed."""
-        if self.threshold is None:
+        if self.threshold is None or self.scalp_threshold is None:
             raise RuntimeError("fit the check on real faces first")
-        return vivid_share(images) <= self.threshold
+        return (vivid_share(images) <= self.threshold) & (scalp_blowout_share(images) <= self.scalp_threshold)

@@ -116,11 +116,13 @@ def run(args: argparse.Namespace) -> int:
         per_image = (time.perf_counter() - clock) / (len(fit.passed) + len(real_check.passed))
         colour.fit(fit_faces)
         real_colour = colour.check(real_faces)
-        colour_info = {"threshold": colour.threshold, "real": float(real_colour.mean()),
+        colour_info = {"threshold": colour.threshold, "scalp_threshold": colour.scalp_threshold,
+                       "scalp_quantile": colour.scalp_quantile, "real": float(real_colour.mean()),
                        "real_both": float((real_colour & real_check.passed).mean())}
         print(f"face geometry fitted on {len(fit.passed)} faces (found in {fit.detection_rate:.0%}); held-out "
               f"real faces pass {real_check.share:.0%} (found in {real_check.detection_rate:.0%}); "
-              f"{per_image:.3f} s per image; colour: at most {colour.threshold:.3f} of the pixels vivid, held-out "
+              f"{per_image:.3f} s per image; colour: at most {colour.threshold:.3f} of the pixels vivid and "
+              f"{colour.scalp_threshold:.3f} of the scalp blown red, held-out "
               f"real faces pass {colour_info['real']:.0%}, both checks {colour_info['real_both']:.0%}", flush=True)
         geometry = {"quantile": check.quantile, "threshold": check.threshold, "min_confidence": check.min_confidence,
                     "fit": fit.summary(), "real": real_check.summary(), "seconds_per_image": per_image,
@@ -252,7 +254,7 @@ def _report(args, service, classifier, metrics, faces, cal_faces, before, after,
 
     from ..calibration import CALIBRATION_FILE
     from ..edit_evaluation import before_after_table, flip_table, percent, slider_table, targets_summary
-    from ..face_check import VIVID_BRIGHTNESS, VIVID_SATURATION
+    from ..face_check import BLOWN_RED, BLOWN_RED_OVER_GREEN, VIVID_BRIGHTNESS, VIVID_SATURATION
 
     floor, floor_faces = floor
 
@@ -313,7 +315,11 @@ reconstruction| in 0-255 units; back-off = share of faces whose edit had to be s
             "the share whose edit still passes them: the face-geometry check (described under sample quality) and a "
             "colour check for blow-outs the landmarks cannot see (a red scalp, a blue smear): at most "
             f"{colour_info['threshold']:.3f} of the pixels vivid (saturation >= {VIVID_SATURATION:g} at brightness "
-            f">= {VIVID_BRIGHTNESS:g}), which {geometry['quantile']:.0%} of real faces meet. Beside it, how often "
+            f">= {VIVID_BRIGHTNESS:g}), which {geometry['quantile']:.0%} of real faces meet, and at most "
+            f"{colour_info['scalp_threshold']:.3f} of the scalp (the top of the framing, above the brows) bright red "
+            f"or pink (R >= {BLOWN_RED:g} and R - G >= {BLOWN_RED_OVER_GREEN:g}), which "
+            f"{colour_info['scalp_quantile']:.0%} of real faces meet (red backgrounds and red hair give them a long "
+            "tail there). Beside it, how often "
             "real faces that carry the slider's attribute pass both (labelled faces outside the validation split, "
             "on the side the slider moves to; all real faces of the second held-out half pass the geometry check "
             f"{real['share']:.0%}, the colour check {colour_info['real']:.0%}, both {colour_info['real_both']:.0%}): "

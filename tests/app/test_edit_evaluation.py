@@ -296,6 +296,35 @@ def test_colour_check_passes_what_the_quantile_of_real_faces_allows():
     assert check.check(_RedPatch.images(8, 9, 0)).tolist() == [True, False, True]
 
 
+def _scalp(*painted_rows: int, colour=(230, 120, 160)) -> torch.Tensor:
+    """20x20 grey faces whose scalp (rows 0-5 of 20, columns 5-14: 60 pixels) has its first k rows painted."""
+    x = torch.full((len(painted_rows), 3, 20, 20), 120, dtype=torch.uint8)
+    for i, k in enumerate(painted_rows):
+        x[i, :, :k, 5:15] = torch.tensor(colour, dtype=torch.uint8)[:, None, None]
+    return x
+
+
+def test_scalp_blowout_share_counts_bright_red_or_pink_in_the_scalp_only():
+    assert face_check.scalp_blowout_share(_scalp(0, 1, 3, 6)).tolist() == pytest.approx([0, 1 / 6, 3 / 6, 1])
+    assert face_check.scalp_blowout_share(_scalp(6, colour=(230, 190, 160))).tolist() == [0.0]  # skin: R - G < 0.25
+    assert face_check.scalp_blowout_share(_scalp(6, colour=(180, 40, 60))).tolist() == [0.0]  # R < 0.8
+    chin = torch.full((1, 3, 20, 20), 120, dtype=torch.uint8)
+    chin[0, :, 6:, :] = torch.tensor((230, 120, 160), dtype=torch.uint8)[:, None, None]
+    assert face_check.scalp_blowout_share(chin).tolist() == [0.0]  # below the scalp
+    beside = torch.full((1, 3, 20, 20), 120, dtype=torch.uint8)
+    beside[0, :, :6, :5] = beside[0, :, :6, 15:] = torch.tensor((230, 100, 100), dtype=torch.uint8)[:, None, None]
+    assert face_check.scalp_blowout_share(beside).tolist() == [0.0]  # a red background left and right of the head
+
+
+def test_colour_check_fails_a_blown_scalp_at_its_own_quantile_of_real_faces():
+    real = _scalp(*([0] * 97 + [1, 2, 6]))  # 100 faces; the 99% quantile is the 99th share, 2/6
+    colour = face_check.ColourCheck()
+    passed = colour.fit(real, quantile=0.95, scalp_quantile=0.99)
+    assert colour.scalp_threshold == pytest.approx(2 / 6) and colour.threshold == 0.0 and passed.sum() == 99
+    assert colour.check(_scalp(2, 3, 0)).tolist() == [True, False, True]
+    assert colour.fit(real, quantile=0.95, scalp_quantile=0.95).sum() == 97  # at the vivid share's quantile: 0
+
+
 def test_intactness_with_the_colour_check_needs_both_and_counts_faces_passing_both_unedited():
     faces = SimpleNamespace(images=_RedPatch.images(0, 0, 40, 0))  # the third is vivid unedited
     colour = face_check.ColourCheck()
@@ -588,6 +617,8 @@ def test_evaluate_edits_calibrates_reports_and_the_service_loads_it(faces_dir, t
     assert set(cal.sliders) == {"Smiling", "Age"}
     # the geometry check fitted for the samples also judges the edits: calibration's rule, the report's column
     assert cal.info["min_intact"] == 0.8 and all(0 <= c.intact <= 1 for c in cal.sliders.values())
+    assert cal.info["colour_thresholds"] == {"vivid": geometry["colour"]["threshold"],
+                                             "scalp": geometry["colour"]["scalp_threshold"]}
     assert "face intact |" in text and all("intact" in r for rows in results["after"].values() for r in rows)
     # the reference: labelled real faces outside the validation split, on each slider's side (smiling; not young)
     for label, column, side in (("Smiling", "Smiling", 1), ("Age", "Young", -1)):
@@ -598,6 +629,7 @@ def test_evaluate_edits_calibrates_reports_and_the_service_loads_it(faces_dir, t
     # the colour check, fitted on the same real faces, with its threshold in the report; both sides of the edits
     assert 0 <= geometry["colour"]["real_both"] <= geometry["colour"]["real"] <= 1
     assert f"at most {geometry['colour']['threshold']:.3f} of the pixels vivid" in text
+    assert f"at most {geometry['colour']['scalp_threshold']:.3f} of the scalp" in text
     assert "| face intact at +1 (edits) | at -1 |" in text
     service = EditorService.load(model_dir, align=False)
     recommended = results["recommended_temperature"]
