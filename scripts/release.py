@@ -2,6 +2,7 @@
 
     python scripts/release.py --run runs/celeba64_cooldown --stage /tmp/release
     python scripts/release.py --stage /tmp/release --install --keep-curve-as training_curve_release6.png
+    python scripts/release.py --recalibrate --stage /tmp/recal && python scripts/release.py --stage /tmp/recal --install
 
 The measuring pass runs, in order, every step a release needs (each a CLI of this project, logged to
 STAGE/release.log): `build_assets.py` (weights, validation bits/dim, samples, curve), `app directions` on the
@@ -10,7 +11,8 @@ model's training faces, the edit strip, `bpd_range.py`, bits/dim on training fac
 leakage-floor` and the slider sheet (`slider_sheet.py`: every calibrated slider at -2..+2 on three held-out faces,
 STAGE/slider_sheet.png, to look at before installing; not installed). The pages keep their hand-written accounts:
 the current docs/edits.md and experiments/leakage_floor.md are copied into the staging folder first. Nothing in
-the checkout changes.
+the checkout changes. `--recalibrate` instead measures a copy of the shipped model with the last three steps only
+(what a change to the calibration or its checks needs; the weights and directions stay as shipped).
 
 `--install` then copies the staged model into assets/celeba64 (all but MODEL_CARD.md, which is written by hand
 from the numbers in release.log), the pages into docs/ and experiments/, with every staging path in them rewritten
@@ -34,10 +36,21 @@ EVALUATE_EDITS = ["--faces", "64", "--calibration-faces", "96", "--calibrate", "
                   "--grid", "1,1.5,2,3,4,5,6", "--no-before", "--samples", "256"]
 
 
-def steps(run: Path, data: Path, stage: Path, threads: int) -> list[tuple[str, list[str]]]:
-    """(name, argv) of every measuring step, in order."""
+def steps(run: Path | None, data: Path, stage: Path, threads: int) -> list[tuple[str, list[str]]]:
+    """(name, argv) of every measuring step, in order; without a run, those that read only the staged model."""
     model, py = stage / MODEL.name, [sys.executable]
     split = model / "split.json"
+    from_model = [
+        ("calibration and slider figures",
+         py + ["-m", "app", "evaluate-edits", "--model", str(model), "--data", str(data), *EVALUATE_EDITS,
+               "--threads", str(threads), "--out", str(stage / "edits.md")]),
+        ("leakage floor", py + ["-m", "experiments", "leakage-floor", "--model", str(model), "--data", str(data),
+                                "--threads", str(threads), "--out", str(stage / "leakage_floor.md")]),
+        ("slider sheet", py + ["scripts/slider_sheet.py", "--model", str(model), "--data", str(data), "--split",
+                               str(split), "--method", "auto", "--out", str(stage / "slider_sheet.png")]),
+    ]
+    if run is None:
+        return from_model
     return [
         ("weights, validation, samples, curve",
          py + ["scripts/build_assets.py", "--run", str(run), "--data", str(data), "--out", str(model)]),
@@ -50,22 +63,19 @@ def steps(run: Path, data: Path, stage: Path, threads: int) -> list[tuple[str, l
                                  str(split)]),
         ("training-face bits/dim", py + ["-m", "flow_model", "eval", "--model", str(model), "--data", str(data),
                                          "--split", str(split), "--subset", "train", "--limit", "1300"]),
-        ("calibration and slider figures",
-         py + ["-m", "app", "evaluate-edits", "--model", str(model), "--data", str(data), *EVALUATE_EDITS,
-               "--threads", str(threads), "--out", str(stage / "edits.md")]),
-        ("leakage floor", py + ["-m", "experiments", "leakage-floor", "--model", str(model), "--data", str(data),
-                                "--threads", str(threads), "--out", str(stage / "leakage_floor.md")]),
-        ("slider sheet", py + ["scripts/slider_sheet.py", "--model", str(model), "--data", str(data), "--split",
-                               str(split), "--method", "auto", "--out", str(stage / "slider_sheet.png")]),
+        *from_model,
     ]
 
 
-def measure(run: Path, data: Path, stage: Path, threads: int) -> None:
-    if not (run / "checkpoint.safetensors").is_file():
+def measure(run: Path | None, data: Path, stage: Path, threads: int) -> None:
+    """Every step for a run; without one (--recalibrate), the model-only steps on a copy of the shipped model."""
+    if run is not None and not (run / "checkpoint.safetensors").is_file():
         raise SystemExit(f"error: {run} holds no checkpoint.safetensors: not a training run")
     if (stage / MODEL.name).exists():
         raise SystemExit(f"error: {stage / MODEL.name} exists; pick an empty --stage")
     stage.mkdir(parents=True, exist_ok=True)
+    if run is None:
+        shutil.copytree(ROOT / MODEL, stage / MODEL.name)
     for key, page in PAGES.items():  # their hand-written accounts survive the regeneration
         if (ROOT / page.with_suffix(".md")).is_file():
             shutil.copy(ROOT / page.with_suffix(".md"), stage / f"{key}.md")
@@ -119,15 +129,18 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--data", type=Path, default=Path("../shared/data/celeba"))
     p.add_argument("--stage", type=Path, required=True, help="staging folder (new, for the measuring pass)")
     p.add_argument("--threads", type=int, default=2)
+    p.add_argument("--recalibrate", action="store_true",
+                   help="measuring pass on a copy of the shipped model: calibration, leakage floor, slider sheet")
     p.add_argument("--install", action="store_true", help="copy a finished staging folder into the checkout")
     p.add_argument("--keep-curve-as", help="with --install: keep the current training curve under this name")
     args = p.parse_args(argv)
-    if args.install == (args.run is not None):
-        p.error("give --run (measure into --stage) or --install (install --stage), not both")
+    if args.install + args.recalibrate + (args.run is not None) != 1:
+        p.error("give one of --run (measure a run into --stage), --recalibrate (measure the shipped model into "
+                "--stage) or --install (install --stage)")
     if args.install:
         install(args.stage.resolve(), args.keep_curve_as)
     else:
-        measure(args.run.resolve(), args.data.resolve(), args.stage.resolve(), args.threads)
+        measure(args.run and args.run.resolve(), args.data.resolve(), args.stage.resolve(), args.threads)
 
 
 if __name__ == "__main__":

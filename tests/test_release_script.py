@@ -4,6 +4,7 @@ from __future__ import annotations
 import importlib.util
 import json
 from pathlib import Path
+from types import SimpleNamespace
 
 import pytest
 
@@ -63,11 +64,40 @@ def test_an_unfinished_stage_or_a_folder_without_a_run_is_named(tmp_path):
     assert not (tmp_path / "new").exists()
 
 
-def test_run_and_install_are_exclusive(tmp_path, capsys):
-    for argv in (["--stage", str(tmp_path)], ["--stage", str(tmp_path), "--install", "--run", str(tmp_path)]):
+def test_run_recalibrate_and_install_are_exclusive(tmp_path, capsys):
+    for argv in (["--stage", str(tmp_path)], ["--stage", str(tmp_path), "--install", "--run", str(tmp_path)],
+                 ["--stage", str(tmp_path), "--install", "--recalibrate"]):
         with pytest.raises(SystemExit):
             release.main(argv)
-        assert "not both" in capsys.readouterr().err
+        assert "give one of --run" in capsys.readouterr().err
+
+
+def test_recalibrate_measures_a_copy_of_the_shipped_model_with_the_model_only_steps(tmp_path, monkeypatch):
+    root = tmp_path / "checkout"
+    shipped = root / "assets" / "celeba64"
+    shipped.mkdir(parents=True)
+    (shipped / "model.safetensors").write_bytes(b"weights")
+    (root / "docs").mkdir()
+    (root / "docs" / "edits.md").write_text("## Account\nours\n")
+    monkeypatch.setattr(release, "ROOT", root)
+    ran = []
+
+    def fake_run(argv, cwd, stdout, stderr):
+        ran.append(argv)
+        return SimpleNamespace(returncode=0)
+
+    monkeypatch.setattr(release.subprocess, "run", fake_run)
+    stage = tmp_path / "stage"
+    release.main(["--recalibrate", "--stage", str(stage)])
+    assert (stage / "celeba64" / "model.safetensors").read_bytes() == b"weights"
+    assert (stage / "edits.md").read_text() == "## Account\nours\n"  # the account survives, as for a release
+    names = [line.split(":")[0][3:] for line in (stage / "release.log").read_text().splitlines()
+             if line.endswith("s") and " exit 0 " in line]
+    assert names == ["calibration and slider figures", "leakage floor", "slider sheet"]
+    assert all(str(stage / "celeba64") in argv for argv in ran) and len(ran) == 3
+    assert (shipped / "model.safetensors").read_bytes() == b"weights" and not (shipped / "calibration.json").exists()
+    with pytest.raises(SystemExit, match="exists; pick an empty --stage"):
+        release.main(["--recalibrate", "--stage", str(stage)])
 
 
 def test_every_measuring_step_names_an_existing_entry_point(tmp_path):
