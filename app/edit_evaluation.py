@@ -405,8 +405,8 @@ def calibrate(service: EditorService, classifier: AttributeClassifier, faces: Fa
         broke = [(g, row["intact"]) for g, row in zip(grid, r["rows"].taken())
                  if row is not None and row.get("intact", 1.0) < MIN_INTACT]
         if broke:
-            reason += (f"; {pair((method, hold))} stopped at {broke[0][0]:g} gaps, where only {broke[0][1]:.0%} of the faces stayed "
-                       f"intact (< {MIN_INTACT:.0%})")
+            reason += (f"; {pair((method, hold))} stopped at {broke[0][0]:g} gaps, where only {broke[0][1]:.0%} of "
+                       f"the faces stayed intact (< {MIN_INTACT:.0%})")
         minus, intact_share = None, None
         if intact is not None:
             minus, minus_share, said = minus_side(intact, service, faces, r["vector"], r["scale"], grid)
