@@ -1,4 +1,5 @@
-"""`python -m flow_model export`: run directory -> pretrained directory (config.json + model.safetensors)."""
+"""`python -m flow_model export`: run directory -> pretrained directory (config.json + model.safetensors, and the
+run's split.json)."""
 from __future__ import annotations
 
 import argparse

@@ -13,7 +13,7 @@ import torch
 from safetensors import SafetensorError, safe_open
 
 from ..config import GlowConfig
-from ..fileio import save_safetensors
+from ..fileio import save_safetensors, write_text
 from ..glow import Glow
 
 CHECKPOINT_NAME = "checkpoint.safetensors"
@@ -92,9 +92,13 @@ def model_from_run(run_dir: str | Path, use_ema: bool = True) -> Glow:
 
 
 def export(run_dir: str | Path, out: str | Path, use_ema: bool = True, half: bool = False) -> Glow:
-    """Run directory -> pretrained directory (config.json + model.safetensors)."""
+    """Run directory -> pretrained directory (config.json + model.safetensors, and the run's split.json, so that
+    `train --init-from` the export validates on the same faces as the run did)."""
     model = model_from_run(run_dir, use_ema)
     model.save_pretrained(out, dtype=torch.float16 if half else None)
+    split = Path(run_dir) / "split.json"
+    if split.is_file():
+        write_text(Path(out) / "split.json", split.read_text())
     return model
 
 

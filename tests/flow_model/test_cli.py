@@ -43,7 +43,9 @@ def face_files(faces_dir: Path, n: int) -> list[Path]:
 def test_export(tiny_run, tmp_path, capsys):
     code, out, _ = run_cli(capsys, "export", "--run", tiny_run, "--out", tmp_path / "half", "--fp16", "--no-ema")
     assert code == 0 and "exported" in out
-    assert sorted(p.name for p in (tmp_path / "half").iterdir()) == ["config.json", "model.safetensors"]
+    assert sorted(p.name for p in (tmp_path / "half").iterdir()) == ["config.json", "model.safetensors", "split.json"]
+    # the run's validation faces travel with it: `train --init-from` the export validates on the same ones
+    assert (tmp_path / "half" / "split.json").read_text() == (tiny_run / "split.json").read_text()
     weights = load_file(str(tmp_path / "half" / "model.safetensors"))
     assert weights["top_prior.mean"].dtype == torch.float16
 
@@ -198,10 +200,10 @@ def test_the_module_entry_point_exits_2_without_a_traceback(tmp_path):
 
 
 def test_train_init_from_a_release(pretrained, tiny_run, faces_dir, tmp_path, capsys):
-    """--init-from: the release's config, weights and ActNorm state, and its validation images kept as validation."""
+    """--init-from: the release's config, weights and ActNorm state, and its validation images kept as validation
+    (an exported run carries its split.json)."""
     release = tmp_path / "release"
     shutil.copytree(pretrained, release)
-    shutil.copy(tiny_run / "split.json", release / "split.json")
     common = ["train", "--data", faces_dir, "--init-from", release, "--batch-size", 8, "--workers", 0,
               "--val-max", 8, "--no-progress", "--device", "cpu"]
     code, _, err = run_cli(capsys, *common, "--out", tmp_path / "same", "--max-steps", 0, "--image-size", 8)
