@@ -28,7 +28,9 @@ from .align import FaceAligner, apply_transform, padded_copy, similarity_transfo
 VIVID_SATURATION, VIVID_BRIGHTNESS = 0.7, 0.55  # more saturated than skin, lips or hair are in real faces
 # The top of the head in the training framing (fractions of the side): above the brows, between the temples.
 SCALP_ROWS, SCALP_COLUMNS = (0.0, 0.28), (0.25, 0.75)
-BLOWN_RED, BLOWN_RED_OVER_GREEN = 0.8, 0.25  # a bright red or pink redder than skin, which stays near R - G = 0.15
+# A bright red or pink, redder than most skin (R - G has a median of about 0.2 in the middle of real faces; the
+# reddest skin is what gives real bald heads their tail).
+BLOWN_RED, BLOWN_RED_OVER_GREEN = 0.8, 0.25
 # Red backgrounds and red hair give real faces a long tail of scalp blow-out shares: at QUANTILE a quarter of real
 # bald heads and hair-colour edits that only warm the hair fail; at this one few do, and Bald's blown scalps still do.
 SCALP_QUANTILE = 0.99
