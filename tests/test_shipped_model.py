@@ -10,6 +10,7 @@ import torch
 
 from flow_model import Glow, reduce_bits
 from flow_model.data import load_images, open_dataset, select
+from flow_model.evaluate import evaluate_bpd
 from app.directions import load_directions
 
 ASSETS = Path(__file__).resolve().parents[1] / "assets" / "celeba64"
@@ -55,3 +56,22 @@ def test_shipped_directions_cover_all_40_attributes(model):
         stats = directions.info[name]["classifier"]
         assert stats["n_pos"] > 0 and stats["n_neg"] > 0
         assert not math.isnan(stats["auc"]) and 0.75 < stats["auc"] <= 1.0, (name, stats)
+
+
+NEXT = ASSETS.parent / "celeba64_next"
+
+
+def test_the_training_continuation_point_continues_the_release_and_beats_it(model, celeba_dir):
+    """assets/celeba64_next is what the next training run starts from (--init-from): it must have the release's
+    architecture and validation faces, so figures compare and --init-from keeps them, and validate below it (on
+    the same 64 validation faces and dequantisation noise, a paired comparison)."""
+    following = Glow.from_pretrained(NEXT)
+    assert following.config == model.config
+    val = json.loads((ASSETS / "split.json").read_text())["val"]
+    assert json.loads((NEXT / "split.json").read_text())["val"] == val
+    info = json.loads((NEXT / "candidate.json").read_text())
+    release = json.loads((ASSETS / "release_numbers.json").read_text())
+    assert info["release_val_bpd_fp16"] == round(release["val_bpd_fp16"][0], 4)
+    assert info["val_bpd_fp16"][0] < info["release_val_bpd_fp16"]
+    faces, _ = load_images(select(open_dataset(celeba_dir), val[:64]), 64, progress=False)
+    assert evaluate_bpd(following, faces)[0] < evaluate_bpd(model, faces)[0]
