@@ -190,7 +190,8 @@ def test_calibration_stops_where_edits_break_faces(monkeypatch):
     assert bald.scale == 1.5 and bald.flip_at_1 == pytest.approx(0.45) and bald.default and bald.intact == 1.0
     assert bald.minus_scale is None  # the stand-in breaks both sides alike: -1.5 keeps them intact too
     held_by = "" if bald.hold is None else f" holding by {bald.hold}"  # the pair that stopped, as the flips name it
-    assert f"; {bald.method}{held_by} stopped at 2 gaps, where only 0% of the faces stayed intact (< 80%)" in bald.reason
+    stopped = f"; {bald.method}{held_by} stopped at 2 gaps, where only 0% of the faces stayed intact (< 80%)"
+    assert stopped in bald.reason
     # the search stops at the breaking strength, so the stronger one is never measured
     assert "30% (intact 100%)/45% (intact 100%)/60% (intact 0%)/not measured" in bald.reason
     assert "30%/45%/60%/not measured" in plain.reason  # without the check: stops where 60% is reached
