@@ -342,6 +342,11 @@ def _fit_methods(service: EditorService, classifier: AttributeClassifier, faces:
     return pair, results
 
 
+def _pair_label(method: str, hold: str) -> str:
+    """A slider's method and its held directions' method, as a calibration's reason names them."""
+    return method + (f" holding by {hold}" if hold != method else "")
+
+
 def _flips(rows: MeasuredLazily) -> str:
     """A method's grid measures, as the reason of a calibration shows them ("not measured" past where the search
     stopped)."""
@@ -395,8 +400,7 @@ def calibrate(service: EditorService, classifier: AttributeClassifier, faces: Fa
                 break
             added += [f"{a} ({final['leakage'][a]:.2f} at {r['scale']:g} gaps)" for a in more]
             keep = [a for a in candidates if a in keep or a in more]
-        pair = lambda p: p[0] + (f" holding by {p[1]}" if p[1] != p[0] else "")  # noqa: E731
-        flips = ", ".join(f"{pair(p)}: {_flips(results[p]['rows'])}" for p in results)
+        flips = ", ".join(f"{_pair_label(*p)}: {_flips(results[p]['rows'])}" for p in results)
         reason = (f"flip at +{'/'.join(f'{g:g}' for g in grid)} class-mean gaps: {flips}; leakage at "
                   f"{probe:g} gaps without holding anything: "
                   + ", ".join(f"{a} {v:.2f}" for a, v in first["leakage"].items()))
@@ -405,7 +409,7 @@ def calibrate(service: EditorService, classifier: AttributeClassifier, faces: Fa
         broke = [(g, row["intact"]) for g, row in zip(grid, r["rows"].taken())
                  if row is not None and row.get("intact", 1.0) < MIN_INTACT]
         if broke:
-            reason += (f"; {pair((method, hold))} stopped at {broke[0][0]:g} gaps, where only {broke[0][1]:.0%} of "
+            reason += (f"; {_pair_label(method, hold)} stopped at {broke[0][0]:g} gaps, where only {broke[0][1]:.0%} of "
                        f"the faces stayed intact (< {MIN_INTACT:.0%})")
         minus, intact_share = None, None
         if intact is not None:

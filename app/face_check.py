@@ -229,16 +229,19 @@ class ColourCheck:
     def fit(self, images: torch.Tensor | np.ndarray, quantile: float = QUANTILE,
             scalp_quantile: float = SCALP_QUANTILE) -> np.ndarray:
         """The thresholds from real faces; returns which of them pass."""
-        shares = vivid_share(images)
-        if len(shares) < MIN_FIT_FACES:
-            raise ValueError(f"the colour check needs at least {MIN_FIT_FACES} real faces, got {len(shares)}")
-        self.threshold = quantile_threshold(shares, quantile)
-        self.scalp_threshold = quantile_threshold(scalp_blowout_share(images), scalp_quantile)
+        vivid, scalp = vivid_share(images), scalp_blowout_share(images)
+        if len(vivid) < MIN_FIT_FACES:
+            raise ValueError(f"the colour check needs at least {MIN_FIT_FACES} real faces, got {len(vivid)}")
+        self.threshold = quantile_threshold(vivid, quantile)
+        self.scalp_threshold = quantile_threshold(scalp, scalp_quantile)
         self.quantile, self.scalp_quantile = quantile, scalp_quantile
-        return self.check(images)
+        return self._passed(vivid, scalp)
 
     def check(self, images: torch.Tensor | np.ndarray) -> np.ndarray:
         """(N,) bool: passed."""
         if self.threshold is None or self.scalp_threshold is None:
             raise RuntimeError("fit the check on real faces first")
-        return (vivid_share(images) <= self.threshold) & (scalp_blowout_share(images) <= self.scalp_threshold)
+        return self._passed(vivid_share(images), scalp_blowout_share(images))
+
+    def _passed(self, vivid: np.ndarray, scalp: np.ndarray) -> np.ndarray:
+        return (vivid <= self.threshold) & (scalp <= self.scalp_threshold)
