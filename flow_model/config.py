@@ -68,6 +68,12 @@ class GlowConfig:
         need(0.0 <= self.dropout < 1.0, f"dropout must be in [0, 1), got {self.dropout!r}")
         need(self.dequant_depth >= 1 and self.dequant_hidden >= 1, "dequant_depth and dequant_hidden must be >= 1")
 
+    def adds_dequantizer(self, other: GlowConfig) -> bool:
+        """Whether `other` is this flow with a learned dequantiser in place of uniform noise, so that every weight
+        of this model carries over and only the dequantiser starts fresh (`train --init-from --dequant variational`)."""
+        same_flow = all(getattr(self, f) == getattr(other, f) for f in FIELD_TYPES if f not in DEQUANT_FIELDS)
+        return same_flow and self.dequant == "uniform" and other.dequant == "variational"
+
     @property
     def n_bins(self) -> int:
         return 2**self.n_bits
@@ -107,3 +113,4 @@ class GlowConfig:
 FIELD_TYPES = {f.name: f.type for f in dataclasses.fields(GlowConfig)}  # "int", "float" or "str"
 INT_FIELDS = tuple(name for name, kind in FIELD_TYPES.items() if kind == "int")
 MODEL_FIELDS = tuple(name for name in FIELD_TYPES if name != "in_channels")  # what the command lines set
+DEQUANT_FIELDS = ("dequant", "dequant_depth", "dequant_hidden")

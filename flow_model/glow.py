@@ -1,6 +1,7 @@
 """Glow (Kingma & Dhariwal 2018): multi-scale flow of ActNorm -> 1x1 conv -> coupling steps, Figure 2 of the paper."""
 from __future__ import annotations
 
+import dataclasses
 import math
 from functools import partial
 from pathlib import Path
@@ -200,6 +201,13 @@ class Glow(nn.Module):
         return -ll / (self.config.dims * math.log(2))
 
     @torch.no_grad()
+    def with_uniform_noise(self) -> "Glow":
+        """The same flow scored with uniform dequantisation noise instead of its learned dequantiser: separates
+        what the flow itself gained from what the dequantiser tightens the bound by."""
+        model = Glow(dataclasses.replace(self.config, dequant="uniform")).to(next(self.parameters()).device)
+        model.load_weights({k: v for k, v in self.state_dict().items() if not k.startswith("dequantizer.")})
+        return model.train(self.training)
+
     def initialize(self, x: torch.Tensor) -> None:
         """Data-dependent ActNorm initialisation from a batch (run it once, before training)."""
         self.bits_per_dim(x)

@@ -14,9 +14,12 @@ def add_parser(sub) -> None:
     p.add_argument("--data", required=True)
     p.add_argument("--split", help="a run's split.json: evaluate only its --subset")
     p.add_argument("--subset", default="val", choices=("val", "train"))
-    p.add_argument("--limit", type=positive_int)
+    p.add_argument("--limit", type=positive_int, help="only the first N images of the folder (before --split picks "
+                   "its subset)")
     p.add_argument("--batch-size", type=positive_int, default=64)
     p.add_argument("--importance-samples", type=positive_int, default=1)
+    p.add_argument("--uniform-noise", action="store_true", help="score the flow with uniform dequantisation noise "
+                   "in place of a learned dequantiser (the model's flow alone, as a uniform-noise model reports)")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--workers", type=int, default=2)
     p.add_argument("--device", default="cpu")
@@ -28,6 +31,8 @@ def run(args: argparse.Namespace) -> int:
     from ..training.checkpoint import load_model
 
     model = load_model(args.model, args.device)
+    if args.uniform_noise:
+        model = model.with_uniform_noise()
     data = open_dataset(args.data, limit=args.limit)
     if args.split:
         split = json.loads(Path(args.split).read_text())

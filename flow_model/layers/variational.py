@@ -6,7 +6,6 @@ the bound E_q[log p(x+u) - log q(u|x)] get closer to the discrete log-likelihood
 from __future__ import annotations
 
 import torch
-import torch.nn.functional as F
 from torch import nn
 
 from .actnorm import ActNorm
@@ -55,7 +54,13 @@ class ConditionalStep(nn.Module):
 
 
 class VariationalDequantizer(nn.Module):
-    """u = sigmoid(f(ε; x)), ε ~ N(0, I), f a conditional flow; log q(u|x) = log N(ε) - log|det ∂u/∂ε|."""
+    """u = Φ(f(ε; x)), ε ~ N(0, I), f a conditional flow; log q(u|x) = log N(ε) - log|det ∂u/∂ε|.
+
+    Flow++ squashes with a sigmoid; the standard normal CDF Φ is used instead because Φ of a standard normal is
+    exactly uniform, and f starts as a map that keeps ε standard normal (rotations, zero-initialised couplings that
+    only scale, ActNorms initialised from data): a dequantiser added to a model trained with uniform noise starts
+    at that model's bound instead of above it.
+    """
 
     def __init__(self, config) -> None:
         super().__init__()
@@ -63,6 +68,7 @@ class VariationalDequantizer(nn.Module):
         generator = torch.Generator().manual_seed(LU_SEED)
         self.features = ImageFeatures(config.in_channels, config.dequant_hidden)
         self.steps = nn.ModuleList(ConditionalStep(config, generator) for _ in range(config.dequant_depth))
+        self.out_norm = ActNorm(config.in_channels)  # undoes the last coupling's starting scale of ~0.88
 
     def transform(self, eps: torch.Tensor, bins: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """The deterministic part: noise ε and pixel bins -> (u in [0, 1), log q(u | bins) per sample)."""
@@ -71,10 +77,11 @@ class VariationalDequantizer(nn.Module):
         for step in self.steps:
             h, step_logdet = step(h, context)
             logdet = logdet + step_logdet
-        log_sigmoid_det = (F.logsigmoid(h) + F.logsigmoid(-h)).flatten(1).sum(1)
-        log_q = gaussian_log_prob(eps, eps.new_zeros(())) - logdet - log_sigmoid_det
-        # sigmoid rounds to exactly 1 for h > ~17 in float32; the largest float below 1 keeps u inside its bin.
-        u = torch.sigmoid(h).clamp(max=1.0 - torch.finfo(h.dtype).eps / 2)
+        h, norm_logdet = self.out_norm(h)
+        logdet = logdet + norm_logdet
+        log_q = gaussian_log_prob(eps, eps.new_zeros(())) - logdet - gaussian_log_prob(h, h.new_zeros(()))
+        # Φ rounds to exactly 1 for h > ~5.5 in float32; the largest float below 1 keeps u inside its bin.
+        u = torch.special.ndtr(h).clamp(max=1.0 - torch.finfo(h.dtype).eps / 2)
         return u, log_q
 
     def forward(self, bins: torch.Tensor, generator: torch.Generator | None = None) -> tuple[torch.Tensor, torch.Tensor]:

@@ -22,6 +22,8 @@ def add_parser(sub) -> None:
     opt.add_argument("--batch-size", type=positive_int)
     opt.add_argument("--optimizer", choices=("adam", "adamax"))
     opt.add_argument("--lr", type=float)
+    opt.add_argument("--dequant-lr", type=float, help="learning rate of the variational dequantiser (default: --lr); "
+                     "with --init-from RELEASE --dequant variational its fresh dequantiser wants more than the flow")
     opt.add_argument("--warmup-steps", type=int)
     opt.add_argument("--cooldown", dest="cooldown_steps", type=positive_int, metavar="STEPS",
                      help="from the current step, lower the learning rate linearly to 0 over STEPS steps, then stop "
@@ -76,12 +78,14 @@ def run(args: argparse.Namespace) -> int:
         train = TrainConfig(**{k: v for k, v in given.items() if k in train_fields})
         model_args = {k: v for k, v in given.items() if k in MODEL_FIELDS}
         if train.init_from:
-            model_config = GlowConfig.load(Path(train.init_from) / "config.json")
-            differ = {k: v for k, v in model_args.items() if getattr(model_config, k) != v}
-            if differ:
+            source = GlowConfig.load(Path(train.init_from) / "config.json")
+            differ = {k: v for k, v in model_args.items() if getattr(source, k) != v}
+            model_config = dataclasses.replace(source, **differ)
+            if differ and not source.adds_dequantizer(model_config):
                 raise ValueError(f"--init-from {train.init_from} is a model with "
-                                 + ", ".join(f"{k}={getattr(model_config, k)!r}" for k in differ)
-                                 + f"; drop {', '.join('--' + k.replace('_', '-') for k in differ)} or pick another model")
+                                 + ", ".join(f"{k}={getattr(source, k)!r}" for k in differ)
+                                 + f"; drop {', '.join('--' + k.replace('_', '-') for k in differ)} or pick another "
+                                 "model (the one change it allows is --dequant variational on a uniform-noise model)")
         else:
             model_config = GlowConfig(**model_args)
     trainer = Trainer(train, model_config, resume=resume)

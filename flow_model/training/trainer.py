@@ -45,6 +45,7 @@ class TrainConfig:
     batch_size: int = 16
     optimizer: str = "adamax"
     lr: float = 1e-3
+    dequant_lr: float | None = None  # the variational dequantiser's own rate (default: lr)
     warmup_steps: int = 200
     cooldown_steps: int = 0
     cooldown_start: int | None = None
@@ -77,6 +78,7 @@ class TrainConfig:
             (self.batch_size >= 1, f"batch_size must be >= 1, got {self.batch_size}"),
             (self.optimizer in ("adam", "adamax"), f"optimizer must be adam or adamax, got {self.optimizer!r}"),
             (self.lr > 0, f"lr must be > 0, got {self.lr}"),
+            (self.dequant_lr is None or self.dequant_lr > 0, f"dequant_lr must be > 0, got {self.dequant_lr}"),
             (self.warmup_steps >= 0, "warmup_steps must be >= 0"),
             (self.cooldown_steps >= 0, f"cooldown_steps must be >= 0, got {self.cooldown_steps}"),
             (self.cooldown_start is None or self.cooldown_start >= 0, "cooldown_start must be >= 0"),
@@ -159,7 +161,7 @@ class Trainer:
         torch.manual_seed(train.seed)
         self.model = Glow(model_config, seed=train.seed).to(self.device)
         self.optimizer = (torch.optim.Adamax if train.optimizer == "adamax" else torch.optim.Adam)(
-            self.model.parameters(), lr=train.lr, foreach=True
+            self._param_groups(), lr=train.lr, foreach=True
         )
         self.scheduler = torch.optim.lr_scheduler.LambdaLR(self.optimizer, lambda s: self._lr_factor(s))
         self.ema = (
@@ -196,6 +198,16 @@ class Trainer:
         )
 
     # -- setup -------------------------------------------------------------------------------------------
+    def _param_groups(self) -> list[dict]:
+        """The flow's weights, and the dequantiser's at --dequant-lr if given: a dequantiser added to a trained
+        flow starts from scratch while the flow only fine-tunes, so it needs a larger rate than the flow's."""
+        dequantizer = list(self.model.dequantizer.parameters())
+        if self.cfg.dequant_lr is None or not dequantizer:
+            return [{"params": list(self.model.parameters())}]
+        own = {id(p) for p in dequantizer}
+        return [{"params": [p for p in self.model.parameters() if id(p) not in own]},
+                {"params": dequantizer, "lr": self.cfg.dequant_lr}]
+
     def _lr_factor(self, step: int) -> float:
         """Warm-up, constant, and on request a linear cooldown to 0 that ends the run.
 
@@ -260,17 +272,25 @@ class Trainer:
     def _initialize(self) -> None:
         if self.cfg.init_from:
             source = Glow.from_pretrained(self.cfg.init_from)
-            if source.config != self.model_config:
+            if source.config == self.model_config:
+                self.model.load_weights(source.state_dict(), source=self.cfg.init_from)
+            elif source.config.adds_dequantizer(self.model_config):
+                self.model.load_weights({**self.model.state_dict(), **source.state_dict()}, source=self.cfg.init_from)
+                self._initialize_actnorms()  # only the new dequantiser's are still uninitialised
+            else:
                 raise ValueError(f"--init-from {self.cfg.init_from} has a different architecture than this run")
-            self.model.load_weights(source.state_dict(), source=self.cfg.init_from)
         else:
-            g = torch.Generator().manual_seed(self.cfg.seed)
-            take = torch.randperm(self.n_train, generator=g)[: self.cfg.init_batch].tolist()
-            _, batch, _ = _collate([self.train_dataset[i] for i in take])
-            self.model.train()
-            self.model.initialize(batch.to(self.device))
+            self._initialize_actnorms()
         if self.ema is not None:
             self.ema.module.load_state_dict(self.model.state_dict())
+
+    def _initialize_actnorms(self) -> None:
+        """Data-dependent init of every ActNorm not yet initialised, from a seeded batch of training images."""
+        g = torch.Generator().manual_seed(self.cfg.seed)
+        take = torch.randperm(self.n_train, generator=g)[: self.cfg.init_batch].tolist()
+        _, batch, _ = _collate([self.train_dataset[i] for i in take])
+        self.model.train()
+        self.model.initialize(batch.to(self.device))
 
     def _restore(self, state: dict) -> None:
         meta = state["meta"]

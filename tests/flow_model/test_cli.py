@@ -1,6 +1,7 @@
 """`python -m flow_model`: every command end to end on a tiny run, and bad input -> one clear line and exit code 2."""
 from __future__ import annotations
 
+import dataclasses
 import json
 import re
 import shutil
@@ -17,6 +18,7 @@ from PIL import Image
 from safetensors.torch import load_file, save_file
 
 from flow_model import reduce_bits
+from flow_model.glow import to_bins
 from flow_model.training.checkpoint import CHECKPOINT_NAME
 from flow_model.cli import main
 from flow_model.data import load_images, open_dataset
@@ -228,3 +230,40 @@ def test_train_init_from_a_release(pretrained, tiny_run, faces_dir, tmp_path, ca
     (release / "split.json").write_text("[1, 2]")
     code, _, err = run_cli(capsys, *common, "--out", tmp_path / "bad2")
     assert code == 2 and "cannot read a validation list" in err
+
+
+def test_train_init_from_a_release_adds_a_learned_dequantiser(pretrained, faces_dir, tmp_path, capsys):
+    """--init-from RELEASE --dequant variational: every weight of the uniform-noise release carries over, the fresh
+    dequantiser starts as uniform noise and learns at --dequant-lr; no other architecture change is let through."""
+    common = ["train", "--data", faces_dir, "--init-from", pretrained, "--batch-size", 8, "--workers", 0,
+              "--val-max", 8, "--no-progress", "--device", "cpu", "--dequant", "variational"]
+    code, _, err = run_cli(capsys, *common, "--out", tmp_path / "start", "--max-steps", 0)
+    assert code == 0, err
+    started = model_from_run(tmp_path / "start", use_ema=False)
+    source = load_model(pretrained)
+    assert started.config == dataclasses.replace(source.config, dequant="variational")
+    for k, v in source.state_dict().items():
+        assert torch.equal(started.state_dict()[k], v), k
+    images, _ = load_images(open_dataset(faces_dir, limit=16), started.config.image_size, None, 0)
+    bins = to_bins(images, started.config.n_bits)
+    with torch.no_grad():
+        _, log_q = started.dequantizer(bins, torch.Generator().manual_seed(0))
+    assert abs(log_q.mean().item()) / started.config.dims < 1e-2  # uniform noise: log q = 0
+    # its flow is the release's: scored with uniform noise it gives the release's figure to the last digit
+    evals = [run_cli(capsys, "eval", "--model", model, "--data", faces_dir, "--limit", 16, "--workers", 0, *extra)
+             for model, extra in ((pretrained, []), (tmp_path / "start", ["--uniform-noise"]))]
+    assert all(code == 0 for code, _, _ in evals) and "dequant=uniform" in evals[1][1]
+    assert evals[0][1].split("bits/dim")[0] == evals[1][1].split("bits/dim")[0]
+
+    code, _, err = run_cli(capsys, *common, "--out", tmp_path / "trained", "--max-steps", 2, "--lr", 1e-6,
+                           "--dequant-lr", 1e-2, "--warmup-steps", 0)
+    assert code == 0, err
+    trained = model_from_run(tmp_path / "trained", use_ema=False).state_dict()
+    moved = {k: (trained[k] - started.state_dict()[k]).abs().max().item() for k in trained
+             if trained[k].is_floating_point()}
+    assert max(v for k, v in moved.items() if k.startswith("dequantizer.")) > 1e-3
+    assert max(v for k, v in moved.items() if not k.startswith("dequantizer.")) < 1e-4
+
+    code, _, err = run_cli(capsys, "train", "--data", faces_dir, "--init-from", pretrained, "--out",
+                           tmp_path / "bad", "--dequant-depth", 6)
+    assert code == 2 and "dequant_depth=4" in err and "--dequant variational on a uniform-noise model" in err

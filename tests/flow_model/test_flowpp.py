@@ -178,8 +178,44 @@ def test_variational_noise_stays_in_the_unit_interval() -> None:
     perturb(dequantizer, 0.05)
     u, log_q = dequantizer(bins, torch.Generator().manual_seed(0))
     assert u.shape == bins.shape and (u >= 0).all() and (u < 1).all() and torch.isfinite(log_q).all()
-    u_far, log_q_far = dequantizer.transform(torch.full_like(bins, 60.0), bins)  # sigmoid rounds to 1 out here
+    u_far, log_q_far = dequantizer.transform(torch.full_like(bins, 60.0), bins)  # Φ rounds to 1 out here
     assert (u_far < 1).all() and torch.isfinite(log_q_far).all()
+
+
+@pytest.mark.parametrize("coupling", ["affine", "mixlogistic"])
+def test_a_fresh_dequantiser_is_uniform_noise(coupling: str) -> None:
+    """Once its ActNorms are initialised and before any training, q is U[0,1)^D with log q = 0, so a dequantiser
+    added to a flow trained with uniform noise starts at that flow's bound (a sigmoid squash would start above)."""
+    torch.manual_seed(0)
+    dequantizer = VariationalDequantizer(dequant_config(coupling))
+    bins = torch.randint(0, 32, (64, 3, 16, 16)).float()
+    with torch.no_grad():
+        dequantizer(bins)  # data-dependent ActNorm init
+        u, log_q = dequantizer(bins, torch.Generator().manual_seed(1))
+    dims = bins[0].numel()
+    assert abs(log_q.mean().item()) / dims < 1e-3, log_q  # per image it jitters with the ActNorms' batch estimates
+    assert abs(u.mean().item() - 0.5) < 0.01 and abs(u.var().item() - 1 / 12) < 0.002
+    counts = torch.histc(u, bins=10, min=0.0, max=1.0) / u.numel()  # every tenth of the bin equally likely
+    torch.testing.assert_close(counts, torch.full_like(counts, 0.1), atol=0.005, rtol=0)
+
+
+def test_with_uniform_noise_scores_the_same_flow_without_its_dequantiser() -> None:
+    model = Glow(dequant_config("affine"))
+    x = torch.randint(0, 256, (6, 3, 4, 4), generator=torch.Generator().manual_seed(0), dtype=torch.uint8)
+    model.initialize(x)
+    perturb(model, 0.05)
+    model.eval()
+    uniform = model.with_uniform_noise()
+    assert uniform.config.dequant == "uniform" and not list(uniform.dequantizer.parameters())
+    assert not uniform.training
+    with torch.no_grad():
+        for a, b in zip(model.encode(x), uniform.encode(x)):
+            torch.testing.assert_close(a, b, atol=0, rtol=0)
+        bpd = uniform.bits_per_dim(x, torch.Generator().manual_seed(3))
+        u = torch.rand(x.shape, generator=torch.Generator().manual_seed(3))
+        _, _, logp = model.flow_forward((to_bins(x, 5) + u) / 32 - 0.5)
+    c = model.config
+    torch.testing.assert_close(bpd, -(logp - c.dims * math.log(32)) / (c.dims * math.log(2)))
 
 
 def test_importance_sampling_tightens_the_bound_towards_the_discrete_likelihood() -> None:
