@@ -124,18 +124,27 @@ def test_checkpoints_refuse_non_finite_weights(faces_dir, tmp_path):
     assert not (tmp_path / "run" / CHECKPOINT_NAME).exists() and temp_files(tmp_path) == []
 
 
-def test_resume_restores_weights_ema_and_optimizer_exactly(faces_dir, tmp_path):
-    """3 steps, stop, resume to 7 == 7 steps straight: model and EMA weights bit for bit, across an epoch end."""
+@pytest.mark.parametrize("dequant_lr", [None, 1e-2])
+def test_resume_restores_weights_ema_and_optimizer_exactly(faces_dir, tmp_path, dequant_lr):
+    """3 steps, stop, resume to 7 == 7 steps straight: model and EMA weights bit for bit, across an epoch end; with
+    a variational dequantiser at its own learning rate, the optimiser's two groups too."""
+    model = tiny_config() if dequant_lr is None else tiny_config(dequant="variational", dequant_depth=1,
+                                                                  dequant_hidden=4)
+
     def config(out: Path, steps: int) -> TrainConfig:
         return train_config(faces_dir, out, limit=40, max_steps=steps, ema=0.9, ckpt_every=100,
-                            cache=str(tmp_path / "cache.safetensors"))
+                            cache=str(tmp_path / "cache.safetensors"), dequant_lr=dequant_lr)
 
-    Trainer(config(tmp_path / "resumed", 3), tiny_config()).run()
+    Trainer(config(tmp_path / "resumed", 3), model).run()
     resumed = Trainer(config(tmp_path / "resumed", 7), resume=True)
     assert resumed.step == 3 and resumed.epoch == 0
     resumed.run()
-    straight = Trainer(config(tmp_path / "straight", 7), tiny_config())
+    straight = Trainer(config(tmp_path / "straight", 7), model)
     straight.run()
+    rates = [[g["lr"] for g in t.optimizer.param_groups] for t in (resumed, straight)]
+    assert rates[0] == rates[1] and len(rates[0]) == (1 if dequant_lr is None else 2)
+    if dequant_lr is not None:
+        assert rates[0][1] / rates[0][0] == pytest.approx(dequant_lr / 2e-3)
     assert resumed.epoch == straight.epoch == 1  # 36 training images: an epoch is 4 steps
     for name, a, b in [("model", resumed.model, straight.model), ("ema", resumed.ema.module, straight.ema.module)]:
         for k, v in b.state_dict().items():
