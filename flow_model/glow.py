@@ -200,7 +200,6 @@ class Glow(nn.Module):
         ll = self.log_likelihood(x, generator, importance_samples)
         return -ll / (self.config.dims * math.log(2))
 
-    @torch.no_grad()
     def with_uniform_noise(self) -> "Glow":
         """The same flow scored with uniform dequantisation noise instead of its learned dequantiser: separates
         what the flow itself gained from what the dequantiser tightens the bound by."""
@@ -208,6 +207,7 @@ class Glow(nn.Module):
         model.load_weights({k: v for k, v in self.state_dict().items() if not k.startswith("dequantizer.")})
         return model.train(self.training)
 
+    @torch.no_grad()
     def initialize(self, x: torch.Tensor) -> None:
         """Data-dependent ActNorm initialisation from a batch (run it once, before training)."""
         self.bits_per_dim(x)
