@@ -43,8 +43,10 @@ def plot_curves(curves: list[Curve], path: str | Path, *, xlabel: str, ylabel: s
     save_figure(fig, path, dpi=dpi)
 
 
-def plot_run(metrics_file: str | Path, path: str | Path, title: str = "") -> None:
-    """Train and validation bits/dim against step, from a run's metrics.jsonl."""
+def plot_run(metrics_file: str | Path, path: str | Path, title: str = "",
+             shipped: tuple[int, float, float, str] | None = None) -> None:
+    """Train and validation bits/dim against step, from a run's metrics.jsonl; `shipped` = (step, bits/dim, s.e.,
+    label) marks the released weights' validation where they are not the ones the run validated (raw beside EMA)."""
     train, val = {}, {}
     for line in Path(metrics_file).read_text().splitlines():
         try:
@@ -68,8 +70,11 @@ def plot_run(metrics_file: str | Path, path: str | Path, title: str = "") -> Non
         steps = sorted(val)
         curves.append(Curve(steps, [val[s][0] for s in steps], "validation", yerr=[val[s][1] for s in steps],
                             style=dict(color="C1", marker="o")))
+    if shipped is not None:
+        step, bpd, se, label = shipped
+        curves.append(Curve([step], [bpd], label, yerr=[se], style=dict(color="C3", marker="*", markersize=12)))
     ylim = None
     if train or val:
-        everything = list(train.values()) + [v for v, _ in val.values()]
+        everything = list(train.values()) + [v for v, _ in val.values()] + ([shipped[1]] if shipped else [])
         ylim = (min(everything) - 0.05, np.percentile(everything, 98) + 0.1)
     plot_curves(curves, path, xlabel="step", title=title, ylim=ylim, figsize=(6, 4), dpi=100, legend_size=None)
