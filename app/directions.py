@@ -144,7 +144,7 @@ def load_directions(path: str | Path) -> Directions:
 
 @torch.no_grad()
 def encode_images(model, images: torch.Tensor, batch_size: int = 64, progress: bool = True) -> np.ndarray:
-    """Exact flat standardised latents (N, D) float32 of uint8 images, all levels, pixels at their bin centre."""
+    """Exact flat standardised latents (N, D) float32 of uint8 images, all levels (Glow.encode's point)."""
     was_training = model.training
     model.eval()
     out = np.empty((len(images), model.latent_dim), dtype=np.float32)

@@ -354,7 +354,7 @@ class EditorService:
     def _forward(self, images: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """Flat standardised latents (N, D) and bits/dim (N,) of uint8 images, from one pass (Glow.encode_with_bpd).
 
-        The bits/dim is taken at the pixel-bin centres, the point encode() maps, rather than with random
+        The bits/dim is taken at the point encode() maps (the dequantiser's central noise), rather than with random
         dequantisation noise, so the same photo always gets the same number.
         """
         size = self.image_size

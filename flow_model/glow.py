@@ -213,16 +213,16 @@ class Glow(nn.Module):
         self.bits_per_dim(x)
 
     def encode(self, x: torch.Tensor, standardized: bool = False) -> list[torch.Tensor]:
-        """Exact latents of every level, with each pixel at its bin centre (no noise)."""
+        """Exact latents of every level, each pixel at the dequantiser's central noise (uniform: the bin centre)."""
         return self.encode_with_bpd(x, standardized)[0]
 
     def encode_with_bpd(self, x: torch.Tensor, standardized: bool = False) -> tuple[list[torch.Tensor], torch.Tensor]:
-        """encode(x), and from the same pass each image's bits/dim at its pixels' bin centres: no dequantisation
-        noise (and no dequantiser), so the same image always gets the same number."""
+        """encode(x), and from the same pass each image's bits/dim at that point (no random noise, so the same image
+        always gets the same number)."""
         self._check_images(x)
         device = next(self.parameters()).device
         bins = to_bins(x.to(device), self.config.n_bits)
-        latents, eps, logp = self.flow_forward(self._continuous(bins, torch.full_like(bins, 0.5)))
+        latents, eps, logp = self.flow_forward(self._continuous(bins, self.dequantizer.centre(bins)))
         bpd = -(logp - self.config.dims * math.log(self.config.n_bins)) / (self.config.dims * math.log(2))
         return [z.contiguous() for z in (eps if standardized else latents)], bpd
 

@@ -3,7 +3,7 @@
     python scripts/bpd_range.py --model assets/celeba64 --data ../shared/data/celeba --split assets/celeba64/split.json
 
 Writes MODEL/bpd_range.json (1st, 50th and 99th percentiles), measured exactly as the editor measures an upload:
-one flow pass at the pixel-bin centres of the model-size crop.
+one flow pass at the point Glow.encode maps (the dequantiser's central noise) of the model-size crop.
 """
 from __future__ import annotations
 

@@ -209,13 +209,40 @@ def test_with_uniform_noise_scores_the_same_flow_without_its_dequantiser() -> No
     assert uniform.config.dequant == "uniform" and not list(uniform.dequantizer.parameters())
     assert not uniform.training
     with torch.no_grad():
-        for a, b in zip(model.encode(x), uniform.encode(x)):
+        z = torch.rand(x.shape, generator=torch.Generator().manual_seed(1)) - 0.5
+        for a, b in zip(model.flow_forward(z)[0], uniform.flow_forward(z)[0]):
             torch.testing.assert_close(a, b, atol=0, rtol=0)
         bpd = uniform.bits_per_dim(x, torch.Generator().manual_seed(3))
         u = torch.rand(x.shape, generator=torch.Generator().manual_seed(3))
         _, _, logp = model.flow_forward((to_bins(x, 5) + u) / 32 - 0.5)
     c = model.config
     torch.testing.assert_close(bpd, -(logp - c.dims * math.log(32)) / (c.dims * math.log(2)))
+
+
+def test_a_learned_dequantiser_model_encodes_at_q_of_eps_zero_and_round_trips_exactly() -> None:
+    """encode maps each image at q's image of ε = 0 (deterministic, inside every bin), not at the bin centres,
+    which a flow trained with q no longer favours; decode still returns the 5-bit image exactly."""
+    model = Glow(dequant_config("affine"))
+    x = torch.randint(0, 256, (6, 3, 4, 4), generator=torch.Generator().manual_seed(0), dtype=torch.uint8)
+    model.initialize(x)
+    perturb(model, 0.1)
+    model.eval()
+    bins = to_bins(x, 5)
+    with torch.no_grad():
+        centre = model.dequantizer.centre(bins)
+        at_zero = model.dequantizer.transform(torch.zeros_like(bins), bins)[0]
+        assert (at_zero < 0.05).any() and (at_zero > 0.95).any()  # this q's centre reaches both edges of a bin...
+        torch.testing.assert_close(centre, at_zero.clamp(0.05, 0.95))  # ...so encode keeps clear of them
+        assert (centre - 0.5).abs().max() > 0.4
+        latents, bpd = model.encode_with_bpd(x)
+        expected, _, logp = model.flow_forward((bins + centre) / 32 - 0.5)
+        for a, b in zip(latents, expected):
+            torch.testing.assert_close(a, b)
+        torch.testing.assert_close(bpd, -(logp - 48 * math.log(32)) / (48 * math.log(2)))
+        assert all(torch.equal(a, b) for a, b in zip(latents, model.encode(x)))  # deterministic
+        assert torch.equal(model.decode(latents), reduce_bits(x, 5))
+        uniform = model.with_uniform_noise()
+        assert torch.equal(uniform.dequantizer.centre(bins), torch.full_like(bins, 0.5))
 
 
 def test_importance_sampling_tightens_the_bound_towards_the_discrete_likelihood() -> None:
