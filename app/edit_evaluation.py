@@ -228,20 +228,30 @@ def _scale_for_target(grid: Sequence[float], flips: Sequence[float], target: flo
 
 
 def choose_scale(grid: Sequence[float], rows: Sequence[dict], target: float = TARGET_FLIP,
-                 min_flip: float = MIN_FLIP,
-                 intact: Callable[[int], float] | None = None) -> tuple[float, float, bool]:
+                 min_flip: float = MIN_FLIP, intact: Callable[[int], float] | None = None,
+                 probe: Callable[[float], dict] | None = None) -> tuple[float, float, bool]:
     """From measures at multipliers `grid` (value +1 x multiplier): (scale, flip reached, in default set).
 
     Only multipliers that still decode count: back-off on at most DECODABLE_BACKOFF of faces and, given `intact`
     (grid index -> share of faces kept intact), at least MIN_INTACT. Distortion grows with the
     strength, so the first multiplier below MIN_INTACT ends the search; `intact` is asked only for multipliers the
     search reaches (it is the costly measure). The scale is the smallest multiplier with flip >= target; if none,
-    the strongest decodable one, and the slider stays in the default set only if that reaches min_flip."""
+    the strongest decodable one, and the slider stays in the default set only if that reaches min_flip.
+
+    A grid step can jump past the target and break faces at once (a slider flipping 26% at one gap and 91% at
+    1.5, where too few faces stay intact). Given `probe` (multiplier -> a measure with "intact"), the multiplier
+    where the line between the two reaches the target is then measured too, and counts like a grid point."""
     usable = []
     for i, (m, r) in enumerate(zip(grid, rows)):
         if r["backoff"] > DECODABLE_BACKOFF:
             continue
         if intact is not None and intact(i) < MIN_INTACT:
+            if probe is not None and r["flip"] >= target:
+                last_m, last_f = usable[-1] if usable else (0.0, 0.0)
+                between = _scale_for_target((last_m, m), (last_f, r["flip"]), target)
+                row = probe(round(between, 2))
+                if row["backoff"] <= DECODABLE_BACKOFF and row["intact"] >= MIN_INTACT:
+                    usable.append((round(between, 2), row["flip"] if not math.isnan(row["flip"]) else 0.0))
             break
         usable.append((m, r["flip"] if not math.isnan(r["flip"]) else 0.0))
         if usable[-1][1] >= target:
@@ -328,11 +338,20 @@ def _fit_methods(service: EditorService, classifier: AttributeClassifier, faces:
             rows[i]["intact"] = intact.share(shown[grid[i]])
             return rows[i]["intact"]
 
-        scale, flip, ok = choose_scale(grid, rows, intact=intact_at if intact is not None else None)
+        probed: dict[float, dict] = {}
+
+        def probe(m: float, measure=measure, shown=shown, probed=probed) -> dict:
+            probed[m] = {**measure(m), "intact": intact.share(shown[m])}
+            return probed[m]
+
+        checked = intact is not None
+        scale, flip, ok = choose_scale(grid, rows, intact=intact_at if checked else None,
+                                       probe=probe if checked else None)
         shown.clear()
-        near = rows[int(np.argmin([abs(m - scale) for m in grid]))]
+        taken = {**{m: rows[i] for i, m in enumerate(grid) if rows.taken()[i] is not None}, **probed}
+        near = taken[min(taken, key=lambda m: abs(m - scale))]
         leak = max([near["leakage"].get(a, 0.0) for a in LEAK_ATTRIBUTES] + [0.0])
-        results[method, hold] = dict(scale=scale, flip=flip, ok=ok, leak=leak, rows=rows, vector=v)
+        results[method, hold] = dict(scale=scale, flip=flip, ok=ok, leak=leak, rows=rows, vector=v, probed=probed)
     # ties: the classifier normal, then holding by the slider's own method
     reach = [p for p in results if results[p]["flip"] >= TARGET_FLIP]
     if reach:
@@ -347,13 +366,17 @@ def _pair_label(method: str, hold: str) -> str:
     return method + (f" holding by {hold}" if hold != method else "")
 
 
-def _flips(rows: MeasuredLazily) -> str:
+def _flip(row: dict) -> str:
+    return ((f"{row['flip']:.0%}" if not math.isnan(row["flip"]) else "-")
+            + (f" (back-off {row['backoff']:.0%})" if row["backoff"] else "")
+            + (f" (intact {row['intact']:.0%})" if "intact" in row else ""))
+
+
+def _flips(rows: MeasuredLazily, probed: dict[float, dict]) -> str:
     """A method's grid measures, as the reason of a calibration shows them ("not measured" past where the search
-    stopped)."""
-    return "/".join("not measured" if row is None else
-                    (f"{row['flip']:.0%}" if not math.isnan(row["flip"]) else "-")
-                    + (f" (back-off {row['backoff']:.0%})" if row["backoff"] else "")
-                    + (f" (intact {row['intact']:.0%})" if "intact" in row else "") for row in rows.taken())
+    stopped), then any strength probed between grid points."""
+    return ("/".join("not measured" if row is None else _flip(row) for row in rows.taken())
+            + "".join(f" (probed at {m:g}: {_flip(row)})" for m, row in probed.items()))
 
 
 def calibrate(service: EditorService, classifier: AttributeClassifier, faces: FaceSet,
@@ -400,7 +423,7 @@ def calibrate(service: EditorService, classifier: AttributeClassifier, faces: Fa
                 break
             added += [f"{a} ({final['leakage'][a]:.2f} at {r['scale']:g} gaps)" for a in more]
             keep = [a for a in candidates if a in keep or a in more]
-        flips = ", ".join(f"{_pair_label(*p)}: {_flips(results[p]['rows'])}" for p in results)
+        flips = ", ".join(f"{_pair_label(*p)}: {_flips(results[p]['rows'], results[p]['probed'])}" for p in results)
         reason = (f"flip at +{'/'.join(f'{g:g}' for g in grid)} class-mean gaps: {flips}; leakage at "
                   f"{probe:g} gaps without holding anything: "
                   + ", ".join(f"{a} {v:.2f}" for a, v in first["leakage"].items()))

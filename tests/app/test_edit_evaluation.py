@@ -121,6 +121,33 @@ def test_choose_scale_stops_at_the_first_strength_that_breaks_faces_and_checks_n
     assert asked == [0, 2]
 
 
+def test_a_grid_step_past_the_target_that_breaks_faces_is_probed_where_the_line_reaches_the_target():
+    """26% at one gap, 91% at 1.5 with too few faces intact: the line between them reaches 60% at 1.26 gaps, which
+    is measured; if faces stay intact there it counts like a grid point, else the slider keeps the last good one."""
+    probed = []
+
+    def probe(flip, intact):
+        def measure(m):
+            probed.append(m)
+            return {"flip": flip, "backoff": 0.0, "intact": intact}
+        return measure
+
+    intact = lambda i: [0.89, 0.71, 0.6][i]  # noqa: E731
+    rows = _rows([0.26, 0.91, 1.0])
+    scale, flip, default = choose_scale((1, 1.5, 2), rows, intact=intact, probe=probe(0.62, 0.82))
+    assert probed == [1.26]  # 1 + 0.5 x (0.60 - 0.26) / (0.91 - 0.26)
+    assert (scale, flip, default) == (pytest.approx(1 + 0.26 * 0.34 / 0.36, abs=0.01), 0.6, True)
+    probed.clear()  # the probed strength breaks faces as well: the last grid point that kept them stays
+    assert choose_scale((1, 1.5, 2), rows, intact=intact, probe=probe(0.62, 0.75)) == (1, 0.26, False)
+    assert probed == [1.26]
+    probed.clear()  # it keeps faces but flips less than the line said: it is the strongest usable strength
+    assert choose_scale((1, 1.5, 2), rows, intact=intact, probe=probe(0.45, 0.85)) == (1.26, 0.45, True)
+    probed.clear()  # the breaking step did not reach the target: nothing between is worth measuring
+    weak = _rows([0.26, 0.5, 1.0])
+    assert choose_scale((1, 1.5, 2), weak, intact=intact, probe=probe(0.62, 0.82)) == (1, 0.26, False)
+    assert probed == []
+
+
 def test_grid_measures_are_taken_once_and_only_as_far_as_the_search_reads():
     asked = []
 
