@@ -248,10 +248,10 @@ def choose_scale(grid: Sequence[float], rows: Sequence[dict], target: float = TA
         if intact is not None and intact(i) < MIN_INTACT:
             if probe is not None and r["flip"] >= target:
                 last_m, last_f = usable[-1] if usable else (0.0, 0.0)
-                between = _scale_for_target((last_m, m), (last_f, r["flip"]), target)
-                row = probe(round(between, 2))
+                between = round(_scale_for_target((last_m, m), (last_f, r["flip"]), target), 2)
+                row = probe(between)
                 if row["backoff"] <= DECODABLE_BACKOFF and row["intact"] >= MIN_INTACT:
-                    usable.append((round(between, 2), row["flip"] if not math.isnan(row["flip"]) else 0.0))
+                    usable.append((between, row["flip"] if not math.isnan(row["flip"]) else 0.0))
             break
         usable.append((m, r["flip"] if not math.isnan(r["flip"]) else 0.0))
         if usable[-1][1] >= target:
@@ -348,7 +348,7 @@ def _fit_methods(service: EditorService, classifier: AttributeClassifier, faces:
         scale, flip, ok = choose_scale(grid, rows, intact=intact_at if checked else None,
                                        probe=probe if checked else None)
         shown.clear()
-        taken = {**{m: rows[i] for i, m in enumerate(grid) if rows.taken()[i] is not None}, **probed}
+        taken = {**{m: row for m, row in zip(grid, rows.taken()) if row is not None}, **probed}
         near = taken[min(taken, key=lambda m: abs(m - scale))]
         leak = max([near["leakage"].get(a, 0.0) for a in LEAK_ATTRIBUTES] + [0.0])
         results[method, hold] = dict(scale=scale, flip=flip, ok=ok, leak=leak, rows=rows, vector=v, probed=probed)
