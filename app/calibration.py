@@ -13,6 +13,8 @@ from pathlib import Path
 
 from flow_model.fileio import write_text
 
+from .directions import NULLSPACE
+
 CALIBRATION_FILE = "calibration.json"
 FORMAT_VERSION = 1
 TARGET_FLIP = 0.6  # +1 should flip at least this share of the faces that start on the other side
@@ -24,6 +26,7 @@ MAX_LEAKAGE = 0.05  # mean |dP| of another attribute above which that attribute 
 # larger loss is the edit's distortion, not the attribute's look.
 MIN_INTACT = 0.8
 METHODS = ("classifier", "mean_diff")
+HOLDS = (*METHODS, NULLSPACE)  # how the kept attributes are held: by one direction of a method, or their nullspace
 
 
 @dataclass
@@ -39,15 +42,15 @@ class SliderCalibration:
     leakage: dict[str, float] = field(default_factory=dict)  # mean |dP| at +1 of the held attributes, as measured
     reason: str = ""
     intact: float | None = None  # share of faces kept intact at +1 and at -1, the lower; None: unchecked
-    hold: str | None = None  # the method of the held attributes' directions; None: the slider's own
+    hold: str | None = None  # how the held attributes are held (a method or NULLSPACE); None: by the slider's method
     # the scale of the negative side, where taking the attribute away breaks faces sooner than adding it; None: scale
     minus_scale: float | None = None
 
     def __post_init__(self) -> None:
         if self.method not in METHODS:
             raise ValueError(f"unknown method {self.method!r}; valid: {list(METHODS)}")
-        if self.hold is not None and self.hold not in METHODS:
-            raise ValueError(f"unknown method {self.hold!r} to hold attributes by; valid: {list(METHODS)}")
+        if self.hold is not None and self.hold not in HOLDS:
+            raise ValueError(f"unknown way {self.hold!r} to hold attributes by; valid: {list(HOLDS)}")
         if not (math.isfinite(self.scale) and self.scale > 0):
             raise ValueError(f"a slider's scale must be a positive number, got {self.scale}")
         if self.minus_scale is not None and not (math.isfinite(self.minus_scale) and 0 < self.minus_scale

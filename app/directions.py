@@ -3,6 +3,10 @@
 Two directions per attribute: the difference of class means (the paper's method) and the normal of a class-balanced
 linear classifier. Both are calibrated so that adding 1x the vector moves a face by the typical gap between the
 classes along it, which is what an editor slider at +1 should mean.
+
+For the attributes an edit is most often held fixed by (gender, age, smile), the file also carries each one's linear
+nullspace basis (INLP): holding an attribute by its one classifier normal keeps that read-out's score, but an edit
+can still move the other linear read-outs of the same attribute, and the attribute classifier sees them.
 """
 from __future__ import annotations
 
@@ -27,6 +31,8 @@ from flow_model.fileio import save_safetensors
 log = logging.getLogger(__name__)
 
 METHODS = ("mean_diff", "classifier")
+NULLSPACE = "nullspace"  # a way to hold an attribute fixed: by its whole INLP basis rather than one direction
+NULLSPACE_PREFIX = "nullspace_"  # the file's tensor of an attribute's basis: this prefix + the attribute's name
 LATENT_KIND = "standardized"
 FORMAT_VERSION = "1"
 
@@ -43,6 +49,11 @@ class DirectionConfig:
     C: float = 1e-4
     max_iter: int = 300
     tol: float = 1e-3
+    # attributes that get a nullspace basis (those absent from the labels are skipped), at most this many normals
+    # past the classifier's, each added only while its held-out AUC shows linear information left
+    nullspace: tuple[str, ...] = ("Male", "Young", "Smiling")
+    nullspace_rounds: int = 4
+    nullspace_min_auc: float = 0.55
 
     def __post_init__(self) -> None:
         if not 0 < self.val_fraction < 1:
@@ -52,11 +63,16 @@ class DirectionConfig:
         if not self.C > 0 or self.max_iter < 1 or not self.tol > 0:
             raise ValueError(f"need C > 0, max_iter >= 1 and tol > 0; got C={self.C}, max_iter={self.max_iter}, "
                              f"tol={self.tol}")
+        if self.nullspace_rounds < 0 or not 0.5 <= self.nullspace_min_auc < 1:
+            raise ValueError(f"need nullspace_rounds >= 0 and nullspace_min_auc in [0.5, 1); got "
+                             f"{self.nullspace_rounds} and {self.nullspace_min_auc}")
+        self.nullspace = tuple(self.nullspace)
 
 
 @dataclass
 class Directions:
-    """Per-attribute edit vectors for both methods, their cosine Gram matrices and fit statistics."""
+    """Per-attribute edit vectors for both methods, their cosine Gram matrices, fit statistics and, for some
+    attributes, the orthonormal (k, D) nullspace basis whose first row is the classifier normal's direction."""
 
     names: list[str]
     vectors: dict[str, torch.Tensor]
@@ -65,6 +81,7 @@ class Directions:
     latent_dim: int
     model_config: dict | None = None
     config: dict = field(default_factory=dict)
+    nullspaces: dict[str, torch.Tensor] = field(default_factory=dict)
 
     def vector(self, name: str, method: str = "classifier") -> torch.Tensor:
         if method not in self.vectors:
@@ -72,6 +89,14 @@ class Directions:
         if name not in self.names:
             raise KeyError(f"unknown attribute {name!r}; valid: {self.names}")
         return self.vectors[method][self.names.index(name)]
+
+    def held(self, name: str, method: str) -> torch.Tensor:
+        """The (k, D) directions an edit is made orthogonal to so as to hold `name` fixed: its direction by
+        `method`, or under NULLSPACE its nullspace basis (its classifier normal where the file has none)."""
+        if method != NULLSPACE:
+            return self.vector(name, method)[None]
+        basis = self.nullspaces.get(name)
+        return basis if basis is not None else self.vector(name, "classifier")[None]
 
     def save(self, path: str | Path) -> None:
         for m in METHODS:
@@ -83,8 +108,11 @@ class Directions:
                                  f"{len(self.names)} attributes of a {self.latent_dim}-value latent")
             if not torch.isfinite(v).all():
                 raise ValueError(f"the {m} vectors hold non-finite values")
+        for name, basis in self.nullspaces.items():
+            _check_basis(name, basis, self.names, self.latent_dim)
         tensors = {m: self.vectors[m].float() for m in METHODS}
         tensors.update({f"gram_{m}": self.gram[m].float() for m in METHODS})
+        tensors.update({NULLSPACE_PREFIX + name: basis.float().contiguous() for name, basis in self.nullspaces.items()})
         metadata = {
             "format": FORMAT_VERSION,
             "attributes": json.dumps(self.names),
@@ -95,6 +123,17 @@ class Directions:
             "config": json.dumps(self.config),
         }
         save_safetensors(tensors, path, metadata=metadata)
+
+
+def _check_basis(name: str, basis: torch.Tensor, names: list[str], latent_dim: int) -> None:
+    """A nullspace basis must belong to a known attribute and have orthonormal rows of the latent's size."""
+    if name not in names:
+        raise ValueError(f"a nullspace basis for {name!r}, which is not one of the attributes")
+    if basis.ndim != 2 or not 1 <= basis.shape[0] <= latent_dim or basis.shape[1] != latent_dim:
+        raise ValueError(f"the nullspace basis of {name} has shape {tuple(basis.shape)}; expected (k, {latent_dim})")
+    gram = basis.double() @ basis.double().T
+    if not torch.isfinite(gram).all() or not torch.allclose(gram, torch.eye(len(basis), dtype=gram.dtype), atol=1e-3):
+        raise ValueError(f"the nullspace basis of {name} does not have orthonormal rows")
 
 
 def load_directions(path: str | Path) -> Directions:
@@ -111,6 +150,7 @@ def load_directions(path: str | Path) -> Directions:
             if missing:
                 raise ValueError(f"{path} is not a complete directions file: missing tensors {missing}")
             tensors = {k: f.get_tensor(k) for k in wanted}
+            nullspaces = {k[len(NULLSPACE_PREFIX):]: f.get_tensor(k) for k in keys if k.startswith(NULLSPACE_PREFIX)}
     except SafetensorError as err:
         raise ValueError(f"{path} is not a readable directions file (corrupt or not safetensors): {err}") from None
     missing = [k for k in ("attributes", "info", "latent", "latent_dim") if k not in meta]
@@ -138,8 +178,13 @@ def load_directions(path: str | Path) -> Directions:
             raise ValueError(f"{path}: the {m} vectors hold non-finite values")
     if set(info) != set(names):
         raise ValueError(f"{path}: info does not describe the same attributes as the tensors")
+    for name, basis in nullspaces.items():
+        try:
+            _check_basis(name, basis, names, latent_dim)
+        except ValueError as err:
+            raise ValueError(f"{path}: {err}") from None
     return Directions(names, {m: tensors[m] for m in METHODS}, {m: tensors[f"gram_{m}"] for m in METHODS},
-                      info, latent_dim, model_config, config)
+                      info, latent_dim, model_config, config, nullspaces)
 
 
 @torch.no_grad()
@@ -204,6 +249,42 @@ def _auc(y: np.ndarray, score: np.ndarray) -> float:
     return float(roc_auc_score(y, score)) if 0 < y.sum() < len(y) else math.nan
 
 
+def _fit_normal(features: np.ndarray, y: np.ndarray, scaler: StandardScaler,
+                config: DirectionConfig) -> tuple[LogisticRegression, np.ndarray | None]:
+    """The class-balanced logistic regression on standardised features, and its score's unit gradient with respect
+    to the unscaled latent (None for a zero normal)."""
+    clf = LogisticRegression(C=config.C, class_weight="balanced", max_iter=config.max_iter, tol=config.tol)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", ConvergenceWarning)
+        clf.fit(features, y)
+    w = clf.coef_[0].astype(np.float64) / scaler.scale_
+    return clf, (w / np.linalg.norm(w) if np.linalg.norm(w) > 0 else None)
+
+
+def nullspace_basis(x_train: np.ndarray, y_train: np.ndarray, x_val: np.ndarray, y_val: np.ndarray,
+                    first: np.ndarray, config: DirectionConfig) -> tuple[np.ndarray, list[float]]:
+    """Iterative nullspace projection (INLP, Ravfogel et al. 2020) from `first`, the normal the editor holds: fit
+    the same classifier on the latents projected off the basis so far and add its normal, for up to
+    nullspace_rounds rounds, while the fit's held-out AUC exceeds nullspace_min_auc (linear information left).
+    Returns the orthonormal (k, D) basis, `first`'s direction first, and every round's held-out AUC."""
+    basis = (first / np.linalg.norm(first))[None].astype(np.float32)
+    aucs: list[float] = []
+    for _ in range(config.nullspace_rounds):
+        projected = x_train - (x_train @ basis.T) @ basis
+        scaler = StandardScaler().fit(projected)
+        clf, unit = _fit_normal(scaler.transform(projected), y_train, scaler, config)
+        del projected
+        held_out = x_val - (x_val @ basis.T) @ basis
+        aucs.append(_auc(y_val, clf.decision_function(scaler.transform(held_out))))
+        if unit is None or not aucs[-1] > config.nullspace_min_auc:
+            break
+        unit = unit - (unit @ basis.T.astype(np.float64)) @ basis.astype(np.float64)
+        if not np.linalg.norm(unit) > 1e-6:
+            break
+        basis = np.vstack([basis, (unit / np.linalg.norm(unit))[None].astype(np.float32)])
+    return basis, aucs
+
+
 def compute_directions(latents: np.ndarray | torch.Tensor, labels: np.ndarray, names: list[str],
                        config: DirectionConfig | None = None, model_config: dict | None = None,
                        progress: bool = True) -> Directions:
@@ -242,12 +323,7 @@ def compute_directions(latents: np.ndarray | torch.Tensor, labels: np.ndarray, n
                  "n_val_pos": int(y_val[:, j].sum()), "n_val_neg": int(len(val) - y_val[:, j].sum())}
         unit = None
         if tr_pos[j] >= config.min_count and tr_neg[j] >= config.min_count:
-            clf = LogisticRegression(C=config.C, class_weight="balanced", max_iter=config.max_iter, tol=config.tol)
-            with warnings.catch_warnings():
-                warnings.simplefilter("ignore", ConvergenceWarning)
-                clf.fit(f_train, y_train[:, j])
-            w = clf.coef_[0].astype(np.float64) / scaler.scale_  # the score's gradient w.r.t. the unscaled latent
-            unit = w / np.linalg.norm(w) if np.linalg.norm(w) > 0 else None
+            clf, unit = _fit_normal(f_train, y_train[:, j], scaler, config)
         if unit is None:
             classifier[j] = mean_diff[j]
             info[name]["classifier"] = {
@@ -275,6 +351,19 @@ def compute_directions(latents: np.ndarray | torch.Tensor, labels: np.ndarray, n
     if unconverged:
         log.warning("the classifier did not converge in %d iterations for %s", config.max_iter, ", ".join(unconverged))
 
+    nullspaces = {}
+    for name in [n for n in config.nullspace if n in names and not info[n]["classifier"]["fallback"]]:
+        j = names.index(name)
+        basis, aucs = nullspace_basis(x_train, y_train[:, j], x_val, y_val[:, j], classifier[j], config)
+        nullspaces[name] = torch.from_numpy(basis).float()
+        info[name]["nullspace"] = {
+            "rows": len(basis), "auc": aucs,
+            "model": "INLP: the classifier normal, then the same classifier refitted on the train split's latents "
+                     "projected off the rows so far, while its held-out AUC (listed per round) exceeds "
+                     f"{config.nullspace_min_auc:g}, at most {config.nullspace_rounds} rounds"}
+        log.info("nullspace of %s: %d rows, held-out AUC per round %s", name, len(basis),
+                 " -> ".join(f"{a:.3f}" for a in aucs))
+
     vectors = {"mean_diff": torch.from_numpy(mean_diff).float(), "classifier": torch.from_numpy(classifier).float()}
     return Directions(list(names), vectors, {m: cosine_gram(v) for m, v in vectors.items()}, info, d,
-                      model_config, asdict(config))
+                      model_config, {**asdict(config), "nullspace": list(config.nullspace)}, nullspaces)

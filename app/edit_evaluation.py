@@ -22,6 +22,7 @@ from flow_model.glow import reduce_bits
 
 from .calibration import MAX_LEAKAGE, METHODS, MIN_FLIP, MIN_INTACT, TARGET_FLIP, Calibration, SliderCalibration
 from .classifier import AttributeClassifier
+from .directions import NULLSPACE
 from .face_check import ColourCheck, FaceGeometryCheck, GeometryResult
 from .service import (AUTO_METHOD, BACKOFF_FRACTIONS, SLIDER_BY_LABEL, Check, EditorService, SliderSpec, checkpoint,
                       orthogonalize)
@@ -314,15 +315,15 @@ def minus_side(intact: Intactness, service: EditorService, faces: FaceSet, vecto
 def _fit_methods(service: EditorService, classifier: AttributeClassifier, faces: FaceSet, base: SliderSpec,
                  keep: Sequence[str], grid: Sequence[float], methods: Sequence[str],
                  intact: Intactness | None) -> tuple[tuple[str, str], dict]:
-    """Steps 2-3 of `calibrate` for one set of held attributes: per (method, method the held attributes'
-    directions come from) the scale, then the pair. The intactness a grid point was checked for is kept in its
-    row."""
+    """Steps 2-3 of `calibrate` for one set of held attributes: per (method, how the held attributes are held)
+    the scale, then the pair. The intactness a grid point was checked for is kept in its row."""
     results = {}
     d = service.directions
-    for method, hold in [(m, h) for m in methods for h in methods if keep or h == m]:
+    holds = [*methods, NULLSPACE] if any(k in d.nullspaces for k in keep) else methods
+    for method, hold in [(m, h) for m in methods for h in holds if keep or h == m]:
         v = base.sign * d.vector(base.attribute, method)
         if keep:
-            v = orthogonalize(v[None], torch.stack([d.vector(k, hold) for k in keep]))[0]
+            v = orthogonalize(v[None], torch.cat([d.held(k, hold) for k in keep]))[0]
         shown: dict[float, torch.Tensor] = {}  # each measured strength's edits, for intact_at to check
 
         def measure(m: float, v=v, shown=shown) -> dict:
@@ -389,12 +390,13 @@ def calibrate(service: EditorService, classifier: AttributeClassifier, faces: Fa
        classifier normal moves `keep_probe` class-mean gaps (default: the uncalibrated SliderSpec scale, i.e. the
        old +1) are held fixed;
     2. per method, the slider's direction, orthogonal to the kept ones' directions taken from either method
-       (holding by the classifier normals removes more of what a linear read-out sees), at multipliers `grid` of
+       (holding by the classifier normals removes more of what a linear read-out sees) or, where the directions
+       carry them, to the kept ones' nullspace bases (more still), at multipliers `grid` of
        the class-mean gap: the scale is the smallest multiplier reaching TARGET_FLIP at +1 among those that still
        decode (choose_scale; with a fitted `geometry` check, also keeping MIN_INTACT of the faces intact, by their
        geometry and, given a fitted `colour` check, their colours; the negative side gets a smaller scale of its
        own where taking the attribute away breaks faces sooner, minus_side);
-    3. method and held directions' method: the pair that reaches the target with the smaller leakage into the
+    3. method and way of holding: the pair that reaches the target with the smaller leakage into the
        kept and leak attributes at the grid point nearest its scale, else the one that flips more;
     4. the chosen edit is measured at its calibrated scale: a leak attribute that exceeds MAX_LEAKAGE there and is
        not yet held joins `keep`, and steps 2-4 run again. A leak the probe of step 1 missed because it only grows

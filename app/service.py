@@ -26,7 +26,7 @@ from flow_model.training.checkpoint import load_model
 from .align import FaceAligner, warp
 from .calibration import CALIBRATION_FILE, Calibration
 from .classifier import AttributeClassifier, describe_change, load_classifier
-from .directions import Directions, load_directions
+from .directions import NULLSPACE, Directions, load_directions
 from .photo import FacePhoto, compose, crop_side, edited_photo, to_image
 
 log = logging.getLogger(__name__)
@@ -71,7 +71,8 @@ class SliderSpec:
     keep: tuple[str, ...] = ()  # attributes held fixed by default (orthogonalised against), on top of the user's
     default: bool = True  # False: not among the default sliders (reachable under "more attributes")
     method_scales: tuple[tuple[str, float], ...] = ()  # calibrated scale per method, when it differs from scale
-    hold_method: str | None = None  # under AUTO_METHOD, the method of the kept attributes' directions (None: method)
+    # under AUTO_METHOD, how the kept attributes are held: a method's directions or NULLSPACE (None: method)
+    hold_method: str | None = None
     minus_scale: float | None = None  # under AUTO_METHOD, the negative side's scale (None: scale)
 
     def scale_for(self, method: str) -> float:
@@ -226,9 +227,10 @@ def orthogonalize(vectors: torch.Tensor, kept: torch.Tensor) -> torch.Tensor:
     moving along the result leaves every kept attribute's linear score unchanged. A row inside the span -> 0."""
     if kept.numel() == 0:
         return vectors
-    basis, r = torch.linalg.qr(kept.double().T)
-    rank = int((r.diagonal().abs() > 1e-9 * r.diagonal().abs().max().clamp_min(1e-30)).sum())
-    basis = basis[:, :rank]
+    # an SVD, not a QR: kept rows may repeat (an attribute held by the user and by the calibration alike), and a QR
+    # without pivoting leaves an arbitrary column where a dependent one stood
+    u, s, _ = torch.linalg.svd(kept.double().T, full_matrices=False)
+    basis = u[:, s > 1e-9 * s.max().clamp_min(1e-30)]
     v = vectors.double()
     perp = v - (v @ basis) @ basis.T
     perp = perp - (perp @ basis) @ basis.T  # a second pass removes the float rounding of the first
@@ -525,7 +527,7 @@ class EditorService:
         """(K, D) vectors the slider values multiply: restricted to the chosen levels and, for each, made
         orthogonal to the (equally restricted) directions of the kept attributes other than itself: those given
         and, for a built-in slider, those its calibration holds fixed by default. The kept directions come from the
-        slider's method, or under AUTO_METHOD from the one its calibration holds them by."""
+        slider's method, or under AUTO_METHOD from the way its calibration holds them (a method or NULLSPACE)."""
         mask = self.level_mask(levels)
         rows = []
         for key in keys:
@@ -534,13 +536,21 @@ class EditorService:
             hold_method = (spec.hold_method or spec.method) if spec is not None and method == AUTO_METHOD else method
             v = self.vector(key, key_method, custom)
             held = list(dict.fromkeys([*keep, *(spec.keep if spec is not None else ())]))
-            kept = [self.vector(k, hold_method, custom) for k in held if k != key and self._attribute_of(k) !=
+            kept = [self.held(k, hold_method, custom) for k in held if k != key and self._attribute_of(k) !=
                     self._attribute_of(key)]
             if mask is not None:
                 v = v * mask
                 kept = [k * mask for k in kept]
-            rows.append(orthogonalize(v[None], torch.stack(kept))[0] if kept else v)
+            rows.append(orthogonalize(v[None], torch.cat(kept))[0] if kept else v)
         return torch.stack(rows) if rows else torch.zeros(0, self.model.latent_dim)
+
+    def held(self, key: str, method: str, custom: Mapping[str, torch.Tensor] | None = None) -> torch.Tensor:
+        """The (k, D) directions that holding `key` fixed keeps an edit orthogonal to: its vector by `method`, or
+        under NULLSPACE a CelebA attribute's nullspace basis (Directions.held)."""
+        attribute = self._attribute_of(key)
+        if method == NULLSPACE and key not in (custom or {}) and attribute in self.attributes:
+            return self.directions.held(attribute, NULLSPACE)
+        return self.vector(key, "classifier" if method == NULLSPACE else method, custom)[None]
 
     def _attribute_of(self, key: str) -> str:
         spec = self.slider(key)

@@ -17,8 +17,9 @@ And one thing a better linear hold could remove: the editor holds Male by making
 normal in the latent, which keeps that normal's score but not other latent directions that also predict gender.
 Iterative nullspace projection (INLP, Ravfogel et al. 2020) on training faces' latents finds them: fit a logistic
 regression for Male on the latents projected off the directions found so far, add its normal, repeat, until the
-held-out AUC falls to chance. Each slider is then measured again with its edit made orthogonal to all of them:
-if its Male leakage barely moves, what remains is not linear in the latent (or is the instrument's).
+held-out AUC falls to chance (app/directions.py; the directions file carries the basis the editor can hold Male by,
+and where it does, that one is used). Each slider is then measured again with its edit made orthogonal to all of
+them: if its Male leakage barely moves, what remains is not linear in the latent (or is the instrument's).
 
 The faces and sliders are evaluate-edits' own: the 64 report faces (second half of a seed-0 permutation of the
 model's validation split), each slider at +1 with the shipped calibration through the editor's checked decode.
@@ -32,11 +33,8 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from sklearn.linear_model import LogisticRegression
-from sklearn.metrics import roc_auc_score
-
 from app.classifier import AttributeClassifier
-from app.directions import encode_images
+from app.directions import DirectionConfig, encode_images, nullspace_basis
 from app.edit_evaluation import LEAK_ATTRIBUTES, FaceSet, decode_with_backoff, encode_faces, validation_halves
 from app.service import EditorService, orthogonalize
 from flow_model.data import load_images, open_dataset, select
@@ -49,28 +47,6 @@ log = logging.getLogger(__name__)
 
 NULL_SCALES = (0.5, 1.0, 2.0, 4.0, 8.0)  # latent norms of the random directions, in units of sqrt(dimension) / 10
 ACCOUNT_PROMPT = "what the numbers show: which sliders drag gender, which sit at the instrument's floor"
-
-
-def nullspace_directions(latents: np.ndarray, labels: np.ndarray, first: np.ndarray, rounds: int,
-                         C: float = 1e-4, test_fraction: float = 0.2) -> tuple[np.ndarray, list[float]]:
-    """INLP: `first` (the normal the editor holds), then `rounds` more logistic-regression normals, each fitted on
-    the latents projected off the ones before. Returns the orthonormal (1 + rounds, D) basis and the held-out AUC
-    of each round's fit, i.e. how much linear information about the label was left before adding its normal.
-    A round whose fit is degenerate (a zero normal: nothing left to find) ends the search early."""
-    n = len(latents)
-    test = np.arange(n) >= int(n * (1 - test_fraction))
-    basis = (first / np.linalg.norm(first))[None].astype(np.float64)
-    aucs = []
-    for _ in range(rounds):
-        x = latents - (latents @ basis.T) @ basis
-        fit = LogisticRegression(C=C, class_weight="balanced", max_iter=300).fit(x[~test], labels[~test])
-        aucs.append(float(roc_auc_score(labels[test], fit.decision_function(x[test]))))
-        w = fit.coef_[0].astype(np.float64)
-        w -= (w @ basis.T) @ basis
-        if not np.linalg.norm(w) > 1e-12:
-            break
-        basis = np.vstack([basis, w / np.linalg.norm(w)])
-    return basis, aucs
 
 
 def instrument_confound(probs: np.ndarray, labels: np.ndarray, attribute: int, sign: float, held: int,
@@ -104,16 +80,23 @@ def null_floor(null: list[dict], pixel: float, attribute: str) -> float:
 
 
 def male_nullspace(service: EditorService, data, train: list[str], faces: int, rounds: int,
-                   seed: int) -> tuple[torch.Tensor, list[float]]:
-    """The INLP basis for Male from `faces` of the model's training faces (seeded choice), and its AUC trace."""
+                   seed: int) -> tuple[torch.Tensor, list[float], str]:
+    """The INLP basis for Male, its AUC trace and where it comes from: the model's directions file where it
+    carries one (what the editor holds by), else fitted here on `faces` of the model's training faces (seeded
+    choice; the last fifth scores each round)."""
+    shipped = service.directions.nullspaces.get("Male")
+    if shipped is not None:
+        return shipped, service.directions.info["Male"]["nullspace"]["auc"], "the model's directions file"
     chosen = sorted(train)
     chosen = [chosen[i] for i in np.random.default_rng(seed).permutation(len(chosen))[:faces]]
     images, kept = load_images(select(data, chosen), service.image_size, workers=2, progress=False)
-    latents = encode_images(service.model, images, progress=False).astype(np.float32)
+    latents = encode_images(service.model, images, progress=False)
     male = kept.labels[:, data.attributes.index("Male")] > 0
     first = service.directions.vector("Male", "classifier").double().numpy()
-    basis, aucs = nullspace_directions(latents, male, first, rounds)
-    return torch.from_numpy(basis).float(), aucs
+    cut = int(len(latents) * 0.8)
+    basis, aucs = nullspace_basis(latents[:cut], male[:cut], latents[cut:], male[cut:], first,
+                                  DirectionConfig(nullspace_rounds=rounds, nullspace_min_auc=0.5))
+    return torch.from_numpy(basis).float(), aucs, f"{len(latents)} of the model's training faces"
 
 
 def measure(model: Path, classifier_dir: Path, data_dir: Path, faces: int, boot: int, seed: int = 0,
@@ -146,8 +129,9 @@ def measure(model: Path, classifier_dir: Path, data_dir: Path, faces: int, boot:
         null.append({"scale": s, "pixel": pixel, **{a: float(dp[:, j].abs().mean()) for a, j in col.items()}})
         log.info("null x%g: pixel %.1f %s", s, pixel, " ".join(f"{a} {null[-1][a]:.3f}" for a in col))
 
-    basis, aucs = (male_nullspace(service, data, json.loads((model / "split.json").read_text())["train"],
-                                  nullspace_faces, nullspace_rounds, seed) if nullspace_rounds else (None, []))
+    basis, aucs, source = (male_nullspace(service, data, json.loads((model / "split.json").read_text())["train"],
+                                          nullspace_faces, nullspace_rounds, seed) if nullspace_rounds
+                           else (None, [], ""))
     if aucs:
         log.info("INLP for Male: held-out AUC %s", " -> ".join(f"{a:.3f}" for a in aucs))
     rng = np.random.default_rng(seed)
@@ -181,7 +165,7 @@ def measure(model: Path, classifier_dir: Path, data_dir: Path, faces: int, boot:
             f"{a} |{h['abs']:.3f}| {h['signed']:+.3f} null {h['null']:.3f} conf {h['confound']:+.3f}"
             for a, h in row["held"].items()))
     return {"model": str(model), "null": null, "sliders": rows, "faces": len(face_set.latents),
-            "val_faces": len(probs), "nullspace": {"rounds": len(aucs), "faces": nullspace_faces, "auc": aucs},
+            "val_faces": len(probs), "nullspace": {"rows": 0 if basis is None else len(basis), "source": source, "auc": aucs},
             "minutes": (time.perf_counter() - started) / 60}
 
 
@@ -215,11 +199,11 @@ def render(results: dict, out: Path) -> str:
                          f"{h['signed_se']:.3f} | {h['null']:.3f} | {fmt(h['confound'])} [{fmt(lo)}, {fmt(hi)}] |")
     inlp = results.get("nullspace", {})
     if inlp.get("auc"):
-        lines += ["", f"## Holding Male off its linear nullspace (INLP)\n\nOn {inlp['faces']} of the model's training "
-                  "faces, the held-out AUC for Male left in the latent after removing the editor's Male normal and "
-                  "then each further normal: " + " -> ".join(f"{a:.3f}" for a in inlp["auc"]) + f". Each slider at "
-                  f"+1 with its edit also orthogonal to those {1 + inlp['rounds']} directions (rescaled to its "
-                  "norm), on the same report faces:\n",
+        lines += ["", f"## Holding Male off its linear nullspace (INLP)\n\nThe basis from {inlp['source']}: the "
+                  "held-out AUC for Male left in the latent after removing the editor's Male normal and then each "
+                  "further normal: " + " -> ".join(f"{a:.3f}" for a in inlp["auc"]) + f". Each slider at +1 with "
+                  f"its edit also orthogonal to the basis's {inlp['rows']} directions (rescaled to its norm), on the "
+                  "same report faces:\n",
                   "| slider | Male mean abs dP, as shipped | held off the nullspace | signed, held off | "
                   "shift of its attribute, as shipped | held off |", "|---|---|---|---|---|---|"]
         for r in results["sliders"]:

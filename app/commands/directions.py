@@ -18,6 +18,10 @@ def add_parser(sub) -> None:
     p.add_argument("--batch-size", type=int, default=64)
     p.add_argument("--val-fraction", type=float, help="held out to score the directions (default 0.2)")
     p.add_argument("--C", type=float, help="inverse L2 strength of the logistic regression, sklearn's C (default 1e-4)")
+    p.add_argument("--nullspace", nargs="*", metavar="ATTRIBUTE",
+                   help="attributes to fit a nullspace basis for, so the editor can hold them by it (default: Male "
+                   "Young Smiling; none: give the flag alone)")
+    p.add_argument("--nullspace-rounds", type=int, help="INLP rounds past the classifier normal (default 4)")
     p.add_argument("--figures", help="folder for the figures (default: the folder of --out)")
     p.add_argument("--seed", type=int, help="train/validation split (default 0)")
     p.add_argument("--workers", type=int, default=2, help="image decoding processes")
@@ -36,7 +40,8 @@ def run(args: argparse.Namespace) -> int:
     for flag, value in (("--limit", args.limit), ("--batch-size", args.batch_size)):
         if value is not None and value < 1:
             raise ValueError(f"{flag} must be >= 1, got {value}")
-    given = {"val_fraction": args.val_fraction, "seed": args.seed, "C": args.C}
+    given = {"val_fraction": args.val_fraction, "seed": args.seed, "C": args.C, "nullspace": args.nullspace,
+             "nullspace_rounds": args.nullspace_rounds}
     config = DirectionConfig(**{k: v for k, v in given.items() if v is not None})
     out = Path(args.out)
     figures = Path(args.figures) if args.figures else out.parent
@@ -46,6 +51,9 @@ def run(args: argparse.Namespace) -> int:
     if data.labels is None:
         raise ValueError(f"{args.data} has no attribute labels: directions need the CelebA layout "
                          "(img_align_celeba/ and list_attr_celeba.txt)")
+    unknown = [a for a in config.nullspace if a not in data.attributes]
+    if unknown:
+        raise ValueError(f"--nullspace names attributes the labels do not have: {unknown}; valid: {data.attributes}")
     if args.split:
         try:
             train = json.loads(Path(args.split).read_text())["train"]
@@ -69,6 +77,10 @@ def run(args: argparse.Namespace) -> int:
     stem = out.name.split(".")[0]
     plot_aucs(directions, figures / f"{stem}_auc.png")
     shown = plot_projections(directions, latents[val], data.labels[val] > 0, figures / f"{stem}_projections.png")
+    for name, basis in directions.nullspaces.items():
+        aucs = directions.info[name]["nullspace"]["auc"]
+        print(f"nullspace of {name}: {len(basis)} directions (held-out AUC of a classifier refitted with the first "
+              f"1, 2, ... removed: {', '.join(f'{a:.3f}' for a in aucs)})")
     print(f"wrote {len(directions.names)} attributes x {len(directions.vectors)} methods "
           f"({directions.latent_dim}-dim standardised latents of {len(latents)} images) to {out}")
     print(f"figures: {figures / f'{stem}_auc.png'}, {figures / f'{stem}_projections.png'} ({', '.join(shown)})")

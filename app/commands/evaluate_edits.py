@@ -335,7 +335,7 @@ reconstruction| in 0-255 units; back-off = share of faces whose edit had to be s
             minus = f"; negative side {c.minus_scale:g}" if c.minus_scale is not None else ""
             rows.append(f"| {label} | {c.method} | {c.scale:g} (classifier {c.scales.get('classifier', 0):g}, "
                         f"mean diff {c.scales.get('mean_diff', 0):g}{minus}) | {', '.join(c.keep) or '-'}"
-                        f"{f' (by {c.hold} directions)' if c.hold else ''} | "
+                        f"{_held_by(c.hold)} | "
                         f"{'yes' if c.default else 'no'} | {c.flip_at_1:.0%} | {c.reason} |")
         parts.append("## The calibration (`calibration.json`)\n\nMeasured on the calibration half only. Per slider: "
                      "the leak attributes (Male, Young, Smiling) whose mean |dP| exceeds 0.05 when the classifier "
@@ -354,9 +354,11 @@ reconstruction| in 0-255 units; back-off = share of faces whose edit had to be s
                         if calibration.info.get("min_intact") else "") + "); the method is the one that reaches it "
                      "with less leakage (else the one that flips more). The chosen edit is measured again at its "
                      "scale: a leak attribute above 0.05 there is held as well and the slider recalibrated, until "
-                     "none is left to hold. The held attributes' directions may come from either method: every "
-                     "pair of the slider's method and the held directions' method is measured (\"by ... directions\" "
-                     "in the table marks a slider held by the other method's). A slider that cannot reach 30% at any "
+                     "none is left to hold. The held attributes' directions may come from either method or, where "
+                     "the directions file has them, be the held attributes' whole linear nullspaces (INLP bases "
+                     "whose first row is the classifier normal): every pair of the slider's method and a way of "
+                     "holding is measured (\"by ... directions\" in the table marks a slider held by the other "
+                     "method's, \"by nullspace\" one held by the nullspaces). A slider that cannot reach 30% at any "
                      "decodable strength leaves the default set (it stays under \"More attributes\").\n\n"
                      + "\n".join(rows))
     if quality:
@@ -401,3 +403,10 @@ reconstruction| in 0-255 units; back-off = share of faces whose edit had to be s
     if account:
         text += "\n" + account
     return text
+
+
+def _held_by(hold: str | None) -> str:
+    """How a calibrated slider holds its kept attributes, when not by its own method's directions."""
+    from ..directions import NULLSPACE
+
+    return "" if hold is None else " (by nullspace)" if hold == NULLSPACE else f" (by {hold} directions)"

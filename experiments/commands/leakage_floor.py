@@ -17,9 +17,10 @@ def add_parser(sub) -> None:
     p.add_argument("--faces", type=positive_int, default=64, help="report faces (evaluate-edits' second half)")
     p.add_argument("--boot", type=positive_int, default=1000, help="bootstrap resamples for the confound's interval")
     p.add_argument("--nullspace-rounds", type=int, default=4,
-                   help="INLP rounds for Male past the editor's own normal (0: skip that part)")
+                   help="INLP rounds for Male past the editor's own normal, where the directions file has no basis "
+                   "for Male (0: skip that part)")
     p.add_argument("--nullspace-faces", type=positive_int, default=4000,
-                   help="training faces the INLP fits are made on")
+                   help="training faces the INLP fits are made on, where the directions file has no basis")
     p.add_argument("--threads", type=positive_int, default=1)
     p.add_argument("--out", type=Path, required=True, help="markdown report; raw JSON beside it")
 

@@ -12,7 +12,7 @@ from safetensors.torch import save_file
 from flow_model import Glow, GlowConfig
 from app.cli import main
 from flow_model.data import load_images, open_dataset
-from app.directions import DirectionConfig, Directions, compute_directions, load_directions
+from app.directions import DirectionConfig, Directions, compute_directions, load_directions, nullspace_basis
 
 
 def _planted(n: int, d: int, seed: int, covariance: np.ndarray | None = None, noise: float = 0.05):
@@ -124,11 +124,60 @@ def _small_directions() -> Directions:
                               progress=False)
 
 
+def test_nullspace_finds_the_second_read_out_then_stops_at_chance():
+    """The label is linear in two coordinates; from the first, one round finds the second, and the next round's
+    fit is at chance on held-out latents, so the basis stops at two rows."""
+    x = np.random.default_rng(0).standard_normal((5000, 12)).astype(np.float32)
+    y = x[:, 0] + x[:, 1] > 0
+    basis, aucs = nullspace_basis(x[:4000], y[:4000], x[4000:], y[4000:], np.eye(12)[0] * 3.0, DirectionConfig(C=1.0))
+    assert basis.shape == (2, 12) and np.allclose(basis @ basis.T, np.eye(2), atol=1e-5)
+    assert np.allclose(basis[0], np.eye(12)[0]) and abs(basis[1][1]) > 0.99
+    assert len(aucs) == 2 and aucs[0] > 0.8 and aucs[1] < 0.55
+    capped, _ = nullspace_basis(x[:4000], y[:4000], x[4000:], y[4000:], np.eye(12)[0],
+                                DirectionConfig(C=1.0, nullspace_rounds=0))
+    assert capped.shape == (1, 12)
+
+
+def test_nullspace_stops_when_nothing_is_left_to_find():
+    x = np.outer(np.random.default_rng(1).standard_normal(300), np.eye(5)[0]).astype(np.float32)
+    basis, aucs = nullspace_basis(x[:200], x[:200, 0] > 0, x[200:], x[200:, 0] > 0, np.eye(5)[0],
+                                  DirectionConfig(C=1.0))
+    assert basis.shape == (1, 5) and len(aucs) == 1
+
+
+def test_directions_carry_nullspaces_for_the_configured_attributes_they_can_fit():
+    x, _, _ = _planted(400, 8, seed=7)
+    labels = np.where(x[:, :3] > 0, 1, -1)
+    labels[:, 2] = -1  # Bald: no positives, a fallback, so no basis
+    d = compute_directions(x, labels, ["Smiling", "Young", "Bald"], DirectionConfig(nullspace=("Young", "Bald",
+                                                                                               "Male")), progress=False)
+    assert set(d.nullspaces) == {"Young"}
+    basis = d.nullspaces["Young"].double()
+    unit = d.vector("Young", "classifier").double() / d.vector("Young", "classifier").double().norm()
+    assert torch.allclose(basis[0], unit, atol=1e-6)
+    assert torch.allclose(basis @ basis.T, torch.eye(len(basis), dtype=basis.dtype), atol=1e-5)
+    assert d.info["Young"]["nullspace"]["rows"] == len(basis) and d.info["Young"]["nullspace"]["auc"]
+    # holding an attribute: its basis under NULLSPACE, its classifier normal where it has none, else its vector
+    assert torch.equal(d.held("Young", "nullspace"), d.nullspaces["Young"])
+    assert torch.equal(d.held("Smiling", "nullspace"), d.vector("Smiling", "classifier")[None])
+    assert torch.equal(d.held("Young", "mean_diff"), d.vector("Young", "mean_diff")[None])
+    none = compute_directions(x, labels, ["Smiling", "Young", "Bald"], DirectionConfig(nullspace=()), progress=False)
+    assert none.nullspaces == {} and "nullspace" not in none.info["Young"]
+    with pytest.raises(ValueError, match="nullspace_rounds"):
+        DirectionConfig(nullspace_rounds=-1)
+
+
 def test_save_load_round_trip(tmp_path):
     d = _small_directions()
+    assert set(d.nullspaces) == {"Smiling", "Young"}  # the default list, less Male, which the labels lack
     path = tmp_path / "directions.safetensors"
     d.save(path)
     back = load_directions(path)
+    assert back.nullspaces.keys() == d.nullspaces.keys()
+    assert all(torch.equal(back.nullspaces[k], v) for k, v in d.nullspaces.items())
+    d.nullspaces = {}
+    d.save(path)
+    assert load_directions(path).nullspaces == {}  # a file from before nullspaces
     assert back.names == d.names and back.latent_dim == 8 and back.model_config == {"image_size": 8}
     for m in ("mean_diff", "classifier"):
         assert torch.equal(back.vectors[m], d.vectors[m]) and back.vectors[m].dtype == torch.float32
@@ -181,6 +230,12 @@ def test_load_errors_name_the_problem(tmp_path):
     save_file(tensors, str(wrong), metadata={**meta, "latent": "standardized", "latent_dim": "5"})
     with pytest.raises(ValueError, match="expected \\(1, 5\\)"):
         load_directions(wrong)
+    meta = {**meta, "latent": "standardized"}
+    for basis, name, message in [(torch.ones(2, 4), "a", "orthonormal"), (torch.eye(4)[:2], "b", "not one of"),
+                                 (torch.eye(4)[:, :3].contiguous(), "a", "expected \\(k, 4\\)")]:
+        save_file({**tensors, f"nullspace_{name}": basis}, str(wrong), metadata=meta)
+        with pytest.raises(ValueError, match=message):
+            load_directions(wrong)
 
 
 @pytest.fixture(scope="module")
@@ -216,6 +271,7 @@ def test_command_end_to_end_on_real_faces(tmp_path, tiny_model_dir, faces_dir, c
     printed = capsys.readouterr().out
     assert "Smiling" in printed and "mean held-out AUC" in printed
     d = load_directions(out)
+    assert set(d.nullspaces) == {"Male", "Young", "Smiling"} and "nullspace of Male: " in printed
     model = Glow.from_pretrained(tiny_model_dir)
     assert len(d.names) == 40 and len(set(d.names)) == 40 and "Smiling" in d.names
     assert d.latent_dim == model.latent_dim == 16 * 16 * 3
@@ -269,6 +325,12 @@ def test_command_fits_only_the_training_faces_of_a_split(tmp_path, tiny_model_di
     assert rc == 0, capsys.readouterr().err
     info = load_directions(out).info["Smiling"]["mean_diff"]
     assert info["n_pos"] + info["n_neg"] == 100  # not the 240 faces of the folder, nor the 20 held out
+    rc = main(["directions", "--model", str(tiny_model_dir), "--data", str(faces_dir), "--out", str(out),
+               "--split", str(split), "--nullspace", "Smiling", "--workers", "0", "--device", "cpu", "--no-progress"])
+    assert rc == 0 and set(load_directions(out).nullspaces) == {"Smiling"}
+    rc = main(["directions", "--model", str(tiny_model_dir), "--data", str(faces_dir), "--out", str(out),
+               "--nullspace", "Smiles", "--workers", "0", "--device", "cpu", "--no-progress"])
+    assert rc == 2 and "--nullspace names attributes the labels do not have: ['Smiles']" in capsys.readouterr().err
     split.write_text("[]")
     rc = main(["directions", "--model", str(tiny_model_dir), "--data", str(faces_dir), "--out", str(out),
                "--split", str(split), "--workers", "0", "--device", "cpu", "--no-progress"])

@@ -13,6 +13,7 @@ import torch
 from app import edit_evaluation, face_check
 from app.calibration import Calibration, SliderCalibration
 from app.classifier import AttributeClassifier, ClassifierConfig, describe_change
+from app.directions import Directions
 from app.edit_evaluation import (choose_scale, decode_with_backoff, edit_measures, frechet_distance,
                                  recommend_temperature, sample_quality)
 from app.face_check import GeometryResult
@@ -67,9 +68,18 @@ def test_choose_scale_interpolates_to_the_target_and_drops_weak_sliders():
     assert (scale, flip, default) == (3, 0.25, False)
 
 
-def _calibrate_smiling(monkeypatch, vector, keep_probe: float = 1) -> SliderCalibration:
-    """Smiling calibrated on stand-ins for the directions (`vector(name, method)`) and the measures in a 4-D latent:
-    flip = value x (edit . e0) / 2, Male leakage = 0.09 x |value x (edit . e1)|."""
+def _stand_in_directions(vector, nullspaces: dict | None = None) -> SimpleNamespace:
+    """Directions' interface over `vector(name, method)` and the given nullspace bases, holding attributes the way
+    Directions itself does."""
+    d = SimpleNamespace(vector=vector, nullspaces=nullspaces or {})
+    d.held = functools.partial(Directions.held, d)
+    return d
+
+
+def _calibrate_smiling(monkeypatch, vector, keep_probe: float = 1, nullspaces: dict | None = None
+                       ) -> SliderCalibration:
+    """Smiling calibrated on stand-ins for the directions (`vector(name, method)`, nullspace bases) and the
+    measures in a 4-D latent: flip = value x (edit . e0) / 2, Male leakage = 0.09 x |value x (edit . e1)|."""
     e = torch.eye(4)
 
     def measure(service, classifier, faces, vector, value, attribute, sign, backoff=True, intact=None, edited=None):
@@ -78,7 +88,7 @@ def _calibrate_smiling(monkeypatch, vector, keep_probe: float = 1) -> SliderCali
                                                           "Young": 0.0}}
 
     monkeypatch.setattr(edit_evaluation, "measure_vector", measure)
-    service = SimpleNamespace(directions=SimpleNamespace(vector=vector))
+    service = SimpleNamespace(directions=_stand_in_directions(vector, nullspaces))
     classifier = SimpleNamespace(attributes=["Male", "Young", "Smiling"])
     return edit_evaluation.calibrate(service, classifier, SimpleNamespace(latents=torch.zeros(8, 4)), ["Smiling"],
                                      grid=(1, 1.5, 2, 3), keep_probe=keep_probe).get("Smiling")
@@ -102,6 +112,25 @@ def test_calibration_holds_by_the_other_method_when_that_leaks_less(monkeypatch)
     assert smiling.scales["mean_diff"] == pytest.approx(1.2 / (1.25 / 1.125) ** 0.5, abs=0.01)
     with pytest.raises(ValueError, match="hold attributes by"):
         SliderCalibration("classifier", 1.0, hold="pca")
+
+
+def test_calibration_holds_by_the_nullspace_when_the_editor_normal_misses_the_leak(monkeypatch):
+    """Male's classifier normal is e2, but the instrument reads Male off e1, a second linear read-out that Male's
+    nullspace basis (e2, e1) holds. Smiling's mean difference (e0 + 0.5 e1) leaks 0.054 into Male at its calibrated
+    1.2 gaps; neither method's single direction for Male removes it, the nullspace does, and calibration picks it."""
+    e = torch.eye(4)
+    vectors = {("Smiling", "classifier"): 0.2 * e[0], ("Smiling", "mean_diff"): e[0] + 0.5 * e[1],
+               ("Male", "classifier"): e[2], ("Male", "mean_diff"): e[3],
+               ("Young", "classifier"): e[3], ("Young", "mean_diff"): e[3]}
+    smiling = _calibrate_smiling(monkeypatch, lambda name, method: vectors[name, method],
+                                 nullspaces={"Male": torch.stack([e[2], e[1]])})
+    assert (smiling.method, smiling.hold, smiling.keep) == ("mean_diff", "nullspace", ["Male"])
+    assert smiling.leakage["Male"] == pytest.approx(0.0, abs=1e-6)
+    assert smiling.scale == pytest.approx(1.2 / 1.25 ** 0.5, abs=0.01)  # e0 rescaled to the old norm 1.25^0.5
+    assert "mean_diff holding by nullspace: " in smiling.reason
+    without = _calibrate_smiling(monkeypatch, lambda name, method: vectors[name, method])
+    assert without.hold != "nullspace" and without.leakage["Male"] > 0.05
+    assert "holding by nullspace" not in without.reason
 
 
 def test_choose_scale_stops_at_the_first_strength_that_breaks_faces_and_checks_no_further():
@@ -192,7 +221,7 @@ def test_calibration_stops_where_edits_break_faces(monkeypatch):
     to 2 gaps (60%); with it, it stops at 1.5 (45%), says why, and stores the share kept at its scale."""
     e = torch.eye(4)
     vectors = {"Bald": e[0], "Male": e[1], "Young": e[2], "Smiling": e[3]}
-    service = SimpleNamespace(directions=SimpleNamespace(vector=lambda name, method: vectors[name]))
+    service = SimpleNamespace(directions=_stand_in_directions(lambda name, method: vectors[name]))
     classifier = SimpleNamespace(attributes=["Male", "Young", "Smiling", "Bald"])
 
     def measure(service, classifier, faces, vector, value, attribute, sign, backoff=True, intact=None, edited=None):
@@ -230,7 +259,7 @@ def test_calibration_checks_intactness_on_the_edits_it_measured_without_decoding
     flips): each strength the search reaches is decoded once, for its measures and its intactness alike."""
     e = torch.eye(4)
     vectors = {"Bald": e[0], "Male": e[1], "Young": e[2], "Smiling": e[3]}
-    service = SimpleNamespace(directions=SimpleNamespace(vector=lambda name, method: vectors[name]))
+    service = SimpleNamespace(directions=_stand_in_directions(lambda name, method: vectors[name]))
     classifier = SimpleNamespace(attributes=["Male", "Young", "Smiling", "Bald"],
                                  predict=lambda x: (x[:, 0, 0, 0, None].float().expand(-1, 4) / 100, None))
     decoded = []
@@ -256,7 +285,7 @@ def test_the_negative_side_gets_its_own_scale_where_removing_the_attribute_break
     the weakest grid point and stops at 0.5 gaps, the last that keeps faces intact."""
     e = torch.eye(4)
     vectors = {"Heavy_Makeup": e[0], "Male": e[1], "Young": e[2], "Smiling": e[3]}
-    service = SimpleNamespace(directions=SimpleNamespace(vector=lambda name, method: vectors[name]))
+    service = SimpleNamespace(directions=_stand_in_directions(lambda name, method: vectors[name]))
     classifier = SimpleNamespace(attributes=["Male", "Young", "Smiling", "Heavy_Makeup"])
     asked = []
 
@@ -482,6 +511,33 @@ def test_service_applies_calibrated_scale_method_and_keep(service):
     finally:
         service.set_calibration(None)
     assert [s.label for s in service.sliders] == [s.label for s in SLIDERS]
+
+
+def test_service_holds_by_the_nullspace_basis_where_calibrated_to(service):
+    """A slider calibrated to hold Young by its nullspace is orthogonal to every row of Young's basis, not only to
+    the classifier normal, keeps its norm, and holds an attribute the user adds the same way; an explicit method
+    holds by that method's direction, and an attribute without a basis by its classifier normal."""
+    d = service.directions
+    young = d.vector("Young", "classifier")
+    rows = torch.cat([young[None], torch.randn(2, len(young), generator=torch.Generator().manual_seed(1))])
+    basis = torch.linalg.qr(rows.double().T)[0].T.float()
+    d.nullspaces["Young"] = basis
+    service.set_calibration(Calibration({"Smiling": SliderCalibration("mean_diff", 2.5, ["Young"],
+                                                                      hold="nullspace")}))
+    try:
+        plain = 2.5 * d.vector("Smiling", "mean_diff")
+        v = service.edit_vectors(["Smiling"])[0]
+        assert (basis @ v).abs().max() < 1e-5 * v.norm() and float(v.norm()) == pytest.approx(float(plain.norm()))
+        by_normal = orthogonalize(plain[None], young[None])[0]
+        assert (basis[1:] @ by_normal).abs().max() > 1e-2 * by_normal.norm()  # the normal alone misses the rest
+        both = service.edit_vectors(["Smiling"], keep=["Age", "Male"])[0]  # Age is Young, held once more
+        assert (basis @ both).abs().max() < 1e-5 * both.norm()
+        assert abs(both @ d.vector("Male", "classifier")) < 1e-5 * both.norm() * d.vector("Male").norm()
+        explicit = orthogonalize(plain[None], d.vector("Young", "mean_diff")[None])[0]
+        assert torch.allclose(service.edit_vectors(["Smiling"], "mean_diff")[0], explicit, atol=1e-5)
+    finally:
+        del d.nullspaces["Young"]
+        service.set_calibration(None)
 
 
 def test_evaluate_sliders_measures_the_negative_side_at_its_own_scale(service, monkeypatch):

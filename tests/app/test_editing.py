@@ -104,6 +104,16 @@ def test_orthogonalize_drops_a_vector_inside_the_kept_span():
     assert orthogonalize(inside, kept).abs().max() == 0
 
 
+def test_orthogonalize_holds_every_kept_direction_when_some_repeat():
+    """An attribute held twice (the user's Age, the calibration's Young) repeats a row before another kept one:
+    the result must still be orthogonal to all of them and keep its norm."""
+    g = torch.Generator().manual_seed(0)
+    a, b, v = torch.randn(3, 50, generator=g, dtype=torch.float64)
+    out = orthogonalize(v[None], torch.stack([a, -2 * a, b]))[0]
+    assert abs(float(out @ a)) < 1e-9 * float(a.norm()) and abs(float(out @ b)) < 1e-9 * float(b.norm())
+    assert float(out.norm()) == pytest.approx(float(v.norm()))
+
+
 def test_interpolation_endpoints_equal_the_two_faces(service, faces):
     a, b = faces
     for spherical in (False, True):

@@ -9,7 +9,7 @@ import pytest
 
 from app.edit_evaluation import validation_halves
 from experiments import cli as experiments_cli
-from experiments.leakage_floor import instrument_confound, null_floor, nullspace_directions, render, write_report
+from experiments.leakage_floor import instrument_confound, null_floor, render, write_report
 from tests.conftest import nontrivial_model, tiny_config
 
 
@@ -44,23 +44,6 @@ def test_null_floor_interpolates_in_pixel_change_and_holds_at_the_ends():
     assert null_floor(null, 1.0, "Male") == pytest.approx(0.01) and null_floor(null, 90.0, "Male") == 0.04
 
 
-def test_inlp_finds_the_second_predictive_direction_and_then_chance():
-    """The label is linear in two coordinates; starting from the first, one round finds the second, after which
-    the held-out AUC is at chance."""
-    x = np.random.default_rng(0).standard_normal((1000, 12))
-    y = x[:, 0] + x[:, 1] > 0
-    basis, aucs = nullspace_directions(x, y, np.eye(12)[0] * 3.0, rounds=2, C=1.0)
-    assert basis.shape == (3, 12) and np.allclose(basis @ basis.T, np.eye(3), atol=1e-9)
-    assert np.allclose(basis[0], np.eye(12)[0]) and abs(basis[1][1]) > 0.95
-    assert aucs[0] > 0.8 and abs(aucs[1] - 0.5) < 0.1
-
-
-def test_inlp_stops_when_nothing_is_left_to_find():
-    x = np.outer(np.random.default_rng(1).standard_normal(200), np.eye(5)[0])  # everything lies along the first
-    basis, aucs = nullspace_directions(x, x[:, 0] > 0, np.eye(5)[0], rounds=3, C=1.0)
-    assert basis.shape == (1, 5) and len(aucs) == 1
-
-
 def test_validation_halves_are_disjoint_seeded_and_independent_of_the_listing_order():
     names = [f"{i:06d}.jpg" for i in range(11)]
     first, second = validation_halves(names, 0)
@@ -83,10 +66,10 @@ def test_page_has_one_row_per_slider_and_attribute_and_keeps_the_account(tmp_pat
     assert row == ["| Beard | 9.5 | Male | 0.080 | +0.070 ± 0.010 | 0.010 | - [-, -] |"]
     assert "INLP" not in text  # no nullspace measured, no section
     results = _results()
-    results["nullspace"] = {"rounds": 2, "faces": 100, "auc": [0.81, 0.52]}
+    results["nullspace"] = {"rows": 3, "source": "the model's directions file", "auc": [0.81, 0.52]}
     results["sliders"][0]["nullspace"] = {"Male": 0.075, "Male_signed": 0.07, "shift": 0.2, "shift_before": 0.25}
     text = render(results, tmp_path / "floor.md")
-    assert "0.810 -> 0.520" in text and "those 3 directions" in text
+    assert "0.810 -> 0.520" in text and "the basis's 3 directions" in text and "from the model's directions" in text
     assert "| Beard | 0.080 | 0.075 | +0.070 | +0.250 | +0.200 |" in text.splitlines()
     out = tmp_path / "floor.md"
     out.write_text("old\n## Account\n\nours\n")
