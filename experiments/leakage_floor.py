@@ -165,7 +165,8 @@ def measure(model: Path, classifier_dir: Path, data_dir: Path, faces: int, boot:
             f"{a} |{h['abs']:.3f}| {h['signed']:+.3f} null {h['null']:.3f} conf {h['confound']:+.3f}"
             for a, h in row["held"].items()))
     return {"model": str(model), "null": null, "sliders": rows, "faces": len(face_set.latents),
-            "val_faces": len(probs), "nullspace": {"rows": 0 if basis is None else len(basis), "source": source, "auc": aucs},
+            "val_faces": len(probs),
+            "nullspace": {"rows": 0 if basis is None else len(basis), "source": source, "auc": aucs},
             "minutes": (time.perf_counter() - started) / 60}
 
 

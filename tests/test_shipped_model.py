@@ -64,8 +64,8 @@ def test_shipped_directions_cover_all_40_attributes(model):
 
 
 def test_the_shipped_dequantiser_tightens_the_bound_and_keeps_its_noise_in_each_bin(model, celeba_dir):
-    """From release 8 the figures rest on the learned dequantiser: scored with it, the model must beat the same flow with
-    uniform noise by far (else the dequantiser is not doing its job), and its noise must stay inside each pixel's
+    """From release 8 the figures rest on the learned dequantiser: scored with it, the model must beat the same flow
+    with uniform noise by far (else the dequantiser is not doing its job), and its noise must stay inside each pixel's
     bin, where the bound is a bound on the discrete likelihood."""
     assert model.config.dequant == "variational"
     names = json.loads((ASSETS / "split.json").read_text())["val"][:16]
