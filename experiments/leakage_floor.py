@@ -16,10 +16,11 @@ issue 15 asks for at most 0.05. Two things other than the edit put a number ther
 And one thing a better linear hold could remove: the editor holds Male by making an edit orthogonal to one Male
 normal in the latent, which keeps that normal's score but not other latent directions that also predict gender.
 Iterative nullspace projection (INLP, Ravfogel et al. 2020) on training faces' latents finds them: fit a logistic
-regression for Male on the latents projected off the directions found so far, add its normal, repeat, until the
-held-out AUC falls to chance (app/directions.py; the directions file carries the basis the editor can hold Male by,
-and where it does, that one is used). Each slider is then measured again with its edit made orthogonal to all of
-them: if its Male leakage barely moves, what remains is not linear in the latent (or is the instrument's).
+regression for Male on the latents projected off the directions found so far, add its normal, and repeat for a few
+rounds while the held-out AUC shows linear information left (app/directions.py; the directions file carries the
+basis the editor can hold Male by, and where it does, that one is used). Each slider is then measured again with its
+edit made orthogonal to all of them: if its Male leakage barely moves, what remains lies outside the held directions
+(the AUC trace says how much linear information they leave) or is the instrument's.
 
 The faces and sliders are evaluate-edits' own: the 64 report faces (second half of a seed-0 permutation of the
 model's validation split), each slider at +1 with the shipped calibration through the editor's checked decode.
