@@ -20,7 +20,8 @@ import torch
 
 from flow_model.glow import reduce_bits
 
-from .calibration import MAX_LEAKAGE, METHODS, MIN_FLIP, MIN_INTACT, TARGET_FLIP, Calibration, SliderCalibration
+from .calibration import (LEAK_BOUND_Z, MAX_LEAKAGE, METHODS, MIN_FLIP, MIN_INTACT, TARGET_FLIP, Calibration,
+                          SliderCalibration)
 from .classifier import AttributeClassifier
 from .directions import NULLSPACE
 from .face_check import ColourCheck, FaceGeometryCheck, GeometryResult
@@ -52,7 +53,7 @@ def edit_measures(before: torch.Tensor, after: torch.Tensor, target: int, direct
     - moved: share of faces whose P(target) moved the intended way (strictly);
     - flip: among faces that started on the other side of 0.5, the share that ended on the intended side
       (NaN when none started there); flip_n is that denominator;
-    - leakage: per named attribute, mean |dP|.
+    - leakage: per named attribute, mean |dP|; leakage_se: its standard error over the faces.
     """
     if direction == 0:
         raise ValueError("an edit needs a direction")
@@ -63,10 +64,22 @@ def edit_measures(before: torch.Tensor, after: torch.Tensor, target: int, direct
     ended = p1 >= 0.5 if s > 0 else p1 < 0.5
     n_other = int(start_other.sum())
     flip = float(ended[start_other].double().mean()) if n_other else math.nan
-    leakage = {name: float((after[:, j] - before[:, j]).abs().double().mean()) for name, j in leak.items()
-               if j != target}
+    moves = {name: (after[:, j] - before[:, j]).abs().double() for name, j in leak.items() if j != target}
+    leakage = {name: float(m.mean()) for name, m in moves.items()}
+    se = {name: float(m.std() / math.sqrt(len(m))) if len(m) > 1 else 0.0 for name, m in moves.items()}
     return {"shift": float(d.mean()), "moved": float((d > 0).double().mean()), "flip": flip, "flip_n": n_other,
-            "leakage": leakage}
+            "leakage": leakage, "leakage_se": se}
+
+
+def target_leaks(attribute: str) -> tuple[str, ...]:
+    """The attributes the sliders' issue sets a leakage line for when `attribute` is edited: Male for every
+    non-gender slider, Young for Smiling."""
+    return (("Male",) if attribute != "Male" else ()) + (("Young",) if attribute == "Smiling" else ())
+
+
+def leak_bound(row: Mapping, attribute: str) -> float:
+    """A measured leakage as calibration judges it: mean |dP| plus LEAK_BOUND_Z standard errors (0 if unmeasured)."""
+    return row["leakage"].get(attribute, 0.0) + LEAK_BOUND_Z * row.get("leakage_se", {}).get(attribute, 0.0)
 
 
 def frechet_distance(a: torch.Tensor, b: torch.Tensor) -> float:
@@ -351,12 +364,15 @@ def _fit_methods(service: EditorService, classifier: AttributeClassifier, faces:
         shown.clear()
         taken = {**{m: row for m, row in zip(grid, rows.taken()) if row is not None}, **probed}
         near = taken[min(taken, key=lambda m: abs(m - scale))]
-        leak = max([near["leakage"].get(a, 0.0) for a in LEAK_ATTRIBUTES] + [0.0])
-        results[method, hold] = dict(scale=scale, flip=flip, ok=ok, leak=leak, rows=rows, vector=v, probed=probed)
-    # ties: the classifier normal, then holding by the slider's own method
+        bounds = {a: leak_bound(near, a) for a in LEAK_ATTRIBUTES if a in near["leakage"]}
+        over = max([bounds.get(a, 0.0) - MAX_LEAKAGE for a in target_leaks(base.attribute)] + [0.0])
+        results[method, hold] = dict(scale=scale, flip=flip, ok=ok, over=over, leak=max([*bounds.values(), 0.0]),
+                                     bounds=bounds, rows=rows, vector=v, probed=probed)
+    # first the issue's leakage lines, then the largest leakage; ties: the classifier normal, then holding by the
+    # slider's own method
     reach = [p for p in results if results[p]["flip"] >= TARGET_FLIP]
     if reach:
-        pair = min(reach, key=lambda p: (results[p]["leak"], p[0] != "classifier", p[0] != p[1]))
+        pair = min(reach, key=lambda p: (results[p]["over"], results[p]["leak"], p[0] != "classifier", p[0] != p[1]))
     else:
         pair = max(results, key=lambda p: (results[p]["flip"], p[0] == "classifier", p[0] == p[1]))
     return pair, results
@@ -386,9 +402,10 @@ def calibrate(service: EditorService, classifier: AttributeClassifier, faces: Fa
               geometry: FaceGeometryCheck | None = None, colour: ColourCheck | None = None) -> Calibration:
     """Per built-in slider, on `faces` (which must not be the faces the evaluation reports on):
 
-    1. keep: the leak attributes (Male, Young, Smiling) whose mean |dP| exceeds MAX_LEAKAGE when the slider's
+    1. keep: the leak attributes (Male, Young, Smiling) whose leakage exceeds MAX_LEAKAGE when the slider's
        classifier normal moves `keep_probe` class-mean gaps (default: the uncalibrated SliderSpec scale, i.e. the
-       old +1) are held fixed;
+       old +1) are held fixed; every leakage here is judged by leak_bound (mean |dP| plus LEAK_BOUND_Z standard
+       errors), since the faces the edits are reported on are others;
     2. per method, the slider's direction, orthogonal to the kept ones' directions taken from either method
        (holding by the classifier normals removes more of what a linear read-out sees) or, where the directions
        carry them, to the kept ones' nullspace bases (more still), at multipliers `grid` of
@@ -396,8 +413,10 @@ def calibrate(service: EditorService, classifier: AttributeClassifier, faces: Fa
        decode (choose_scale; with a fitted `geometry` check, also keeping MIN_INTACT of the faces intact, by their
        geometry and, given a fitted `colour` check, their colours; the negative side gets a smaller scale of its
        own where taking the attribute away breaks faces sooner, minus_side);
-    3. method and way of holding: the pair that reaches the target with the smaller leakage into the
-       kept and leak attributes at the grid point nearest its scale, else the one that flips more;
+    3. method and way of holding: of the pairs that reach the target, the one whose leakage at the grid point
+       nearest its scale goes least over MAX_LEAKAGE in the issue's own lines (target_leaks: Male for a non-gender
+       slider, Young for Smiling), then the one with the smallest largest leakage into the leak attributes; if
+       none reaches the target, the one that flips more;
     4. the chosen edit is measured at its calibrated scale: a leak attribute that exceeds MAX_LEAKAGE there and is
        not yet held joins `keep`, and steps 2-4 run again. A leak the probe of step 1 missed because it only grows
        past MAX_LEAKAGE at a larger calibrated scale (hair colours on the shipped model) is held all the same.
@@ -413,20 +432,25 @@ def calibrate(service: EditorService, classifier: AttributeClassifier, faces: Fa
         raw = base.sign * probe * d.vector(base.attribute, "classifier")
         first = measure_vector(service, classifier, faces, raw, 1.0, base.attribute, base.sign, backoff=False)
         candidates = [a for a in LEAK_ATTRIBUTES if a != base.attribute and a in names]
-        keep = [a for a in candidates if first["leakage"].get(a, 0.0) > MAX_LEAKAGE]
+        keep = [a for a in candidates if leak_bound(first, a) > MAX_LEAKAGE]
         added = []
         while True:
             (method, hold), results = _fit_methods(service, classifier, faces, base, keep, grid, methods, intact)
             r = results[method, hold]
             final = measure_vector(service, classifier, faces, r["vector"], r["scale"], base.attribute, base.sign,
                                    backoff=False, intact=intact)
-            more = [a for a in candidates if a not in keep and final["leakage"].get(a, 0.0) > MAX_LEAKAGE]
+            more = [a for a in candidates if a not in keep and leak_bound(final, a) > MAX_LEAKAGE]
             if not more:
                 break
-            added += [f"{a} ({final['leakage'][a]:.2f} at {r['scale']:g} gaps)" for a in more]
+            added += [f"{a} ({final['leakage'][a]:.2f}, bound {leak_bound(final, a):.2f}, at {r['scale']:g} gaps)"
+                      for a in more]
             keep = [a for a in candidates if a in keep or a in more]
         flips = ", ".join(f"{_pair_label(*p)}: {_flips(results[p]['rows'], results[p]['probed'])}" for p in results)
-        reason = (f"flip at +{'/'.join(f'{g:g}' for g in grid)} class-mean gaps: {flips}; leakage at "
+        bounds = ", ".join(f"{_pair_label(*p)}: " + " ".join(f"{a} {b:.3f}" for a, b in results[p]["bounds"].items())
+                           for p in results if results[p]["flip"] >= TARGET_FLIP)
+        reason = (f"flip at +{'/'.join(f'{g:g}' for g in grid)} class-mean gaps: {flips}; "
+                  + (f"leakage bound near the scale of each pair reaching {TARGET_FLIP:.0%}: {bounds}; " if bounds else "")
+                  + "leakage at "
                   f"{probe:g} gaps without holding anything: "
                   + ", ".join(f"{a} {v:.2f}" for a, v in first["leakage"].items()))
         if added:
@@ -452,7 +476,7 @@ def calibrate(service: EditorService, classifier: AttributeClassifier, faces: Fa
         if progress:
             progress(label, sliders[label])
     return Calibration(sliders, {"grid": list(grid), "faces": len(faces.latents), "target_flip": TARGET_FLIP,
-                                 "min_flip": MIN_FLIP, "max_leakage": MAX_LEAKAGE,
+                                 "min_flip": MIN_FLIP, "max_leakage": MAX_LEAKAGE, "leak_bound_z": LEAK_BOUND_Z,
                                  "min_intact": MIN_INTACT if intact is not None else None,
                                  "colour_thresholds": {"vivid": colour.threshold, "scalp": colour.scalp_threshold}
                                  if intact is not None and colour is not None else None})
@@ -606,10 +630,8 @@ def targets_summary(after: Mapping[str, list[dict]], service: EditorService) -> 
             fails.append(f"moved {r['moved']:.0%} < 95%")
         if not r["flip"] >= TARGET_FLIP:
             fails.append(f"flip {percent(r['flip'])} < 60%")
-        if spec.attribute != "Male" and r["leakage"].get("Male", 0) > MAX_LEAKAGE:
-            fails.append(f"Male leak {r['leakage']['Male']:.3f} > 0.05")
-        if label == "Smiling" and r["leakage"].get("Young", 0) > MAX_LEAKAGE:
-            fails.append(f"Young leak {r['leakage']['Young']:.3f} > 0.05")
+        fails += [f"{a} leak {r['leakage'][a]:.3f} > {MAX_LEAKAGE:g}" for a in target_leaks(spec.attribute)
+                  if r["leakage"].get(a, 0) > MAX_LEAKAGE]
         line = f"- {label}: " + ("meets all targets" if not fails else "; ".join(fails))
         if r.get("intact", 1.0) < MIN_INTACT:  # not one of the issue's targets, but what the calibration demands
             line += f" (and only {r['intact']:.0%} of the faces stay intact)"

@@ -337,8 +337,12 @@ reconstruction| in 0-255 units; back-off = share of faces whose edit had to be s
                         f"mean diff {c.scales.get('mean_diff', 0):g}{minus}) | {', '.join(c.keep) or '-'}"
                         f"{_held_by(c.hold)} | "
                         f"{'yes' if c.default else 'no'} | {c.flip_at_1:.0%} | {c.reason} |")
+        z = calibration.info.get("leak_bound_z")
+        judged = (f" (here and below judged by the upper end of its one-sided 95% interval: mean |dP| + {z:g} "
+                  "standard errors over the calibration faces, since the report faces are others)" if z else "")
         parts.append("## The calibration (`calibration.json`)\n\nMeasured on the calibration half only. Per slider: "
-                     "the leak attributes (Male, Young, Smiling) whose mean |dP| exceeds 0.05 when the classifier "
+                     f"the leak attributes (Male, Young, Smiling) whose mean |dP| exceeds 0.05{judged} when the "
+                     "classifier "
                      "normal moves " + (f"{args.keep_probe:g} class-mean gaps" if args.keep_probe else
                                          "as far as the uncalibrated slider's +1") + " are held fixed; then "
                      "for each method the direction (orthogonal to them) is measured at "
@@ -351,8 +355,12 @@ reconstruction| in 0-255 units; back-off = share of faces whose edit had to be s
                         "is measured too and counts like a grid point; where taking "
                         "the attribute away at that scale breaks more faces, the negative side gets its own smaller "
                         "scale, searched the same way"
-                        if calibration.info.get("min_intact") else "") + "); the method is the one that reaches it "
-                     "with less leakage (else the one that flips more). The chosen edit is measured again at its "
+                        if calibration.info.get("min_intact") else "") + "); "
+                     + ("of the pairs of method and way of holding (below) that reach it, the one whose leakage "
+                        "goes least over 0.05 into the issue's lines (Male for a non-gender slider, Young for "
+                        "Smiling), then the one with the smallest largest leakage into Male, Young and Smiling, "
+                        "is kept" if z else "the method is the one that reaches it with less leakage")
+                     + " (else the one that flips more). The chosen edit is measured again at its "
                      "scale: a leak attribute above 0.05 there is held as well and the slider recalibrated, until "
                      "none is left to hold. The held attributes' directions may come from either method or, where "
                      "the directions file has them, be the held attributes' whole linear nullspaces (INLP bases "

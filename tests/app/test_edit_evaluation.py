@@ -32,6 +32,8 @@ def test_edit_measures_on_a_case_with_known_answers():
     assert up["flip_n"] == 2 and up["flip"] == pytest.approx(0.5)  # rows 0 and 2 started below 0.5; row 0 crossed
     assert set(up["leakage"]) == {"B"}  # the edited attribute is not its own leakage
     assert up["leakage"]["B"] == pytest.approx((0.1 + 0 + 0.2 + 0) / 4)
+    # |dP| of B is 0.1, 0, 0.2, 0: sample standard deviation over the square root of 4 faces
+    assert up["leakage_se"]["B"] == pytest.approx(torch.tensor([0.1, 0, 0.2, 0]).std().item() / 2, rel=1e-5)
 
     down = edit_measures(before, after, 0, -0.5, {"B": 1})
     assert down["moved"] == pytest.approx(0.25)
@@ -76,22 +78,24 @@ def _stand_in_directions(vector, nullspaces: dict | None = None) -> SimpleNamesp
     return d
 
 
-def _calibrate_smiling(monkeypatch, vector, keep_probe: float = 1, nullspaces: dict | None = None
-                       ) -> SliderCalibration:
-    """Smiling calibrated on stand-ins for the directions (`vector(name, method)`, nullspace bases) and the
-    measures in a 4-D latent: flip = value x (edit . e0) / 2, Male leakage = 0.09 x |value x (edit . e1)|."""
+def _calibrate_smiling(monkeypatch, vector, keep_probe: float = 1, nullspaces: dict | None = None,
+                       label: str = "Smiling", se: float = 0.0) -> SliderCalibration:
+    """Smiling (or the slider `label`) calibrated on stand-ins for the directions (`vector(name, method)`,
+    nullspace bases) and the measures in a 4-D latent: flip = value x (edit . e0) / 2, Male leakage =
+    0.09 x |value x (edit . e1)|, Young leakage = 0.3 x |value x (edit . e3)|, each with standard error `se`."""
     e = torch.eye(4)
 
     def measure(service, classifier, faces, vector, value, attribute, sign, backoff=True, intact=None, edited=None):
         flip = float(min(1.0, max(0.0, sign * value * float(vector @ e[0]) / 2)))
         return {"flip": flip, "backoff": 0.0, "leakage": {"Male": 0.09 * abs(value * float(vector @ e[1])),
-                                                          "Young": 0.0}}
+                                                          "Young": 0.3 * abs(value * float(vector @ e[3]))},
+                "leakage_se": {"Male": se, "Young": se}}
 
     monkeypatch.setattr(edit_evaluation, "measure_vector", measure)
     service = SimpleNamespace(directions=_stand_in_directions(vector, nullspaces))
     classifier = SimpleNamespace(attributes=["Male", "Young", "Smiling"])
-    return edit_evaluation.calibrate(service, classifier, SimpleNamespace(latents=torch.zeros(8, 4)), ["Smiling"],
-                                     grid=(1, 1.5, 2, 3), keep_probe=keep_probe).get("Smiling")
+    return edit_evaluation.calibrate(service, classifier, SimpleNamespace(latents=torch.zeros(8, 4)), [label],
+                                     grid=(1, 1.5, 2, 3), keep_probe=keep_probe).get(label)
 
 
 def test_calibration_holds_by_the_other_method_when_that_leaks_less(monkeypatch):
@@ -403,10 +407,46 @@ def test_calibration_holds_a_leak_that_only_appears_at_the_calibrated_scale(monk
     assert smiling.keep == ["Male"]
     assert smiling.leakage["Male"] == pytest.approx(0.0, abs=1e-6)
     assert smiling.scale == pytest.approx(1 + 0.5 * (0.6 - 1.118 / 2) / (1.118 * 0.75 - 1.118 / 2), abs=0.01)
-    assert "held once they leaked at the calibrated scale: Male (0.05 at 1.2 gaps)" in smiling.reason
+    assert "held once they leaked at the calibrated scale: Male (0.05, bound 0.05, at 1.2 gaps)" in smiling.reason
     # a probe that already sees the leak holds Male from the start, and says nothing about a second round
     early = _calibrate_smiling(monkeypatch, lambda name, method: vectors[name], keep_probe=2)
     assert early.keep == ["Male"] and "held once" not in early.reason
+    # so does one whose 0.045 could be 0.05 on other faces: 0.045 + 1.645 x 0.005 standard errors is over the line
+    unsure = _calibrate_smiling(monkeypatch, lambda name, method: vectors[name], se=0.005)
+    assert unsure.keep == ["Male"] and "held once" not in unsure.reason
+
+
+def test_calibration_picks_the_pair_under_the_issues_lines_before_the_least_largest_leak(monkeypatch):
+    """Blond hair's classifier normal e0 + 0.8 e1 leaks into Male (0.072 at the probe), so Male is held.
+    Held by Male's classifier normal (e1 + 2 e2) it keeps 0.06 Male leakage at 1 gap and no Young leakage; held by
+    Male's mean difference (e1 + 0.5 e3) it leaks 0.017 into Male but 0.116 into Young. The least largest leakage
+    is the first, but the issue's line for a hair colour is Male: calibration takes the second, then holds Young
+    as well once it leaks at the calibrated scale, which removes both leaks."""
+    e = torch.eye(4)
+    vectors = {("Blond_Hair", "classifier"): e[0] + 0.8 * e[1], ("Blond_Hair", "mean_diff"): 0.2 * e[0],
+               ("Male", "classifier"): (e[1] + 2 * e[2]) / 5 ** 0.5,
+               ("Male", "mean_diff"): (e[1] + 0.5 * e[3]) / 1.25 ** 0.5,
+               ("Young", "classifier"): e[3], ("Young", "mean_diff"): e[3]}
+    blond = _calibrate_smiling(monkeypatch, lambda name, method: vectors[name, method], label="Blond hair")
+    assert (blond.method, blond.hold, blond.keep) == ("classifier", "mean_diff", ["Male", "Young"])
+    assert blond.leakage["Male"] == pytest.approx(0, abs=1e-6) and blond.leakage["Young"] == pytest.approx(0, abs=1e-6)
+    assert "Young (0.12, bound 0.12, at 1 gaps)" in blond.reason
+    # Smiling's lines are Male and Young both: there the same two pairs rank by their largest leak, and holding by
+    # Male's classifier normal wins
+    vectors.update({("Smiling", m): v for (n, m), v in vectors.items() if n == "Blond_Hair"})
+    smiling = _calibrate_smiling(monkeypatch, lambda name, method: vectors[name, method])
+    assert (smiling.method, smiling.hold, smiling.keep) == ("classifier", None, ["Male"])
+    assert "leakage bound near the scale of each pair reaching 60%: classifier: Male 0.060 Young 0.000" in smiling.reason
+
+
+def test_target_leaks_are_the_issues_lines_and_leak_bound_adds_the_standard_error():
+    assert edit_evaluation.target_leaks("Blond_Hair") == ("Male",)
+    assert edit_evaluation.target_leaks("Smiling") == ("Male", "Young")
+    assert edit_evaluation.target_leaks("Male") == ()
+    row = {"leakage": {"Male": 0.04}, "leakage_se": {"Male": 0.01}}
+    assert edit_evaluation.leak_bound(row, "Male") == pytest.approx(0.04 + 1.645 * 0.01)
+    assert edit_evaluation.leak_bound(row, "Young") == 0.0
+    assert edit_evaluation.leak_bound({"leakage": {"Male": 0.04}}, "Male") == pytest.approx(0.04)
 
 
 # -- the service applies a calibration -------------------------------------------------------------------
