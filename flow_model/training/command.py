@@ -28,7 +28,8 @@ def add_parser(sub) -> None:
     opt.add_argument("--cooldown", dest="cooldown_steps", type=positive_int, metavar="STEPS",
                      help="from the current step, lower the learning rate linearly to 0 over STEPS steps, then stop "
                      "with a final validation (run it on a copy of a run to release from; the original keeps its "
-                     "constant rate and can go on)")
+                     "constant rate and can go on); given again with --resume of a run that already has one, the "
+                     "cooldown keeps its start step and takes the new length")
     opt.add_argument("--grad-clip", type=float)
     opt.add_argument("--ema", type=float, help="EMA decay of the weights, e.g. 0.999 (0 = off)")
     opt.add_argument("--max-steps", type=int)
