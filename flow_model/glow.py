@@ -188,11 +188,27 @@ class Glow(nn.Module):
         bins = to_bins(x.to(device), self.config.n_bits)
         estimates = []
         for _ in range(importance_samples):
-            u, log_q = self.dequantizer(bins, generator)
-            _, _, logp = self.flow_forward(self._continuous(bins, u))
+            logp, log_q = self._bound_sample(bins, generator)
             estimates.append(logp - log_q)
         ll = torch.stack(estimates).logsumexp(0) - math.log(importance_samples)
         return ll - self.config.dims * math.log(self.config.n_bins)
+
+    def _bound_sample(self, bins: torch.Tensor, generator: torch.Generator | None) -> tuple[torch.Tensor, torch.Tensor]:
+        """One dequantisation sample u ~ q(u | bins): (log p(x + u) of the flow, log q(u | bins)), in nats."""
+        u, log_q = self.dequantizer(bins, generator)
+        _, _, logp = self.flow_forward(self._continuous(bins, u))
+        return logp, log_q
+
+    def bound_terms(self, x: torch.Tensor, generator: torch.Generator | None = None
+                    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """The bound of bits_per_dim split into its two terms, per sample, one noise sample each, in bits/dim: (the
+        flow's E_q[-log p(x + u)] with the bins' width, q's E_q[log q(u | x)]). They sum to bits_per_dim for the same
+        noise; a train/held-out gap splits this way into what the flow and the dequantiser each add to it."""
+        self._check_images(x)
+        bins = to_bins(x.to(next(self.parameters()).device), self.config.n_bits)
+        logp, log_q = self._bound_sample(bins, generator)
+        scale = self.config.dims * math.log(2)
+        return (self.config.dims * math.log(self.config.n_bins) - logp) / scale, log_q / scale
 
     def bits_per_dim(self, x: torch.Tensor, generator: torch.Generator | None = None,
                      importance_samples: int = 1) -> torch.Tensor:

@@ -64,6 +64,19 @@ def test_eval_reports_the_models_bits_per_dim(pretrained, faces_dir, capsys):
     assert float(match.group(2)) == pytest.approx(se, abs=1e-4)
 
 
+def test_eval_splits_the_bound_into_its_two_terms(pretrained, faces_dir, capsys):
+    code, out, _ = run_cli(capsys, "eval", "--model", pretrained, "--data", faces_dir, "--limit", 24, "--workers", 0,
+                           "--batch-size", 8, "--terms")
+    total = float(re.search(r"([\d.]+) ± [\d.]+ bits/dim", out).group(1))
+    match = re.search(r"flow E_q\[-log p\(x \+ u\)\] ([\d.]+) ± [\d.]+, dequantiser E_q\[log q\(u \| x\)\] "
+                      r"(-?[\d.]+) ± [\d.]+ bits/dim", out)
+    assert code == 0 and match, out
+    assert float(match.group(1)) + float(match.group(2)) == pytest.approx(total, abs=2e-4)
+    code, _, err = run_cli(capsys, "eval", "--model", pretrained, "--data", faces_dir, "--terms",
+                           "--importance-samples", 2)
+    assert code != 0 and "--terms splits a one-sample bound" in err
+
+
 def test_eval_on_a_runs_split(tiny_run, faces_dir, capsys):
     code, out, _ = run_cli(capsys, "eval", "--model", tiny_run, "--data", faces_dir, "--split", tiny_run / "split.json",
                            "--subset", "val", "--workers", 0)

@@ -8,6 +8,7 @@ import torch
 import torch.nn.functional as F
 
 from flow_model import Glow, GlowConfig, reduce_bits
+from flow_model.evaluate import bits_per_image, bound_terms_per_image
 from flow_model.glow import to_bins
 from flow_model.layers.attention import AttentionNet, GatedAttention
 from flow_model.layers.mixture import MixLogisticCoupling
@@ -217,6 +218,25 @@ def test_with_uniform_noise_scores_the_same_flow_without_its_dequantiser() -> No
         _, _, logp = model.flow_forward((to_bins(x, 5) + u) / 32 - 0.5)
     c = model.config
     torch.testing.assert_close(bpd, -(logp - c.dims * math.log(32)) / (c.dims * math.log(2)))
+
+
+def test_bound_terms_split_the_same_bound_into_the_flows_part_and_qs() -> None:
+    """Per image, q's term is log q(u | x) / (D ln 2) of the noise the seed draws and the flow's is the rest of the
+    one-sample bound: they sum to bits_per_image for the same seed. With uniform noise q's term is 0."""
+    model = Glow(dequant_config("affine"))
+    x = torch.randint(0, 256, (6, 3, 4, 4), generator=torch.Generator().manual_seed(0), dtype=torch.uint8)
+    model.initialize(x)
+    perturb(model, 0.05)
+    flow, q = bound_terms_per_image(model, x, batch_size=4, seed=7)
+    torch.testing.assert_close(flow + q, bits_per_image(model, x, batch_size=4, seed=7))
+    model.eval()
+    with torch.no_grad():
+        _, log_q = model.dequantizer(to_bins(x[:4], 5), torch.Generator().manual_seed(7))  # the first batch's noise
+    torch.testing.assert_close(q[:4], log_q.double() / (model.config.dims * math.log(2)))
+    assert (q.abs() > 1e-4).all()  # a perturbed q is not uniform noise
+    uniform_flow, uniform_q = bound_terms_per_image(model.with_uniform_noise(), x, batch_size=4, seed=7)
+    assert (uniform_q == 0).all()
+    torch.testing.assert_close(uniform_flow, bits_per_image(model.with_uniform_noise(), x, batch_size=4, seed=7))
 
 
 def test_a_learned_dequantiser_model_encodes_at_q_of_eps_zero_and_round_trips_exactly() -> None:
