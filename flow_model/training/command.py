@@ -24,6 +24,8 @@ def add_parser(sub) -> None:
     opt.add_argument("--lr", type=float)
     opt.add_argument("--dequant-lr", type=float, help="learning rate of the variational dequantiser (default: --lr); "
                      "with --init-from RELEASE --dequant variational its fresh dequantiser wants more than the flow")
+    opt.add_argument("--dequant-weight-decay", type=float, help="decoupled (AdamW-style) weight decay of the "
+                     "variational dequantiser's conv weights, scaled by its learning rate (default 0: none)")
     opt.add_argument("--warmup-steps", type=int)
     opt.add_argument("--cooldown", dest="cooldown_steps", type=positive_int, metavar="STEPS",
                      help="from the current step, lower the learning rate linearly to 0 over STEPS steps, then stop "

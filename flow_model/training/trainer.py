@@ -46,6 +46,7 @@ class TrainConfig:
     optimizer: str = "adamax"
     lr: float = 1e-3
     dequant_lr: float | None = None  # the variational dequantiser's own rate (default: lr)
+    dequant_weight_decay: float = 0.0  # decoupled (AdamW) weight decay of the dequantiser's conv weights, 0 = off
     warmup_steps: int = 200
     cooldown_steps: int = 0
     cooldown_start: int | None = None
@@ -79,6 +80,7 @@ class TrainConfig:
             (self.optimizer in ("adam", "adamax"), f"optimizer must be adam or adamax, got {self.optimizer!r}"),
             (self.lr > 0, f"lr must be > 0, got {self.lr}"),
             (self.dequant_lr is None or self.dequant_lr > 0, f"dequant_lr must be > 0, got {self.dequant_lr}"),
+            (self.dequant_weight_decay >= 0, f"dequant_weight_decay must be >= 0, got {self.dequant_weight_decay}"),
             (self.warmup_steps >= 0, "warmup_steps must be >= 0"),
             (self.cooldown_steps >= 0, f"cooldown_steps must be >= 0, got {self.cooldown_steps}"),
             (self.cooldown_start is None or self.cooldown_start >= 0, "cooldown_start must be >= 0"),
@@ -208,6 +210,19 @@ class Trainer:
         return [{"params": [p for p in self.model.parameters() if id(p) not in own]},
                 {"params": dequantizer, "lr": self.cfg.dequant_lr}]
 
+    def _decay_dequantizer(self) -> None:
+        """--dequant-weight-decay: shrink the dequantiser's conv weights by lr x decay before the optimiser's step, as
+        AdamW does (decoupled from the gradient, so Adamax's update is unchanged). Its networks see the image they
+        dequantise and carry no other regulariser; the flow's weights are left alone. Biases, ActNorms, log-scales
+        and the 1x1 convs' LU factors are not decayed."""
+        if not self.cfg.dequant_weight_decay:
+            return
+        lr = self.optimizer.param_groups[-1]["lr"]  # the dequantiser's group: the last, or the only one
+        with torch.no_grad():
+            for name, p in self.model.dequantizer.named_parameters():
+                if name.endswith("weight") and p.dim() > 1:
+                    p.mul_(1.0 - lr * self.cfg.dequant_weight_decay)
+
     def _lr_factor(self, step: int) -> float:
         """Warm-up, constant, and on request a linear cooldown to 0 that ends the run.
 
@@ -331,6 +346,7 @@ class Trainer:
             dist.all_reduce(ok, op=dist.ReduceOp.MIN)
         finite = bool(ok.item())
         if finite:
+            self._decay_dequantizer()
             self.optimizer.step()
             self.bad_steps = 0
             if self.ema is not None:

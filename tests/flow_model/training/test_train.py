@@ -152,6 +152,31 @@ def test_resume_restores_weights_ema_and_optimizer_exactly(faces_dir, tmp_path, 
     assert resumed.optimizer.state_dict()["state"][0]["step"] == straight.optimizer.state_dict()["state"][0]["step"]
 
 
+def test_dequant_weight_decay_shrinks_only_the_dequantisers_conv_weights_by_rate_times_decay(faces_dir, tmp_path):
+    """One step with --dequant-weight-decay 50 against one without, from the same weights and batch: the
+    dequantiser's conv weights differ by exactly -lr x 50 x their value before the step (decoupled: the gradient
+    and Adamax's update are the same), every other weight not at all."""
+    model = tiny_config(dequant="variational", dequant_depth=1, dequant_hidden=4)
+
+    def trainer(decay: float) -> Trainer:
+        return Trainer(train_config(faces_dir, tmp_path / f"decay{decay:g}", limit=40, max_steps=1, warmup_steps=1,
+                                    cache=str(tmp_path / "cache.safetensors"), dequant_weight_decay=decay), model)
+
+    plain, decayed = trainer(0.0), trainer(50.0)
+    before = {k: v.clone() for k, v in decayed.model.state_dict().items()}
+    assert all(torch.equal(before[k], v) for k, v in plain.model.state_dict().items())
+    plain.run()
+    decayed.run()
+    shrunk = [k for k in before if k.startswith("dequantizer.") and k.endswith("weight") and before[k].dim() > 1]
+    assert len(shrunk) == 6  # three in the image features, three in the one coupling's net
+    after, plain_after = decayed.model.state_dict(), plain.model.state_dict()
+    for k, v in before.items():
+        expected = plain_after[k] - 2e-3 * 50.0 * v if k in shrunk else plain_after[k]
+        assert torch.allclose(after[k], expected, atol=1e-6), k
+    with pytest.raises(ValueError, match="dequant_weight_decay"):
+        train_config(faces_dir, tmp_path / "bad", dequant_weight_decay=-1.0)
+
+
 def test_cooldown_lowers_the_rate_linearly_to_zero_resumes_mid_decay_and_stops(faces_dir, tmp_path):
     """Constant for 4 steps; `--cooldown 4` on resume decays over steps 5-8 (surviving a stop at 6) and ends at 8."""
     from flow_model.cli import main
