@@ -449,7 +449,8 @@ def calibrate(service: EditorService, classifier: AttributeClassifier, faces: Fa
         bounds = ", ".join(f"{_pair_label(*p)}: " + " ".join(f"{a} {b:.3f}" for a, b in results[p]["bounds"].items())
                            for p in results if results[p]["flip"] >= TARGET_FLIP)
         reason = (f"flip at +{'/'.join(f'{g:g}' for g in grid)} class-mean gaps: {flips}; "
-                  + (f"leakage bound near the scale of each pair reaching {TARGET_FLIP:.0%}: {bounds}; " if bounds else "")
+                  + (f"leakage bound near the scale of each pair reaching {TARGET_FLIP:.0%}: {bounds}; "
+                     if bounds else "")
                   + "leakage at "
                   f"{probe:g} gaps without holding anything: "
                   + ", ".join(f"{a} {v:.2f}" for a, v in first["leakage"].items()))

@@ -436,7 +436,8 @@ def test_calibration_picks_the_pair_under_the_issues_lines_before_the_least_larg
     vectors.update({("Smiling", m): v for (n, m), v in vectors.items() if n == "Blond_Hair"})
     smiling = _calibrate_smiling(monkeypatch, lambda name, method: vectors[name, method])
     assert (smiling.method, smiling.hold, smiling.keep) == ("classifier", None, ["Male"])
-    assert "leakage bound near the scale of each pair reaching 60%: classifier: Male 0.060 Young 0.000" in smiling.reason
+    bounds = "leakage bound near the scale of each pair reaching 60%: classifier: Male 0.060 Young 0.000"
+    assert bounds in smiling.reason
 
 
 def test_target_leaks_are_the_issues_lines_and_leak_bound_adds_the_standard_error():
