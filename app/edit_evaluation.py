@@ -365,14 +365,18 @@ def _fit_methods(service: EditorService, classifier: AttributeClassifier, faces:
         taken = {**{m: row for m, row in zip(grid, rows.taken()) if row is not None}, **probed}
         near = taken[min(taken, key=lambda m: abs(m - scale))]
         bounds = {a: leak_bound(near, a) for a in LEAK_ATTRIBUTES if a in near["leakage"]}
+        results[method, hold] = dict(scale=scale, flip=flip, ok=ok, bounds=bounds, rows=rows, vector=v, probed=probed)
+
+    def leak_rank(p: tuple[str, str]) -> tuple[float, float]:
+        """How far the pair's leakage goes over MAX_LEAKAGE in the issue's lines, then its largest leakage."""
+        bounds = results[p]["bounds"]
         over = max([bounds.get(a, 0.0) - MAX_LEAKAGE for a in target_leaks(base.attribute)] + [0.0])
-        results[method, hold] = dict(scale=scale, flip=flip, ok=ok, over=over, leak=max([*bounds.values(), 0.0]),
-                                     bounds=bounds, rows=rows, vector=v, probed=probed)
-    # first the issue's leakage lines, then the largest leakage; ties: the classifier normal, then holding by the
-    # slider's own method
+        return over, max([*bounds.values(), 0.0])
+
+    # ties: the classifier normal, then holding by the slider's own method
     reach = [p for p in results if results[p]["flip"] >= TARGET_FLIP]
     if reach:
-        pair = min(reach, key=lambda p: (results[p]["over"], results[p]["leak"], p[0] != "classifier", p[0] != p[1]))
+        pair = min(reach, key=lambda p: (*leak_rank(p), p[0] != "classifier", p[0] != p[1]))
     else:
         pair = max(results, key=lambda p: (results[p]["flip"], p[0] == "classifier", p[0] == p[1]))
     return pair, results
