@@ -20,9 +20,10 @@ FORMAT_VERSION = 1
 TARGET_FLIP = 0.6  # +1 should flip at least this share of the faces that start on the other side
 MIN_FLIP = 0.3  # a slider that cannot reach this at any decodable strength leaves the default set
 MAX_LEAKAGE = 0.05  # mean |dP| of another attribute above which that attribute is held fixed by default
-# Calibration judges a leakage by the upper end of its one-sided 95% interval (mean + this many standard errors):
-# on the hundred or so calibration faces a mean |dP| of 0.04 cannot be told from 0.05, and the faces the edits are
-# reported on are others.
+MIN_MOVED = 0.95  # +1 should move P(attribute) the intended way on at least this share of faces
+# Calibration judges a leakage by the upper end of its one-sided 95% interval (mean + this many standard errors),
+# and a moved share by the lower end of its own: on the hundred or so calibration faces a mean |dP| of 0.04 cannot
+# be told from 0.05, nor 96% moved from 93%, and the faces the edits are reported on are others.
 LEAK_BOUND_Z = 1.645
 # A strength still decodes only if at least this share of the faces that pass the face checks unedited (geometry
 # and colour blow-out) still pass them edited (each side of a slider is searched on its own). Real faces that carry

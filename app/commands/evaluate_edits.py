@@ -337,7 +337,7 @@ reconstruction| in 0-255 units; back-off = share of faces whose edit had to be s
                         f"mean diff {c.scales.get('mean_diff', 0):g}{minus}) | {', '.join(c.keep) or '-'}"
                         f"{_held_by(c.hold)} | "
                         f"{'yes' if c.default else 'no'} | {c.flip_at_1:.0%} | {c.reason} |")
-        z = calibration.info.get("leak_bound_z")
+        z, moved = calibration.info.get("leak_bound_z"), calibration.info.get("min_moved")
         judged = (f" (here and below judged by the upper end of its one-sided 95% interval: mean |dP| + {z:g} "
                   "standard errors over the calibration faces, since the report faces are others)" if z else "")
         parts.append("## The calibration (`calibration.json`)\n\nMeasured on the calibration half only. Per slider: "
@@ -356,10 +356,15 @@ reconstruction| in 0-255 units; back-off = share of faces whose edit had to be s
                         "the attribute away at that scale breaks more faces, the negative side gets its own smaller "
                         "scale, searched the same way"
                         if calibration.info.get("min_intact") else "") + "); "
-                     + ("of the pairs of method and way of holding (below) that reach it, the one whose leakage "
-                        "goes least over 0.05 into the issue's lines (Male for a non-gender slider, Young for "
-                        "Smiling), then the one with the smallest largest leakage into Male, Young and Smiling, "
-                        "is kept" if z else "the method is the one that reaches it with less leakage")
+                     + ("of the pairs of method and way of holding (below) that reach it, the one that misses "
+                        "the issue's other targets least (its leakage over 0.05 into the issue's lines, Male for a "
+                        "non-gender slider and Young for Smiling, plus its share of faces moved the intended way "
+                        f"under {moved:.0%}, judged by the lower end of its one-sided 95% interval, summed), then "
+                        "the one with the smallest largest leakage into Male, Young and Smiling, is kept" if moved
+                        else "of the pairs of method and way of holding (below) that reach it, the one whose "
+                        "leakage goes least over 0.05 into the issue's lines (Male for a non-gender slider, Young "
+                        "for Smiling), then the one with the smallest largest leakage into Male, Young and "
+                        "Smiling, is kept" if z else "the method is the one that reaches it with less leakage")
                      + " (else the one that flips more). The chosen edit is measured again at its "
                      "scale: a leak attribute above 0.05 there is held as well and the slider recalibrated, until "
                      "none is left to hold. The held attributes' directions may come from either method or, where "

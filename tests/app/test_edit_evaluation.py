@@ -28,6 +28,7 @@ def test_edit_measures_on_a_case_with_known_answers():
     after = torch.tensor([[0.7, 0.8], [0.9, 0.5], [0.45, 0.3], [0.7, 0.3]])
     up = edit_measures(before, after, 0, +1.0, {"A": 0, "B": 1})
     assert up["moved"] == pytest.approx(0.75)  # +0.5, +0.3, +0.05 up; -0.1 down
+    assert up["moved_se"] == pytest.approx((0.75 * 0.25 / 4) ** 0.5)  # a binomial share's standard error
     assert up["shift"] == pytest.approx((0.5 + 0.3 + 0.05 - 0.1) / 4)
     assert up["flip_n"] == 2 and up["flip"] == pytest.approx(0.5)  # rows 0 and 2 started below 0.5; row 0 crossed
     assert set(up["leakage"]) == {"B"}  # the edited attribute is not its own leakage
@@ -79,17 +80,18 @@ def _stand_in_directions(vector, nullspaces: dict | None = None) -> SimpleNamesp
 
 
 def _calibrate_smiling(monkeypatch, vector, keep_probe: float = 1, nullspaces: dict | None = None,
-                       label: str = "Smiling", se: float = 0.0) -> SliderCalibration:
+                       label: str = "Smiling", se: float = 0.0, moved=lambda edit: 1.0) -> SliderCalibration:
     """Smiling (or the slider `label`) calibrated on stand-ins for the directions (`vector(name, method)`,
     nullspace bases) and the measures in a 4-D latent: flip = value x (edit . e0) / 2, Male leakage =
-    0.09 x |value x (edit . e1)|, Young leakage = 0.3 x |value x (edit . e3)|, each with standard error `se`."""
+    0.09 x |value x (edit . e1)|, Young leakage = 0.3 x |value x (edit . e3)|, each with standard error `se`;
+    the moved share is `moved(edit)`, with standard error `se` too."""
     e = torch.eye(4)
 
     def measure(service, classifier, faces, vector, value, attribute, sign, backoff=True, intact=None, edited=None):
         flip = float(min(1.0, max(0.0, sign * value * float(vector @ e[0]) / 2)))
         return {"flip": flip, "backoff": 0.0, "leakage": {"Male": 0.09 * abs(value * float(vector @ e[1])),
                                                           "Young": 0.3 * abs(value * float(vector @ e[3]))},
-                "leakage_se": {"Male": se, "Young": se}}
+                "leakage_se": {"Male": se, "Young": se}, "moved": moved(vector), "moved_se": se}
 
     monkeypatch.setattr(edit_evaluation, "measure_vector", measure)
     service = SimpleNamespace(directions=_stand_in_directions(vector, nullspaces))
@@ -229,7 +231,8 @@ def test_calibration_stops_where_edits_break_faces(monkeypatch):
     classifier = SimpleNamespace(attributes=["Male", "Young", "Smiling", "Bald"])
 
     def measure(service, classifier, faces, vector, value, attribute, sign, backoff=True, intact=None, edited=None):
-        m = {"flip": min(1.0, 0.3 * value * float(vector @ e[0])), "backoff": 0.0, "leakage": {"Male": 0.0}}
+        m = {"flip": min(1.0, 0.3 * value * float(vector @ e[0])), "backoff": 0.0, "leakage": {"Male": 0.0},
+             "moved": 1.0, "moved_se": 0.0}
         if intact is not None:
             m["intact"] = intact.share(images(service, faces, vector, value, backoff)[0])
         return m
@@ -294,7 +297,8 @@ def test_the_negative_side_gets_its_own_scale_where_removing_the_attribute_break
     asked = []
 
     def measure(service, classifier, faces, vector, value, attribute, sign, backoff=True, intact=None, edited=None):
-        m = {"flip": min(1.0, 0.3 * value * float(vector @ e[0])), "backoff": 0.0, "leakage": {"Male": 0.0}}
+        m = {"flip": min(1.0, 0.3 * value * float(vector @ e[0])), "backoff": 0.0, "leakage": {"Male": 0.0},
+             "moved": 1.0, "moved_se": 0.0}
         if intact is not None:
             m["intact"] = intact.share(images(service, faces, vector, value, backoff)[0])
         return m
@@ -436,8 +440,40 @@ def test_calibration_picks_the_pair_under_the_issues_lines_before_the_least_larg
     vectors.update({("Smiling", m): v for (n, m), v in vectors.items() if n == "Blond_Hair"})
     smiling = _calibrate_smiling(monkeypatch, lambda name, method: vectors[name, method])
     assert (smiling.method, smiling.hold, smiling.keep) == ("classifier", None, ["Male"])
-    bounds = "leakage bound near the scale of each pair reaching 60%: classifier: Male 0.060 Young 0.000"
+    bounds = ("leakage and moved-share bounds near the scale of each pair reaching 60%: classifier: Male 0.060 "
+              "Young 0.000 moved 100.0%")
     assert bounds in smiling.reason
+
+
+def test_calibration_weighs_the_moved_share_with_the_issues_lines_before_the_least_largest_leak(monkeypatch):
+    """Both of Brown hair's directions flip 60% at 0.6 gaps and stay under every leakage line, so nothing is held.
+    The classifier normal leaks least (Young 0.03 against 0.045 at the 1 gap measured) but moves only 90% of the
+    faces the intended way, under the issue's 95%; the mean difference moves them all, and calibration takes it.
+    A moved share whose lower bound (mean - 1.645 standard errors) stays over 95% is no shortfall."""
+    e = torch.eye(4)
+    vectors = {("Brown_Hair", "classifier"): 2 * e[0] + 0.1 * e[3] + 0.5 * e[2],
+               ("Brown_Hair", "mean_diff"): 2 * e[0] + 0.15 * e[3],
+               ("Male", "classifier"): e[1], ("Male", "mean_diff"): e[1],
+               ("Young", "classifier"): e[3], ("Young", "mean_diff"): e[3]}
+
+    def brown(share: float, se: float = 0.0) -> SliderCalibration:
+        return _calibrate_smiling(monkeypatch, lambda name, method: vectors[name, method], label="Brown hair",
+                                  se=se, moved=lambda edit: share if float(edit @ e[2]) else 1.0)
+
+    assert _calibrate_smiling(monkeypatch, lambda name, method: vectors[name, method], label="Brown hair").method \
+        == "classifier"
+    short = brown(0.9)
+    assert (short.method, short.hold, short.keep) == ("mean_diff", None, [])
+    assert short.scale == pytest.approx(0.6)
+    assert ("classifier: Male 0.000 Young 0.030 moved 90.0%, mean_diff: Male 0.000 Young 0.045 moved 100.0%"
+            in short.reason)
+    # 97.5% with a 0.01 standard error has its bound at 95.9%: the least leak wins again (every leak bound is
+    # 0.016 higher, still under the lines: Young 0.046 on the probe, so nothing is held)
+    sure = brown(0.975, se=0.01)
+    assert (sure.method, sure.keep) == ("classifier", [])
+    assert "classifier: Male 0.016 Young 0.046 moved 95.9%" in sure.reason
+    # 96% with the same error has its bound at 94.4%, under the line: the mean difference again
+    assert brown(0.96, se=0.01).method == "mean_diff"
 
 
 def test_target_leaks_are_the_issues_lines_and_leak_bound_adds_the_standard_error():
@@ -448,6 +484,7 @@ def test_target_leaks_are_the_issues_lines_and_leak_bound_adds_the_standard_erro
     assert edit_evaluation.leak_bound(row, "Male") == pytest.approx(0.04 + 1.645 * 0.01)
     assert edit_evaluation.leak_bound(row, "Young") == 0.0
     assert edit_evaluation.leak_bound({"leakage": {"Male": 0.04}}, "Male") == pytest.approx(0.04)
+    assert edit_evaluation.moved_bound({"moved": 0.97, "moved_se": 0.01}) == pytest.approx(0.97 - 1.645 * 0.01)
 
 
 # -- the service applies a calibration -------------------------------------------------------------------
