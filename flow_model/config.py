@@ -30,7 +30,7 @@ class GlowConfig:
     mixture_components: int = 8
     attention_heads: int = 4
     cond_blocks: int = 2
-    dropout: float = 0.0
+    dropout: float = 0.0  # in the coupling nets, training only: a release can be trained on with another
     dequant_depth: int = 4
     dequant_hidden: int = 32
 
@@ -74,6 +74,11 @@ class GlowConfig:
         same_flow = all(getattr(self, f) == getattr(other, f) for f in FIELD_TYPES if f not in DEQUANT_FIELDS)
         return same_flow and self.dequant == "uniform" and other.dequant == "variational"
 
+    def same_weights(self, other: GlowConfig) -> bool:
+        """Whether `other` differs from this config only in what training alone sees, so every weight carries over
+        as it is (`train --init-from RELEASE --dropout P`)."""
+        return all(getattr(self, f) == getattr(other, f) for f in FIELD_TYPES if f not in TRAINING_ONLY_FIELDS)
+
     @property
     def n_bins(self) -> int:
         return 2**self.n_bits
@@ -114,3 +119,4 @@ FIELD_TYPES = {f.name: f.type for f in dataclasses.fields(GlowConfig)}  # "int",
 INT_FIELDS = tuple(name for name, kind in FIELD_TYPES.items() if kind == "int")
 MODEL_FIELDS = tuple(name for name in FIELD_TYPES if name != "in_channels")  # what the command lines set
 DEQUANT_FIELDS = ("dequant", "dequant_depth", "dequant_hidden")
+TRAINING_ONLY_FIELDS = ("dropout",)

@@ -35,15 +35,17 @@ class ZeroConv2d(nn.Module):
 
 
 class ConvNet(nn.Module):
-    """Glow's coupling net: conv3x3 -> ActNorm -> ReLU -> conv1x1 -> ActNorm -> ReLU -> zero-initialised conv3x3.
+    """Glow's coupling net: conv3x3 -> ActNorm -> ReLU -> conv1x1 -> ActNorm -> ReLU -> zero-initialised conv3x3,
+    with `dropout` on the last hidden layer in training (Flow++ regularises its coupling nets so).
 
     Once its ActNorms are initialised it runs as three biased convs with each ActNorm folded into the conv before
     it; in inference (eval mode, autograd off) the folded weights are computed once and reused, and `frozen` binds
     them to a plain function for Glow's decoding.
     """
 
-    def __init__(self, in_channels: int, out_channels: int, hidden: int) -> None:
+    def __init__(self, in_channels: int, out_channels: int, hidden: int, dropout: float = 0.0) -> None:
         super().__init__()
+        self.dropout = dropout
         self.conv1 = nn.Conv2d(in_channels, hidden, 3, padding=1, bias=False)
         self.norm1 = ActNorm(hidden)
         self.conv2 = nn.Conv2d(hidden, hidden, 1, bias=False)
@@ -87,21 +89,24 @@ class ConvNet(nn.Module):
         if weights is None:  # data-dependent init sees the raw conv outputs
             h = F.relu(self.norm1.normalize(self.conv1(x)))
             h = F.relu(self.norm2.normalize(self.conv2(h)))
-            return self.out(h)
+            return self.out(self._drop(h))
         return self._run(weights, x)
+
+    def _drop(self, h: torch.Tensor) -> torch.Tensor:
+        return F.dropout(h, self.dropout, training=True) if self.dropout and self.training else h
 
     def _run(self, weights: tuple[torch.Tensor, ...], x: torch.Tensor) -> torch.Tensor:
         w1, b1, w2, b2, w3, b3 = weights
         inplace = not torch.is_grad_enabled()  # with autograd on, ReLU on conv1x1's permuted view must not be in place
         h = F.relu(F.conv2d(x, w1, b1, padding=1), inplace=inplace)
         h = F.relu(conv1x1(h, w2, b2), inplace=inplace)
-        return F.conv2d(h, w3, b3, padding=1)
+        return F.conv2d(self._drop(h), w3, b3, padding=1)
 
 
 def make_cond_net(config, in_channels: int, out_channels: int) -> nn.Module:
     """Build the conditioning net named by `config.cond_net`; every coupling gets its net from here."""
     if config.cond_net == "conv":
-        return ConvNet(in_channels, out_channels, config.hidden)
+        return ConvNet(in_channels, out_channels, config.hidden, config.dropout)
     if config.cond_net == "attention":
         from .attention import AttentionNet
 

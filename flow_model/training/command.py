@@ -84,11 +84,12 @@ def run(args: argparse.Namespace) -> int:
             source = GlowConfig.load(Path(train.init_from) / "config.json")
             differ = {k: v for k, v in model_args.items() if getattr(source, k) != v}
             model_config = dataclasses.replace(source, **differ)
-            if differ and not source.adds_dequantizer(model_config):
+            if not (source.same_weights(model_config) or source.adds_dequantizer(model_config)):
                 raise ValueError(f"--init-from {train.init_from} is a model with "
                                  + ", ".join(f"{k}={getattr(source, k)!r}" for k in differ)
                                  + f"; drop {', '.join('--' + k.replace('_', '-') for k in differ)} or pick another "
-                                 "model (the one change it allows is --dequant variational on a uniform-noise model)")
+                                 "model (the changes it allows are --dropout, which only training sees, and "
+                                 "--dequant variational on a uniform-noise model)")
         else:
             model_config = GlowConfig(**model_args)
     trainer = Trainer(train, model_config, resume=resume)

@@ -287,7 +287,7 @@ class Trainer:
     def _initialize(self) -> None:
         if self.cfg.init_from:
             source = Glow.from_pretrained(self.cfg.init_from)
-            if source.config == self.model_config:
+            if source.config.same_weights(self.model_config):
                 self.model.load_weights(source.state_dict(), source=self.cfg.init_from)
             elif source.config.adds_dequantizer(self.model_config):
                 self.model.load_weights({**self.model.state_dict(), **source.state_dict()}, source=self.cfg.init_from)

@@ -238,6 +238,13 @@ def test_train_init_from_a_release(pretrained, tiny_run, faces_dir, tmp_path, ca
     trained = model_from_run(tmp_path / "trained", use_ema=False).state_dict()
     assert any(not torch.equal(trained[k], v) for k, v in source.state_dict().items())
 
+    # dropout is seen by training alone: the release's weights carry over as they are, with the new rate
+    code, _, err = run_cli(capsys, *common, "--out", tmp_path / "dropout", "--max-steps", 0, "--dropout", 0.2)
+    assert code == 0, err
+    started = model_from_run(tmp_path / "dropout", use_ema=False)
+    assert started.config == dataclasses.replace(source.config, dropout=0.2)
+    assert all(torch.equal(started.state_dict()[k], v) for k, v in source.state_dict().items())
+
     code, _, err = run_cli(capsys, *common, "--out", tmp_path / "bad", "--hidden", 64)
     assert code == 2 and "--init-from" in err and "hidden=8" in err and "--hidden" in err
     (release / "split.json").write_text("[1, 2]")

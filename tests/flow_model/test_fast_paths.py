@@ -6,7 +6,7 @@ import torch
 import torch.nn.functional as F
 from tests.conftest import nontrivial_model, random_images, randomize, tiny_config
 
-from flow_model.glow import reduce_bits
+from flow_model.glow import Glow, reduce_bits
 from flow_model.layers import ConvNet, ZeroConv2d, tensors_of
 from flow_model.layers.conv import conv1x1, is_channels_last
 from flow_model.layers.multiscale import squeeze2d, unsqueeze2d
@@ -36,6 +36,40 @@ def test_folded_conv_net_matches_the_unfolded_one_in_value_and_gradient(layout):
     params = [x, *net.parameters()]
     for got, want in zip(torch.autograd.grad(y, params, g), torch.autograd.grad(expected, params, g)):
         torch.testing.assert_close(got, want, rtol=1e-10, atol=1e-12)
+
+
+def test_conv_net_dropout_drops_the_last_hidden_layer_in_training_only():
+    """Inverted dropout on the last hidden layer, with the same draws as the paper's net given the same seed, in
+    the folded path and in ActNorm's init path alike; in eval mode the net is the one without dropout."""
+    net = randomize(ConvNet(3, 6, hidden=8, dropout=0.5), gen(7), scale=0.3)
+    plain = ConvNet(3, 6, hidden=8)
+    plain.load_state_dict(net.state_dict())
+    x = torch.randn(2, 3, 5, 5, generator=gen(8))
+    torch.manual_seed(0)
+    y = net(x)
+    torch.manual_seed(0)
+    h = F.relu(net.norm2.normalize(net.conv2(F.relu(net.norm1.normalize(net.conv1(x))))))
+    dropped = F.dropout(h, 0.5)
+    torch.testing.assert_close(y, net.out(dropped))
+    assert 0 < (dropped == 0).double().mean() < 1 and not torch.allclose(y, plain(x))
+    with torch.no_grad():
+        torch.testing.assert_close(net.eval()(x), plain.eval()(x))
+    fresh = ConvNet(3, 6, hidden=8, dropout=0.5)
+    torch.manual_seed(1)
+    y = fresh(x)  # the ActNorms initialise on this call
+    torch.manual_seed(1)
+    torch.testing.assert_close(y, fresh.out(F.dropout(F.relu(fresh.norm2.normalize(fresh.conv2(
+        F.relu(fresh.norm1.normalize(fresh.conv1(x)))))), 0.5)))
+
+
+def test_glow_coupling_nets_take_the_configs_dropout():
+    model = nontrivial_model(tiny_config(dropout=0.5))
+    plain = Glow(tiny_config())
+    plain.load_state_dict(model.state_dict())
+    x = random_images(4, model.config)
+    with torch.no_grad():
+        torch.testing.assert_close(model.eval()(x, gen(0)), plain.eval()(x, gen(0)))
+        assert not torch.allclose(model.train()(x, gen(0)), plain.train()(x, gen(0)))
 
 
 def test_conv_net_inference_cache_follows_parameter_changes_and_layout():
