@@ -53,6 +53,10 @@ def main() -> None:
     parser.add_argument("--val-max", type=int, default=None, help="evaluate on at most this many validation images")
     parser.add_argument("--strip-faces", type=int, default=8)
     parser.add_argument("--strip-only", action="store_true", help="only redraw the edit strip (after `directions`)")
+    parser.add_argument("--curve-from", help="the metrics.jsonl the training curve is drawn from (default: the run's; "
+                        "a zero-step run from a continuation point has no curve of its own: give its source run's)")
+    parser.add_argument("--curve-until", type=int, help="draw the curve up to this step, where the released weights "
+                        "were taken (the continuation point's step), and mark them there")
     args = parser.parse_args()
     out = Path(args.out)
     torch.manual_seed(0)
@@ -91,9 +95,11 @@ def main() -> None:
             grid = model.sample(16, temperature=t, generator=torch.Generator().manual_seed(0))
             image_grid(grid, 8).save(out / f"samples_t{t:g}.png")
     shipped = None if chosen == "ema" else (state["meta"]["step"], *bpd32, "validation, shipped raw weights")
-    plot_run(Path(args.run) / "metrics.jsonl", out / "training_curve.png",
+    if args.curve_until is not None:
+        shipped = (args.curve_until, *bpd32, "validation, shipped weights")
+    plot_run(args.curve_from or Path(args.run) / "metrics.jsonl", out / "training_curve.png",
              title=f"Glow, {model.config.n_bits}-bit {model.config.image_size}x{model.config.image_size}",
-             shipped=shipped)
+             shipped=shipped, until=args.curve_until)
     shutil.copy(Path(args.run) / "split.json", out / "split.json")
 
     numbers["edit_strip_columns"] = [label for label, _, _ in STRIP]

@@ -26,6 +26,7 @@ import subprocess
 import sys
 import time
 from pathlib import Path
+from typing import Sequence
 
 ROOT = Path(__file__).resolve().parents[1]
 MODEL = Path("assets/celeba64")
@@ -36,8 +37,10 @@ EVALUATE_EDITS = ["--faces", "64", "--calibration-faces", "96", "--calibrate", "
                   "--grid", "1,1.5,2,3,4,5,6", "--no-before", "--samples", "256"]
 
 
-def steps(run: Path | None, data: Path, stage: Path, threads: int) -> list[tuple[str, list[str]]]:
-    """(name, argv) of every measuring step, in order; without a run, those that read only the staged model."""
+def steps(run: Path | None, data: Path, stage: Path, threads: int,
+          curve: Sequence[str] = ()) -> list[tuple[str, list[str]]]:
+    """(name, argv) of every measuring step, in order; without a run, those that read only the staged model.
+    `curve` goes to build_assets.py (--curve-from/--curve-until)."""
     model, py = stage / MODEL.name, [sys.executable]
     split = model / "split.json"
     from_model = [
@@ -53,7 +56,7 @@ def steps(run: Path | None, data: Path, stage: Path, threads: int) -> list[tuple
         return from_model
     return [
         ("weights, validation, samples, curve",
-         py + ["scripts/build_assets.py", "--run", str(run), "--data", str(data), "--out", str(model)]),
+         py + ["scripts/build_assets.py", "--run", str(run), "--data", str(data), "--out", str(model), *curve]),
         ("directions", py + ["-m", "app", "directions", "--model", str(model), "--data", str(data), "--split",
                              str(split), "--out", str(model / "directions.safetensors"), "--figures",
                              str(model / "figures"), "--no-progress"]),
@@ -67,7 +70,7 @@ def steps(run: Path | None, data: Path, stage: Path, threads: int) -> list[tuple
     ]
 
 
-def measure(run: Path | None, data: Path, stage: Path, threads: int) -> None:
+def measure(run: Path | None, data: Path, stage: Path, threads: int, curve: Sequence[str] = ()) -> None:
     """Every step for a run; without one (--recalibrate), the model-only steps on a copy of the shipped model."""
     if run is not None and not (run / "checkpoint.safetensors").is_file():
         raise SystemExit(f"error: {run} holds no checkpoint.safetensors: not a training run")
@@ -80,7 +83,7 @@ def measure(run: Path | None, data: Path, stage: Path, threads: int) -> None:
         if (ROOT / page.with_suffix(".md")).is_file():
             shutil.copy(ROOT / page.with_suffix(".md"), stage / f"{key}.md")
     with open(stage / "release.log", "a") as log:
-        for name, argv in steps(run, data, stage, threads):
+        for name, argv in steps(run, data, stage, threads, curve):
             started = time.perf_counter()
             print(f"== {name}", flush=True)
             log.write(f"== {name}: {' '.join(argv)}\n")
@@ -133,14 +136,21 @@ def main(argv: list[str] | None = None) -> None:
                    help="measuring pass on a copy of the shipped model: calibration, leakage floor, slider sheet")
     p.add_argument("--install", action="store_true", help="copy a finished staging folder into the checkout")
     p.add_argument("--keep-curve-as", help="with --install: keep the current training curve under this name")
+    p.add_argument("--curve-from", type=Path, help="with --run: draw the training curve from this metrics.jsonl "
+                   "(a zero-step run from a continuation point has no curve: give its source run's)")
+    p.add_argument("--curve-until", type=int, help="with --curve-from: up to this step, the continuation point's")
     args = p.parse_args(argv)
     if args.install + args.recalibrate + (args.run is not None) != 1:
         p.error("give one of --run (measure a run into --stage), --recalibrate (measure the shipped model into "
                 "--stage) or --install (install --stage)")
+    if (args.curve_from or args.curve_until is not None) and args.run is None:
+        p.error("--curve-from and --curve-until go with --run")
+    curve = ([f"--curve-from={args.curve_from.resolve()}"] if args.curve_from else []) + (
+        [f"--curve-until={args.curve_until}"] if args.curve_until is not None else [])
     if args.install:
         install(args.stage.resolve(), args.keep_curve_as)
     else:
-        measure(args.run and args.run.resolve(), args.data.resolve(), args.stage.resolve(), args.threads)
+        measure(args.run and args.run.resolve(), args.data.resolve(), args.stage.resolve(), args.threads, curve)
 
 
 if __name__ == "__main__":

@@ -100,6 +100,22 @@ def test_recalibrate_measures_a_copy_of_the_shipped_model_with_the_model_only_st
         release.main(["--recalibrate", "--stage", str(stage)])
 
 
+def test_a_curve_from_another_run_goes_to_the_build_step_and_only_with_a_run(tmp_path, monkeypatch, capsys):
+    """A zero-step run from a continuation point has no curve of its own: build_assets.py draws it from the source
+    run's metrics, up to the continuation point's step."""
+    build = release.steps(tmp_path / "run", tmp_path / "data", tmp_path / "stage", 2,
+                          ["--curve-from=/m.jsonl", "--curve-until=714"])[0][1]
+    assert build[1] == "scripts/build_assets.py" and build[-2:] == ["--curve-from=/m.jsonl", "--curve-until=714"]
+    ran = []
+    monkeypatch.setattr(release, "measure", lambda *args: ran.append(args))
+    release.main(["--run", str(tmp_path / "run"), "--stage", str(tmp_path / "stage"), "--curve-from",
+                  str(tmp_path / "m.jsonl"), "--curve-until", "714"])
+    assert ran[0][-1] == [f"--curve-from={tmp_path / 'm.jsonl'}", "--curve-until=714"]
+    with pytest.raises(SystemExit):
+        release.main(["--stage", str(tmp_path), "--install", "--curve-from", str(tmp_path / "m.jsonl")])
+    assert "go with --run" in capsys.readouterr().err
+
+
 def test_every_measuring_step_names_an_existing_entry_point(tmp_path):
     for name, argv in release.steps(tmp_path / "run", tmp_path / "data", tmp_path / "stage", 2):
         target = argv[1:3] if argv[1] == "-m" else argv[1:2]

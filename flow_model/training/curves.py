@@ -44,14 +44,17 @@ def plot_curves(curves: list[Curve], path: str | Path, *, xlabel: str, ylabel: s
 
 
 def plot_run(metrics_file: str | Path, path: str | Path, title: str = "",
-             shipped: tuple[int, float, float, str] | None = None) -> None:
-    """Train and validation bits/dim against step, from a run's metrics.jsonl; `shipped` = (step, bits/dim, s.e.,
-    label) marks the released weights' validation where they are not the ones the run validated (raw beside EMA)."""
+             shipped: tuple[int, float, float, str] | None = None, until: int | None = None) -> None:
+    """Train and validation bits/dim against step, from a run's metrics.jsonl (up to step `until`, where the
+    released weights were taken from a run that went on); `shipped` = (step, bits/dim, s.e., label) marks the
+    released weights' validation where they are not the ones the run validated (raw beside EMA)."""
     train, val = {}, {}
     for line in Path(metrics_file).read_text().splitlines():
         try:
             row = json.loads(line)
         except json.JSONDecodeError:
+            continue
+        if until is not None and row["step"] > until:
             continue
         if "train_bpd" in row:
             train[row["step"]] = row["train_bpd"]

@@ -24,6 +24,18 @@ def test_plot_run_marks_the_shipped_weights_inside_the_view(tmp_path, monkeypatc
     assert options["ylim"][0] < 0.9 < options["ylim"][1]
 
 
+def test_plot_run_stops_at_the_step_the_released_weights_were_taken(tmp_path, monkeypatch):
+    rows = [{"step": s, "train_bpd": 1.3} for s in range(10, 110, 10)]
+    rows += [{"step": 50, "val_bpd": 1.26, "val_bpd_se": 0.006}, {"step": 90, "val_bpd": 1.25, "val_bpd_se": 0.006}]
+    metrics = tmp_path / "metrics.jsonl"
+    metrics.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    drawn = []
+    monkeypatch.setattr(curves, "plot_curves", lambda c, path, **kw: drawn.append(c))
+    curves.plot_run(metrics, tmp_path / "a.png", until=70)
+    train, validation = drawn[0]
+    assert list(train.x) == [10, 20, 30, 40, 50, 60, 70] and list(validation.x) == [50]
+
+
 def test_plot_run_writes_the_figure(tmp_path):
     metrics = tmp_path / "metrics.jsonl"
     metrics.write_text(json.dumps({"step": 1, "train_bpd": 2.0}) + "\n")
