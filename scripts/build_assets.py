@@ -94,9 +94,10 @@ def main() -> None:
         for t in (0.0, 0.5, 0.7, 1.0):
             grid = model.sample(16, temperature=t, generator=torch.Generator().manual_seed(0))
             image_grid(grid, 8).save(out / f"samples_t{t:g}.png")
-    shipped = None if chosen == "ema" else (state["meta"]["step"], *bpd32, "validation, shipped raw weights")
     if args.curve_until is not None:
         shipped = (args.curve_until, *bpd32, "validation, shipped weights")
+    else:
+        shipped = None if chosen == "ema" else (state["meta"]["step"], *bpd32, "validation, shipped raw weights")
     plot_run(args.curve_from or Path(args.run) / "metrics.jsonl", out / "training_curve.png",
              title=f"Glow, {model.config.n_bits}-bit {model.config.image_size}x{model.config.image_size}",
              shipped=shipped, until=args.curve_until)
