@@ -32,6 +32,7 @@ LEAK_ATTRIBUTES = ("Male", "Young", "Smiling")
 VALUES = (-1.0, -0.5, 0.5, 1.0)
 GRID = (1.0, 1.25, 1.5, 2.0, 3.0)  # multipliers of the class-mean gap that calibration tries
 DECODABLE_BACKOFF = 0.1  # a strength "still decodes" when at most this share of faces needs the back-off
+PROBES = 3  # strengths measured between the last grid point that keeps faces intact and the next, past the target
 
 
 # -- the arithmetic ---------------------------------------------------------------------------------------
@@ -260,19 +261,15 @@ def choose_scale(grid: Sequence[float], rows: Sequence[dict], target: float = TA
     the strongest decodable one, and the slider stays in the default set only if that reaches min_flip.
 
     A grid step can jump past the target and break faces at once (a slider flipping 26% at one gap and 91% at
-    1.5, where too few faces stay intact). Given `probe` (multiplier -> a measure with "intact"), the multiplier
-    where the line between the two reaches the target is then measured too, and counts like a grid point."""
+    1.5, where too few faces stay intact). Given `probe` (multiplier -> a measure with "intact"), strengths between
+    the two are then measured too (_probe_between), and those that keep faces intact count like grid points."""
     usable = []
     for i, (m, r) in enumerate(zip(grid, rows)):
         if r["backoff"] > DECODABLE_BACKOFF:
             continue
         if intact is not None and intact(i) < MIN_INTACT:
             if probe is not None and r["flip"] >= target:
-                last_m, last_f = usable[-1] if usable else (0.0, 0.0)
-                between = round(_scale_for_target((last_m, m), (last_f, r["flip"]), target), 2)
-                row = probe(between)
-                if row["backoff"] <= DECODABLE_BACKOFF and row["intact"] >= MIN_INTACT:
-                    usable.append((between, row["flip"] if not math.isnan(row["flip"]) else 0.0))
+                usable += _probe_between(usable[-1] if usable else (0.0, 0.0), (m, r["flip"]), target, probe)
             break
         usable.append((m, r["flip"] if not math.isnan(r["flip"]) else 0.0))
         if usable[-1][1] >= target:
@@ -285,6 +282,33 @@ def choose_scale(grid: Sequence[float], rows: Sequence[dict], target: float = TA
         return round(scale, 2), target, True
     best = max(range(len(fs)), key=lambda i: (fs[i], ms[i]))  # ties: the stronger edit
     return ms[best], fs[best], fs[best] >= min_flip
+
+
+def _probe_between(low: tuple[float, float], high: tuple[float, float], target: float,
+                   probe: Callable[[float], dict]) -> list[tuple[float, float]]:
+    """The usable (multiplier, flip) pairs found by at most PROBES measures between `low`, the last strength that
+    keeps faces intact (short of the target), and `high`, one that reaches the target but breaks faces. Each probe
+    goes where the line between the bracket's ends reaches the target, or halfway once the high end no longer
+    reaches it; an intact probe short of the target raises the low end, a probe that breaks faces lowers the high
+    end. One probe on the line is often enough; the others catch a target that lies just under where faces break
+    (a slider 1% short of it at one probe, or 1% too broken at the next)."""
+    found = []
+    for _ in range(PROBES):
+        (lo_m, lo_f), (hi_m, hi_f) = low, high
+        m = _scale_for_target((lo_m, hi_m), (lo_f, hi_f), target) if hi_f >= target else (lo_m + hi_m) / 2
+        m = round(m, 2)
+        if not lo_m < m < hi_m:
+            break
+        row = probe(m)
+        flip = row["flip"] if not math.isnan(row["flip"]) else 0.0
+        if row["backoff"] <= DECODABLE_BACKOFF and row["intact"] >= MIN_INTACT:
+            found.append((m, flip))
+            if flip >= target:
+                break
+            low = (m, flip)
+        else:
+            high = (m, flip)
+    return found
 
 
 class MeasuredLazily(abc.Sequence):
@@ -375,20 +399,18 @@ def _fit_methods(service: EditorService, classifier: AttributeClassifier, faces:
         results[method, hold] = dict(scale=scale, flip=flip, ok=ok, bounds=bounds, moved=moved_bound(near),
                                      rows=rows, vector=v, probed=probed)
 
-    def target_rank(p: tuple[str, str]) -> tuple[float, float]:
-        """How far the pair misses the issue's targets other than flip (its leakage over MAX_LEAKAGE in the issue's
-        lines plus its moved share under MIN_MOVED, summed), then its largest leakage."""
+    def rank(p: tuple[str, str]) -> tuple:
+        """Reaching the target flip first, then staying in the default set; then how far the pair misses the issue's
+        targets (its flip under TARGET_FLIP, its leakage over MAX_LEAKAGE in the issue's lines and its moved share
+        under MIN_MOVED, summed); then its largest leakage; ties: the classifier normal, then holding by the
+        slider's own method."""
         r = results[p]
         short = sum(max(r["bounds"].get(a, 0.0) - MAX_LEAKAGE, 0.0) for a in target_leaks(base.attribute))
-        return short + max(MIN_MOVED - r["moved"], 0.0), max([*r["bounds"].values(), 0.0])
+        short += max(TARGET_FLIP - r["flip"], 0.0) + max(MIN_MOVED - r["moved"], 0.0)
+        return (r["flip"] < TARGET_FLIP, not r["ok"], short, max([*r["bounds"].values(), 0.0]),
+                p[0] != "classifier", p[0] != p[1])
 
-    # ties: the classifier normal, then holding by the slider's own method
-    reach = [p for p in results if results[p]["flip"] >= TARGET_FLIP]
-    if reach:
-        pair = min(reach, key=lambda p: (*target_rank(p), p[0] != "classifier", p[0] != p[1]))
-    else:
-        pair = max(results, key=lambda p: (results[p]["flip"], p[0] == "classifier", p[0] == p[1]))
-    return pair, results
+    return min(results, key=rank), results
 
 
 def _pair_label(method: str, hold: str) -> str:
@@ -426,11 +448,11 @@ def calibrate(service: EditorService, classifier: AttributeClassifier, faces: Fa
        decode (choose_scale; with a fitted `geometry` check, also keeping MIN_INTACT of the faces intact, by their
        geometry and, given a fitted `colour` check, their colours; the negative side gets a smaller scale of its
        own where taking the attribute away breaks faces sooner, minus_side);
-    3. method and way of holding: of the pairs that reach the target, the one that misses the issue's other
-       targets least at the grid point nearest its scale: its leakage over MAX_LEAKAGE in the issue's own lines
-       (target_leaks: Male for a non-gender slider, Young for Smiling) plus its moved share (judged by moved_bound)
-       under MIN_MOVED; then the one with the smallest largest leakage into the leak attributes; if none reaches
-       the target, the one that flips more;
+    3. method and way of holding: of the pairs that reach the target (if none does, of those that stay in the
+       default set), the one that misses the issue's targets least at the grid point nearest its scale: its flip
+       under TARGET_FLIP plus its leakage over MAX_LEAKAGE in the issue's own lines (target_leaks: Male for a
+       non-gender slider, Young for Smiling) plus its moved share (judged by moved_bound) under MIN_MOVED; then
+       the one with the smallest largest leakage into the leak attributes;
     4. the chosen edit is measured at its calibrated scale: a leak attribute that exceeds MAX_LEAKAGE there and is
        not yet held joins `keep`, and steps 2-4 run again. A leak the probe of step 1 missed because it only grows
        past MAX_LEAKAGE at a larger calibrated scale (hair colours on the shipped model) is held all the same.
@@ -461,11 +483,9 @@ def calibrate(service: EditorService, classifier: AttributeClassifier, faces: Fa
             keep = [a for a in candidates if a in keep or a in more]
         flips = ", ".join(f"{_pair_label(*p)}: {_flips(results[p]['rows'], results[p]['probed'])}" for p in results)
         bounds = ", ".join(f"{_pair_label(*p)}: " + " ".join(f"{a} {b:.3f}" for a, b in results[p]["bounds"].items())
-                           + f" moved {results[p]['moved']:.1%}" for p in results if results[p]["flip"] >= TARGET_FLIP)
+                           + f" moved {results[p]['moved']:.1%}" for p in results)
         reason = (f"flip at +{'/'.join(f'{g:g}' for g in grid)} class-mean gaps: {flips}; "
-                  + (f"leakage and moved-share bounds near the scale of each pair reaching {TARGET_FLIP:.0%}: "
-                     f"{bounds}; " if bounds else "")
-                  + "leakage at "
+                  f"leakage and moved-share bounds near the scale of each pair: {bounds}; leakage at "
                   f"{probe:g} gaps without holding anything: "
                   + ", ".join(f"{a} {v:.2f}" for a, v in first["leakage"].items()))
         if added:
@@ -492,7 +512,7 @@ def calibrate(service: EditorService, classifier: AttributeClassifier, faces: Fa
             progress(label, sliders[label])
     return Calibration(sliders, {"grid": list(grid), "faces": len(faces.latents), "target_flip": TARGET_FLIP,
                                  "min_flip": MIN_FLIP, "max_leakage": MAX_LEAKAGE, "leak_bound_z": LEAK_BOUND_Z,
-                                 "min_moved": MIN_MOVED,
+                                 "min_moved": MIN_MOVED, "probes": PROBES,
                                  "min_intact": MIN_INTACT if intact is not None else None,
                                  "colour_thresholds": {"vivid": colour.threshold, "scalp": colour.scalp_threshold}
                                  if intact is not None and colour is not None else None})

@@ -338,6 +338,7 @@ reconstruction| in 0-255 units; back-off = share of faces whose edit had to be s
                         f"{_held_by(c.hold)} | "
                         f"{'yes' if c.default else 'no'} | {c.flip_at_1:.0%} | {c.reason} |")
         z, moved = calibration.info.get("leak_bound_z"), calibration.info.get("min_moved")
+        probes = calibration.info.get("probes")
         judged = (f" (here and below judged by the upper end of its one-sided 95% interval: mean |dP| + {z:g} "
                   "standard errors over the calibration faces, since the report faces are others)" if z else "")
         parts.append("## The calibration (`calibration.json`)\n\nMeasured on the calibration half only. Per slider: "
@@ -351,21 +352,29 @@ reconstruction| in 0-255 units; back-off = share of faces whose edit had to be s
                      "that still decode (back-off on at most 10% of faces"
                      + (f", and at least {calibration.info['min_intact']:.0%} of the faces kept intact by the face "
                         "checks, searched upwards and stopped at the first strength that breaks more; where that "
-                        "strength already flips 60%, the strength where the line from the last good one reaches 60% "
-                        "is measured too and counts like a grid point; where taking "
+                        f"strength already flips 60%, {_probed_between(probes)}; where taking "
                         "the attribute away at that scale breaks more faces, the negative side gets its own smaller "
                         "scale, searched the same way"
                         if calibration.info.get("min_intact") else "") + "); "
-                     + ("of the pairs of method and way of holding (below) that reach it, the one that misses "
+                     + ("of the pairs of method and way of holding (below) that reach it (if none does, of those "
+                        "that stay in the default set), the one that misses the issue's targets least (its flip "
+                        "under 60%, plus its leakage over 0.05 into the issue's lines, Male for a non-gender slider "
+                        f"and Young for Smiling, plus its share of faces moved the intended way under {moved:.0%}, "
+                        "judged by the lower end of its one-sided 95% interval, all summed), then the one with the "
+                        "smallest largest leakage into Male, Young and Smiling, is kept" if probes
+                        else "of the pairs of method and way of holding (below) that reach it, the one that misses "
                         "the issue's other targets least (its leakage over 0.05 into the issue's lines, Male for a "
                         "non-gender slider and Young for Smiling, plus its share of faces moved the intended way "
                         f"under {moved:.0%}, judged by the lower end of its one-sided 95% interval, summed), then "
-                        "the one with the smallest largest leakage into Male, Young and Smiling, is kept" if moved
+                        "the one with the smallest largest leakage into Male, Young and Smiling, is kept (else the "
+                        "one that flips more)" if moved
                         else "of the pairs of method and way of holding (below) that reach it, the one whose "
                         "leakage goes least over 0.05 into the issue's lines (Male for a non-gender slider, Young "
                         "for Smiling), then the one with the smallest largest leakage into Male, Young and "
-                        "Smiling, is kept" if z else "the method is the one that reaches it with less leakage")
-                     + " (else the one that flips more). The chosen edit is measured again at its "
+                        "Smiling, is kept (else the one that flips more)" if z
+                        else "the method is the one that reaches it with less leakage (else the one that flips "
+                        "more)")
+                     + ". The chosen edit is measured again at its "
                      "scale: a leak attribute above 0.05 there is held as well and the slider recalibrated, until "
                      "none is left to hold. The held attributes' directions may come from either method or, where "
                      "the directions file has them, be the held attributes' whole linear nullspaces (INLP bases "
@@ -423,3 +432,14 @@ def _held_by(hold: str | None) -> str:
     from ..directions import NULLSPACE
 
     return "" if hold is None else " (by nullspace)" if hold == NULLSPACE else f" (by {hold} directions)"
+
+
+def _probed_between(probes: int | None) -> str:
+    """How a calibration with `probes` (None: before the search between grid points) measured between a strength
+    that kept faces and the next, which flipped 60% but broke them, as the docs' rule says it."""
+    if not probes:
+        return ("the strength where the line from the last good one reaches 60% is measured too and counts like a "
+                "grid point")
+    return (f"up to {probes} strengths between it and the last good one are measured too (each where the line "
+            "between the nearest measured strengths on either side reaches 60%, or halfway once the upper one no "
+            "longer does), and those that keep faces intact count like grid points")
