@@ -356,24 +356,7 @@ reconstruction| in 0-255 units; back-off = share of faces whose edit had to be s
                         "the attribute away at that scale breaks more faces, the negative side gets its own smaller "
                         "scale, searched the same way"
                         if calibration.info.get("min_intact") else "") + "); "
-                     + ("of the pairs of method and way of holding (below) that reach it (if none does, of those "
-                        "that stay in the default set), the one that misses the issue's targets least (its flip "
-                        "under 60%, plus its leakage over 0.05 into the issue's lines, Male for a non-gender slider "
-                        f"and Young for Smiling, plus its share of faces moved the intended way under {moved:.0%}, "
-                        "judged by the lower end of its one-sided 95% interval, all summed), then the one with the "
-                        "smallest largest leakage into Male, Young and Smiling, is kept" if probes
-                        else "of the pairs of method and way of holding (below) that reach it, the one that misses "
-                        "the issue's other targets least (its leakage over 0.05 into the issue's lines, Male for a "
-                        "non-gender slider and Young for Smiling, plus its share of faces moved the intended way "
-                        f"under {moved:.0%}, judged by the lower end of its one-sided 95% interval, summed), then "
-                        "the one with the smallest largest leakage into Male, Young and Smiling, is kept (else the "
-                        "one that flips more)" if moved
-                        else "of the pairs of method and way of holding (below) that reach it, the one whose "
-                        "leakage goes least over 0.05 into the issue's lines (Male for a non-gender slider, Young "
-                        "for Smiling), then the one with the smallest largest leakage into Male, Young and "
-                        "Smiling, is kept (else the one that flips more)" if z
-                        else "the method is the one that reaches it with less leakage (else the one that flips "
-                        "more)")
+                     + _pair_rule(z, moved, probes)
                      + ". The chosen edit is measured again at its "
                      "scale: a leak attribute above 0.05 there is held as well and the slider recalibrated, until "
                      "none is left to hold. The held attributes' directions may come from either method or, where "
@@ -443,3 +426,24 @@ def _probed_between(probes: int | None) -> str:
     return (f"up to {probes} strengths between it and the last good one are measured too (each where the line "
             "between the nearest measured strengths on either side reaches 60%, or halfway once the upper one no "
             "longer does), and those that keep faces intact count like grid points")
+
+
+def _pair_rule(z: float | None, moved: float | None, probes: int | None) -> str:
+    """How a calibration recorded with these settings (None: before each was added) chose a slider's method and
+    way of holding, as the docs' rule says it."""
+    pairs = "of the pairs of method and way of holding (below) that reach it"
+    lines = "into the issue's lines, Male for a non-gender slider and Young for Smiling"
+    share = (f"its share of faces moved the intended way under {moved:.0%}, judged by the lower end of its one-sided "
+             "95% interval" if moved else "")
+    kept = "then the one with the smallest largest leakage into Male, Young and Smiling, is kept"
+    if probes:
+        return (f"{pairs} (if none does, of those that stay in the default set), the one that misses the issue's "
+                f"targets least (its flip under 60%, plus its leakage over 0.05 {lines}, plus {share}, all summed), "
+                + kept)
+    if moved:
+        return (f"{pairs}, the one that misses the issue's other targets least (its leakage over 0.05 {lines}, plus "
+                f"{share}, summed), {kept} (else the one that flips more)")
+    if z:
+        return (f"{pairs}, the one whose leakage goes least over 0.05 into the issue's lines (Male for a non-gender "
+                f"slider, Young for Smiling), {kept} (else the one that flips more)")
+    return "the method is the one that reaches it with less leakage (else the one that flips more)"
