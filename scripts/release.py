@@ -12,7 +12,8 @@ leakage-floor` and the slider sheet (`slider_sheet.py`: every calibrated slider 
 STAGE/slider_sheet.png, to look at before installing; not installed). The pages keep their hand-written accounts:
 the current docs/edits.md and experiments/leakage_floor.md are copied into the staging folder first. Nothing in
 the checkout changes. `--recalibrate` instead measures a copy of the shipped model with the last three steps only
-(what a change to the calibration or its checks needs; the weights and directions stay as shipped).
+(what a change to the calibration or its checks needs; the weights and directions stay as shipped). `--resume`
+continues an interrupted pass in its staging folder, from the first step release.log does not record as finished.
 
 `--install` then copies the staged model into assets/celeba64 (all but MODEL_CARD.md, which is written by hand
 from the numbers in release.log), the pages into docs/ and experiments/, with every staging path in them rewritten
@@ -21,6 +22,7 @@ to its installed one. Decide on the numbers first: a release replaces the shippe
 from __future__ import annotations
 
 import argparse
+import re
 import shutil
 import subprocess
 import sys
@@ -33,7 +35,7 @@ MODEL = Path("assets/celeba64")
 PAGES = {"edits": Path("docs/edits"), "leakage_floor": Path("experiments/leakage_floor")}
 PAGE_FILES = {"edits": (".md", ".json", "_flip.png"), "leakage_floor": (".md", ".json")}
 HAND_WRITTEN = {"MODEL_CARD.md"}
-EVALUATE_EDITS = ["--faces", "64", "--calibration-faces", "96", "--calibrate", "--keep-probe", "2",
+EVALUATE_EDITS = ["--faces", "256", "--calibration-faces", "96", "--calibrate", "--keep-probe", "2",
                   "--grid", "1,1.5,2,3,4,5,6", "--no-before", "--samples", "256"]
 
 
@@ -70,20 +72,35 @@ def steps(run: Path | None, data: Path, stage: Path, threads: int,
     ]
 
 
-def measure(run: Path | None, data: Path, stage: Path, threads: int, curve: Sequence[str] = ()) -> None:
-    """Every step for a run; without one (--recalibrate), the model-only steps on a copy of the shipped model."""
+def finished(stage: Path) -> set[str]:
+    """Names of the steps release.log records as finished (exit 0)."""
+    log = stage / "release.log"
+    return set(re.findall(r"^== (.+): exit 0 after \d+ s$", log.read_text(), re.M)) if log.is_file() else set()
+
+
+def measure(run: Path | None, data: Path, stage: Path, threads: int, curve: Sequence[str] = (),
+            resume: bool = False) -> None:
+    """Every step for a run; without one (--recalibrate), the model-only steps on a copy of the shipped model.
+    With `resume`, the steps the staging folder's log records as finished are skipped."""
     if run is not None and not (run / "checkpoint.safetensors").is_file():
         raise SystemExit(f"error: {run} holds no checkpoint.safetensors: not a training run")
-    if (stage / MODEL.name).exists():
-        raise SystemExit(f"error: {stage / MODEL.name} exists; pick an empty --stage")
-    stage.mkdir(parents=True, exist_ok=True)
-    if run is None:
-        shutil.copytree(ROOT / MODEL, stage / MODEL.name)
-    for key, page in PAGES.items():  # their hand-written accounts survive the regeneration
-        if (ROOT / page.with_suffix(".md")).is_file():
-            shutil.copy(ROOT / page.with_suffix(".md"), stage / f"{key}.md")
+    if resume and not (stage / "release.log").is_file():
+        raise SystemExit(f"error: {stage} holds no release.log: no pass to resume")
+    if not resume and (stage / MODEL.name).exists():
+        raise SystemExit(f"error: {stage / MODEL.name} exists; pick an empty --stage (or --resume that pass)")
+    done_before = finished(stage) if resume else set()
+    if not resume:
+        stage.mkdir(parents=True, exist_ok=True)
+        if run is None:
+            shutil.copytree(ROOT / MODEL, stage / MODEL.name)
+        for key, page in PAGES.items():  # their hand-written accounts survive the regeneration
+            if (ROOT / page.with_suffix(".md")).is_file():
+                shutil.copy(ROOT / page.with_suffix(".md"), stage / f"{key}.md")
     with open(stage / "release.log", "a") as log:
         for name, argv in steps(run, data, stage, threads, curve):
+            if name in done_before:
+                print(f"== {name}: finished before, skipped", flush=True)
+                continue
             started = time.perf_counter()
             print(f"== {name}", flush=True)
             log.write(f"== {name}: {' '.join(argv)}\n")
@@ -91,7 +108,8 @@ def measure(run: Path | None, data: Path, stage: Path, threads: int, curve: Sequ
             done = subprocess.run(argv, cwd=ROOT, stdout=log, stderr=subprocess.STDOUT)
             log.write(f"== {name}: exit {done.returncode} after {time.perf_counter() - started:.0f} s\n")
             if done.returncode:
-                raise SystemExit(f"error: step '{name}' failed (exit {done.returncode}); see {stage / 'release.log'}")
+                raise SystemExit(f"error: step '{name}' failed (exit {done.returncode}); see {stage / 'release.log'}"
+                                 " (--resume goes on from it)")
     print(f"staged in {stage}; the numbers are in {stage / 'release.log'}")
 
 
@@ -134,6 +152,8 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--threads", type=int, default=2)
     p.add_argument("--recalibrate", action="store_true",
                    help="measuring pass on a copy of the shipped model: calibration, leakage floor, slider sheet")
+    p.add_argument("--resume", action="store_true", help="with --run or --recalibrate: go on with the interrupted "
+                   "pass in --stage, skipping the steps its release.log records as finished")
     p.add_argument("--install", action="store_true", help="copy a finished staging folder into the checkout")
     p.add_argument("--keep-curve-as", help="with --install: keep the current training curve under this name")
     p.add_argument("--curve-from", type=Path, help="with --run: draw the training curve from this metrics.jsonl "
@@ -143,6 +163,8 @@ def main(argv: list[str] | None = None) -> None:
     if args.install + args.recalibrate + (args.run is not None) != 1:
         p.error("give one of --run (measure a run into --stage), --recalibrate (measure the shipped model into "
                 "--stage) or --install (install --stage)")
+    if args.resume and args.install:
+        p.error("--resume goes with --run or --recalibrate")
     if (args.curve_from or args.curve_until is not None) and args.run is None:
         p.error("--curve-from and --curve-until go with --run")
     curve = ([f"--curve-from={args.curve_from.resolve()}"] if args.curve_from else []) + (
@@ -150,7 +172,8 @@ def main(argv: list[str] | None = None) -> None:
     if args.install:
         install(args.stage.resolve(), args.keep_curve_as)
     else:
-        measure(args.run and args.run.resolve(), args.data.resolve(), args.stage.resolve(), args.threads, curve)
+        measure(args.run and args.run.resolve(), args.data.resolve(), args.stage.resolve(), args.threads, curve,
+                resume=args.resume)
 
 
 if __name__ == "__main__":

@@ -107,7 +107,7 @@ def test_a_curve_from_another_run_goes_to_the_build_step_and_only_with_a_run(tmp
                           ["--curve-from=/m.jsonl", "--curve-until=714"])[0][1]
     assert build[1] == "scripts/build_assets.py" and build[-2:] == ["--curve-from=/m.jsonl", "--curve-until=714"]
     ran = []
-    monkeypatch.setattr(release, "measure", lambda *args: ran.append(args))
+    monkeypatch.setattr(release, "measure", lambda *args, **kwargs: ran.append(args))
     release.main(["--run", str(tmp_path / "run"), "--stage", str(tmp_path / "stage"), "--curve-from",
                   str(tmp_path / "m.jsonl"), "--curve-until", "714"])
     assert ran[0][-1] == [f"--curve-from={tmp_path / 'm.jsonl'}", "--curve-until=714"]
@@ -123,3 +123,35 @@ def test_every_measuring_step_names_an_existing_entry_point(tmp_path):
             assert importlib.util.find_spec(target[1]) is not None, name
         else:
             assert (ROOT / target[0]).is_file(), name
+
+
+def test_resume_goes_on_from_the_step_that_failed_and_skips_the_finished_ones(tmp_path, monkeypatch):
+    root = tmp_path / "checkout"
+    shipped = root / "assets" / "celeba64"
+    shipped.mkdir(parents=True)
+    (shipped / "model.safetensors").write_bytes(b"weights")
+    monkeypatch.setattr(release, "ROOT", root)
+    ran, failing = [], {"leakage floor"}
+    names = {argv[2] if argv[1] == "-m" else argv[1]: name
+             for name, argv in release.steps(None, tmp_path / "data", tmp_path / "stage", 2)}
+
+    def fake_run(argv, cwd, stdout, stderr):
+        name = names[argv[2] if argv[1] == "-m" else argv[1]]
+        ran.append(name)
+        return SimpleNamespace(returncode=1 if name in failing else 0)
+
+    monkeypatch.setattr(release.subprocess, "run", fake_run)
+    stage = tmp_path / "stage"
+    with pytest.raises(SystemExit, match="step 'leakage floor' failed .*--resume goes on from it"):
+        release.main(["--recalibrate", "--stage", str(stage)])
+    assert ran == ["calibration and slider figures", "leakage floor"]
+    (stage / "celeba64" / "model.safetensors").write_bytes(b"measured")  # what the finished steps left stays
+    failing.clear()
+    release.main(["--recalibrate", "--stage", str(stage), "--resume"])
+    assert ran[2:] == ["leakage floor", "slider sheet"]
+    assert (stage / "celeba64" / "model.safetensors").read_bytes() == b"measured"
+    assert release.finished(stage) == {"calibration and slider figures", "leakage floor", "slider sheet"}
+    with pytest.raises(SystemExit, match="no pass to resume"):
+        release.main(["--recalibrate", "--stage", str(tmp_path / "empty"), "--resume"])
+    with pytest.raises(SystemExit):
+        release.main(["--stage", str(stage), "--install", "--resume"])
