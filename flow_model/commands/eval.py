@@ -22,6 +22,9 @@ def add_parser(sub) -> None:
                    "in place of a learned dequantiser (the model's flow alone, as a uniform-noise model reports)")
     p.add_argument("--terms", action="store_true", help="also split the bound into the flow's E_q[-log p(x + u)] "
                    "and the dequantiser's E_q[log q(u | x)] (one noise sample per image, the same as the figure's)")
+    p.add_argument("--against", metavar="MODEL", help="also score this model on the same images with the same noise "
+                   "and print the paired difference (--model minus it): a standard error far smaller than either "
+                   "model's own, which is what tells two checkpoints of one run apart")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--workers", type=int, default=2)
     p.add_argument("--device", default="cpu")
@@ -29,14 +32,21 @@ def add_parser(sub) -> None:
 
 def run(args: argparse.Namespace) -> int:
     from ..data import load_images, open_dataset, select
-    from ..evaluate import bound_terms_per_image, evaluate_bpd, mean_and_se
+    from ..evaluate import bits_per_image, bound_terms_per_image, mean_and_se
     from ..training.checkpoint import load_model
 
     if args.terms and args.importance_samples > 1:
         raise ValueError("--terms splits a one-sample bound; drop --importance-samples")
     model = load_model(args.model, args.device)
+    other = load_model(args.against, args.device) if args.against else None
+    if other is not None and (other.config.image_size, other.config.n_bits) != (model.config.image_size,
+                                                                                model.config.n_bits):
+        raise ValueError(f"--against {args.against} models {other.config.image_size}x{other.config.image_size} "
+                         f"{other.config.n_bits}-bit images, --model {model.config.image_size}x"
+                         f"{model.config.image_size} {model.config.n_bits}-bit: nothing to pair")
     if args.uniform_noise:
         model = model.with_uniform_noise()
+        other = other.with_uniform_noise() if other is not None else None
     data = open_dataset(args.data, limit=args.limit)
     if args.split:
         split = json.loads(Path(args.split).read_text())
@@ -44,7 +54,12 @@ def run(args: argparse.Namespace) -> int:
             raise ValueError(f"{args.split} has no {args.subset!r} list; pass the split.json of a run")
         data = select(data, split[args.subset])
     images, used = load_images(data, model.config.image_size, None, args.workers)
-    mean, se = evaluate_bpd(model, images, args.batch_size, args.seed, args.importance_samples, progress=True)
+
+    def score(m):
+        return bits_per_image(m, images, args.batch_size, args.seed, args.importance_samples, progress=True)
+
+    bits = score(model)
+    mean, se = mean_and_se(bits)
     c = model.config
     print(f"{mean:.4f} ± {se:.4f} bits/dim (mean ± s.e., {len(used)} images, {c.n_bits}-bit, "
           f"{c.image_size}x{c.image_size}, dequant={c.dequant}, importance samples={args.importance_samples})")
@@ -52,4 +67,9 @@ def run(args: argparse.Namespace) -> int:
         flow, q = (mean_and_se(v) for v in bound_terms_per_image(model, images, args.batch_size, args.seed))
         print(f"flow E_q[-log p(x + u)] {flow[0]:.4f} ± {flow[1]:.4f}, dequantiser E_q[log q(u | x)] "
               f"{q[0]:.4f} ± {q[1]:.4f} bits/dim")
+    if other is not None:
+        other_bits = score(other)
+        (o_mean, o_se), (d_mean, d_se) = mean_and_se(other_bits), mean_and_se(bits - other_bits)
+        print(f"--against {args.against}: {o_mean:.4f} ± {o_se:.4f} bits/dim; paired difference (--model minus it) "
+              f"{d_mean:+.4f} ± {d_se:.4f} bits/dim over the same images and noise")
     return 0

@@ -22,7 +22,7 @@ from flow_model.glow import to_bins
 from flow_model.training.checkpoint import CHECKPOINT_NAME
 from flow_model.cli import main
 from flow_model.data import load_images, open_dataset
-from flow_model.evaluate import evaluate_bpd
+from flow_model.evaluate import bits_per_image, evaluate_bpd, mean_and_se
 from flow_model.imaging import celeba_crop, load_image, to_tensor
 from flow_model.training.checkpoint import load_model, model_from_run
 
@@ -75,6 +75,36 @@ def test_eval_splits_the_bound_into_its_two_terms(pretrained, faces_dir, capsys)
     code, _, err = run_cli(capsys, "eval", "--model", pretrained, "--data", faces_dir, "--terms",
                            "--importance-samples", 2)
     assert code != 0 and "--terms splits a one-sample bound" in err
+
+
+def test_eval_against_another_model_gives_the_paired_difference(pretrained, tiny_run, faces_dir, tmp_path, capsys):
+    raw = tmp_path / "raw"
+    assert main(["export", "--run", str(tiny_run), "--out", str(raw), "--no-ema"]) == 0
+    code, out, _ = run_cli(capsys, "eval", "--model", pretrained, "--data", faces_dir, "--limit", 24, "--workers", 0,
+                           "--batch-size", 8, "--against", raw)
+    match = re.search(r"--against .*: ([\d.]+) ± [\d.]+ bits/dim; paired difference \(--model minus it\) "
+                      r"([+-][\d.]+) ± ([\d.]+) bits/dim", out)
+    assert code == 0 and match, out
+    images, _ = load_images(open_dataset(faces_dir, limit=24), 8, workers=0, progress=False)
+    ema, other = (bits_per_image(load_model(m), images, batch_size=8) for m in (pretrained, raw))
+    difference, se = mean_and_se(ema - other)
+    assert float(match.group(1)) == pytest.approx(other.mean().item(), abs=1e-4)
+    assert float(match.group(2)) == pytest.approx(difference, abs=1e-4) and abs(difference) > 1e-3
+    assert float(match.group(3)) == pytest.approx(se, abs=1e-4)
+    assert se < mean_and_se(ema)[1] / 4  # the same images and noise: the faces' own spread cancels
+    code, out, _ = run_cli(capsys, "eval", "--model", pretrained, "--data", faces_dir, "--limit", 8, "--workers", 0,
+                           "--against", pretrained)
+    assert code == 0 and "paired difference (--model minus it) +0.0000 ± 0.0000" in out
+
+
+def test_eval_against_a_model_of_other_images_is_refused(pretrained, faces_dir, tmp_path, capsys):
+    other = tmp_path / "other"
+    shutil.copytree(pretrained, other)
+    config = json.loads((other / "config.json").read_text())
+    config["n_bits"] = 8
+    (other / "config.json").write_text(json.dumps(config))
+    code, _, err = run_cli(capsys, "eval", "--model", pretrained, "--data", faces_dir, "--against", other)
+    assert code != 0 and "8-bit images" in err and "nothing to pair" in err
 
 
 def test_eval_on_a_runs_split(tiny_run, faces_dir, capsys):
