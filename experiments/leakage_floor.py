@@ -22,8 +22,9 @@ basis the editor can hold Male by, and where it does, that one is used). Each sl
 edit made orthogonal to all of them: if its Male leakage barely moves, what remains lies outside the held directions
 (the AUC trace says how much linear information they leave) or is the instrument's.
 
-The faces and sliders are evaluate-edits' own: the 64 report faces (second half of a seed-0 permutation of the
-model's validation split), each slider at +1 with the shipped calibration through the editor's checked decode.
+The faces and sliders are evaluate-edits' own: its report faces (`--faces` of the second half of a seed-0
+permutation of the model's validation split; a release measures both pages on the same 256), each slider at +1
+with the shipped calibration through the editor's checked decode.
 """
 from __future__ import annotations
 

@@ -35,7 +35,8 @@ MODEL = Path("assets/celeba64")
 PAGES = {"edits": Path("docs/edits"), "leakage_floor": Path("experiments/leakage_floor")}
 PAGE_FILES = {"edits": (".md", ".json", "_flip.png"), "leakage_floor": (".md", ".json")}
 HAND_WRITTEN = {"MODEL_CARD.md"}
-EVALUATE_EDITS = ["--faces", "256", "--calibration-faces", "96", "--calibrate", "--keep-probe", "2",
+REPORT_FACES = "256"  # the second held-out half's faces the slider pages are measured on
+EVALUATE_EDITS = ["--faces", REPORT_FACES, "--calibration-faces", "96", "--calibrate", "--keep-probe", "2",
                   "--grid", "1,1.5,2,3,4,5,6", "--no-before", "--samples", "256"]
 
 
@@ -50,7 +51,8 @@ def steps(run: Path | None, data: Path, stage: Path, threads: int,
          py + ["-m", "app", "evaluate-edits", "--model", str(model), "--data", str(data), *EVALUATE_EDITS,
                "--threads", str(threads), "--out", str(stage / "edits.md")]),
         ("leakage floor", py + ["-m", "experiments", "leakage-floor", "--model", str(model), "--data", str(data),
-                                "--threads", str(threads), "--out", str(stage / "leakage_floor.md")]),
+                                "--faces", REPORT_FACES, "--threads", str(threads),
+                                "--out", str(stage / "leakage_floor.md")]),
         ("slider sheet", py + ["scripts/slider_sheet.py", "--model", str(model), "--data", str(data), "--split",
                                str(split), "--method", "auto", "--out", str(stage / "slider_sheet.png")]),
     ]

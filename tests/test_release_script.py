@@ -155,3 +155,10 @@ def test_resume_goes_on_from_the_step_that_failed_and_skips_the_finished_ones(tm
         release.main(["--recalibrate", "--stage", str(tmp_path / "empty"), "--resume"])
     with pytest.raises(SystemExit):
         release.main(["--stage", str(stage), "--install", "--resume"])
+
+
+def test_both_slider_pages_are_measured_on_the_same_report_faces(tmp_path):
+    steps = dict(release.steps(None, tmp_path / "data", tmp_path / "stage", 2))
+    faces = [argv[argv.index("--faces") + 1] for argv in (steps["calibration and slider figures"],
+                                                           steps["leakage floor"])]
+    assert faces == [release.REPORT_FACES] * 2 and int(release.REPORT_FACES) > 64
