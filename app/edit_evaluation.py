@@ -10,21 +10,22 @@ face-geometry check of `face_check` on the same samples).
 """
 from __future__ import annotations
 
+import functools
 import math
 from collections import abc
 from dataclasses import dataclass
-from typing import Callable, Mapping, Sequence
+from typing import Callable, Mapping, NamedTuple, Sequence
 
 import numpy as np
 import torch
 
 from flow_model.glow import reduce_bits
 
-from .calibration import (LEAK_BOUND_Z, MAX_LEAKAGE, METHODS, MIN_FLIP, MIN_INTACT, MIN_MOVED, TARGET_FLIP,
-                          Calibration, SliderCalibration)
+from .calibration import (FLIP_BOUND_Z, LEAK_BOUND_Z, MAX_LEAKAGE, METHODS, MIN_FLIP, MIN_INTACT, MIN_MOVED,
+                          TARGET_FLIP, Calibration, SliderCalibration)
 from .classifier import AttributeClassifier
 from .directions import NULLSPACE
-from .face_check import ColourCheck, FaceGeometryCheck, GeometryResult
+from .face_check import ColourCheck, FaceGeometryCheck, GeometryResult, wilson_interval
 from .service import (AUTO_METHOD, BACKOFF_FRACTIONS, SLIDER_BY_LABEL, Check, EditorService, SliderSpec, checkpoint,
                       orthogonalize)
 
@@ -88,6 +89,17 @@ def leak_bound(row: Mapping, attribute: str) -> float:
 def moved_bound(row: Mapping) -> float:
     """A measured moved share as calibration judges it: the share minus LEAK_BOUND_Z standard errors."""
     return row["moved"] - LEAK_BOUND_Z * row["moved_se"]
+
+
+def flip_bound(row: Mapping, z: float = FLIP_BOUND_Z) -> float:
+    """A measured flip rate as calibration judges it: the lower end of its one-sided Wilson interval at `z` over the
+    flip_n faces that started on the other side (z = 0: the rate itself; 0 when no face started there)."""
+    if math.isnan(row["flip"]):
+        return 0.0
+    if z == 0:
+        return row["flip"]
+    n = row["flip_n"]
+    return wilson_interval(round(row["flip"] * n), n, z)[0]
 
 
 def frechet_distance(a: torch.Tensor, b: torch.Tensor) -> float:
@@ -249,65 +261,80 @@ def _scale_for_target(grid: Sequence[float], flips: Sequence[float], target: flo
     return None
 
 
+class ScaleChoice(NamedTuple):
+    """A slider's scale from choose_scale: the flip rate there (measured, linear between measured strengths), whether
+    the slider stays in the default set, and the flip as judged (flip_bound) there."""
+
+    scale: float
+    flip: float
+    default: bool
+    judged: float
+
+
 def choose_scale(grid: Sequence[float], rows: Sequence[dict], target: float = TARGET_FLIP,
                  min_flip: float = MIN_FLIP, intact: Callable[[int], float] | None = None,
-                 probe: Callable[[float], dict] | None = None) -> tuple[float, float, bool]:
-    """From measures at multipliers `grid` (value +1 x multiplier): (scale, flip reached, in default set).
+                 probe: Callable[[float], dict] | None = None, flip_z: float = 0.0) -> ScaleChoice:
+    """From measures at multipliers `grid` (value +1 x multiplier), the slider's scale.
 
     Only multipliers that still decode count: back-off on at most DECODABLE_BACKOFF of faces and, given `intact`
     (grid index -> share of faces kept intact), at least MIN_INTACT. Distortion grows with the
     strength, so the first multiplier below MIN_INTACT ends the search; `intact` is asked only for multipliers the
-    search reaches (it is the costly measure). The scale is the smallest multiplier with flip >= target; if none,
-    the strongest decodable one, and the slider stays in the default set only if that reaches min_flip.
+    search reaches (it is the costly measure). The scale is the smallest multiplier whose flip, judged by
+    flip_bound at `flip_z` (0: the measured rate), reaches `target`; if none, the strongest decodable one with the
+    highest measured flip, and the slider stays in the default set only if that flip reaches min_flip.
 
     A grid step can jump past the target and break faces at once (a slider flipping 26% at one gap and 91% at
     1.5, where too few faces stay intact). Given `probe` (multiplier -> a measure with "intact"), strengths between
     the two are then measured too (_probe_between), and those that keep faces intact count like grid points."""
-    usable = []
+    judge = functools.partial(flip_bound, z=flip_z)
+    usable = []  # (multiplier, judged flip, measured flip)
     for i, (m, r) in enumerate(zip(grid, rows)):
         if r["backoff"] > DECODABLE_BACKOFF:
             continue
         if intact is not None and intact(i) < MIN_INTACT:
-            if probe is not None and r["flip"] >= target:
-                usable += _probe_between(usable[-1] if usable else (0.0, 0.0), (m, r["flip"]), target, probe)
+            if probe is not None and judge(r) >= target:
+                low = usable[-1] if usable else (0.0, 0.0, 0.0)
+                usable += _probe_between(low, (m, judge(r), r["flip"]), target, probe, judge)
             break
-        usable.append((m, r["flip"] if not math.isnan(r["flip"]) else 0.0))
+        usable.append((m, judge(r), r["flip"] if not math.isnan(r["flip"]) else 0.0))
         if usable[-1][1] >= target:
             break
     if not usable:
-        return grid[0], 0.0, False
-    ms, fs = zip(*usable)
-    scale = _scale_for_target(ms, fs, target)
+        return ScaleChoice(grid[0], 0.0, False, 0.0)
+    ms, js, fs = zip(*usable)
+    scale = _scale_for_target(ms, js, target)
     if scale is not None:
-        return round(scale, 2), target, True
+        flip = float(np.interp(scale, (0.0, *ms), (0.0, *fs)))
+        return ScaleChoice(round(scale, 2), flip, True, target)
     best = max(range(len(fs)), key=lambda i: (fs[i], ms[i]))  # ties: the stronger edit
-    return ms[best], fs[best], fs[best] >= min_flip
+    return ScaleChoice(ms[best], fs[best], fs[best] >= min_flip, js[best])
 
 
-def _probe_between(low: tuple[float, float], high: tuple[float, float], target: float,
-                   probe: Callable[[float], dict]) -> list[tuple[float, float]]:
-    """The usable (multiplier, flip) pairs found by at most PROBES measures between `low`, the last strength that
-    keeps faces intact (short of the target), and `high`, one that reaches the target but breaks faces. Each probe
-    goes where the line between the bracket's ends reaches the target, or halfway once the high end no longer
-    reaches it; an intact probe short of the target raises the low end, a probe that breaks faces lowers the high
-    end. One probe on the line is often enough; the others catch a target that lies just under where faces break
-    (a slider 1% short of it at one probe, or 1% too broken at the next)."""
+def _probe_between(low: tuple[float, float, float], high: tuple[float, float, float], target: float,
+                   probe: Callable[[float], dict],
+                   judge: Callable[[dict], float]) -> list[tuple[float, float, float]]:
+    """The usable (multiplier, judged flip, measured flip) triples found by at most PROBES measures between `low`,
+    the last strength that keeps faces intact (short of the target), and `high`, one that reaches the target but
+    breaks faces. Each probe goes where the line between the bracket's ends reaches the target, or halfway once the
+    high end no longer reaches it; an intact probe short of the target raises the low end, a probe that breaks faces
+    lowers the high end. One probe on the line is often enough; the others catch a target that lies just under
+    where faces break (a slider 1% short of it at one probe, or 1% too broken at the next)."""
     found = []
     for _ in range(PROBES):
-        (lo_m, lo_f), (hi_m, hi_f) = low, high
-        m = _scale_for_target((lo_m, hi_m), (lo_f, hi_f), target) if hi_f >= target else (lo_m + hi_m) / 2
+        (lo_m, lo_j), (hi_m, hi_j) = low[:2], high[:2]
+        m = _scale_for_target((lo_m, hi_m), (lo_j, hi_j), target) if hi_j >= target else (lo_m + hi_m) / 2
         m = round(m, 2)
         if not lo_m < m < hi_m:
             break
         row = probe(m)
-        flip = row["flip"] if not math.isnan(row["flip"]) else 0.0
+        point = (m, judge(row), row["flip"] if not math.isnan(row["flip"]) else 0.0)
         if row["backoff"] <= DECODABLE_BACKOFF and row["intact"] >= MIN_INTACT:
-            found.append((m, flip))
-            if flip >= target:
+            found.append(point)
+            if point[1] >= target:
                 break
-            low = (m, flip)
+            low = point
         else:
-            high = (m, flip)
+            high = point
     return found
 
 
@@ -358,7 +385,7 @@ def minus_side(intact: Intactness, service: EditorService, faces: FaceSet, vecto
 
 def _fit_methods(service: EditorService, classifier: AttributeClassifier, faces: FaceSet, base: SliderSpec,
                  keep: Sequence[str], grid: Sequence[float], methods: Sequence[str],
-                 intact: Intactness | None) -> tuple[tuple[str, str], dict]:
+                 intact: Intactness | None, flip_z: float) -> tuple[tuple[str, str], dict]:
     """Steps 2-3 of `calibrate` for one set of held attributes: per (method, how the held attributes are held)
     the scale, then the pair. The intactness a grid point was checked for is kept in its row."""
     results = {}
@@ -390,24 +417,25 @@ def _fit_methods(service: EditorService, classifier: AttributeClassifier, faces:
             return probed[m]
 
         checked = intact is not None
-        scale, flip, ok = choose_scale(grid, rows, intact=intact_at if checked else None,
-                                       probe=probe if checked else None)
+        scale, flip, ok, judged = choose_scale(grid, rows, intact=intact_at if checked else None,
+                                               probe=probe if checked else None, flip_z=flip_z)
         shown.clear()
         taken = {**{m: row for m, row in zip(grid, rows.taken()) if row is not None}, **probed}
         near = taken[min(taken, key=lambda m: abs(m - scale))]
         bounds = {a: leak_bound(near, a) for a in LEAK_ATTRIBUTES if a in near["leakage"]}
-        results[method, hold] = dict(scale=scale, flip=flip, ok=ok, bounds=bounds, moved=moved_bound(near),
+        results[method, hold] = dict(scale=scale, flip=flip, judged=judged, ok=ok, bounds=bounds,
+                                     moved=moved_bound(near),
                                      rows=rows, vector=v, probed=probed)
 
     def rank(p: tuple[str, str]) -> tuple:
         """Reaching the target flip first, then staying in the default set; then how far the pair misses the issue's
-        targets (its flip under TARGET_FLIP, its leakage over MAX_LEAKAGE in the issue's lines and its moved share
-        under MIN_MOVED, summed); then its largest leakage; ties: the classifier normal, then holding by the
+        targets (its judged flip under TARGET_FLIP, its leakage over MAX_LEAKAGE in the issue's lines and its moved
+        share under MIN_MOVED, summed); then its largest leakage; ties: the classifier normal, then holding by the
         slider's own method."""
         r = results[p]
         short = sum(max(r["bounds"].get(a, 0.0) - MAX_LEAKAGE, 0.0) for a in target_leaks(base.attribute))
-        short += max(TARGET_FLIP - r["flip"], 0.0) + max(MIN_MOVED - r["moved"], 0.0)
-        return (r["flip"] < TARGET_FLIP, not r["ok"], short, max([*r["bounds"].values(), 0.0]),
+        short += max(TARGET_FLIP - r["judged"], 0.0) + max(MIN_MOVED - r["moved"], 0.0)
+        return (r["judged"] < TARGET_FLIP, not r["ok"], short, max([*r["bounds"].values(), 0.0]),
                 p[0] != "classifier", p[0] != p[1])
 
     return min(results, key=rank), results
@@ -434,7 +462,8 @@ def _flips(rows: MeasuredLazily, probed: dict[float, dict]) -> str:
 def calibrate(service: EditorService, classifier: AttributeClassifier, faces: FaceSet,
               labels: Sequence[str] | None = None, grid: Sequence[float] = GRID,
               methods: Sequence[str] = METHODS, keep_probe: float | None = None, progress=None,
-              geometry: FaceGeometryCheck | None = None, colour: ColourCheck | None = None) -> Calibration:
+              geometry: FaceGeometryCheck | None = None, colour: ColourCheck | None = None,
+              flip_z: float = FLIP_BOUND_Z) -> Calibration:
     """Per built-in slider, on `faces` (which must not be the faces the evaluation reports on):
 
     1. keep: the leak attributes (Male, Young, Smiling) whose leakage exceeds MAX_LEAKAGE when the slider's
@@ -444,13 +473,14 @@ def calibrate(service: EditorService, classifier: AttributeClassifier, faces: Fa
     2. per method, the slider's direction, orthogonal to the kept ones' directions taken from either method
        (holding by the classifier normals removes more of what a linear read-out sees) or, where the directions
        carry them, to the kept ones' nullspace bases (more still), at multipliers `grid` of
-       the class-mean gap: the scale is the smallest multiplier reaching TARGET_FLIP at +1 among those that still
+       the class-mean gap: the scale is the smallest multiplier whose flip at +1, judged by flip_bound at `flip_z`
+       (the lower end of its one-sided interval; 0: the measured rate), reaches TARGET_FLIP among those that still
        decode (choose_scale; with a fitted `geometry` check, also keeping MIN_INTACT of the faces intact, by their
        geometry and, given a fitted `colour` check, their colours; the negative side gets a smaller scale of its
        own where taking the attribute away breaks faces sooner, minus_side);
     3. method and way of holding: of the pairs that reach the target (if none does, of those that stay in the
-       default set), the one that misses the issue's targets least at the grid point nearest its scale: its flip
-       under TARGET_FLIP plus its leakage over MAX_LEAKAGE in the issue's own lines (target_leaks: Male for a
+       default set), the one that misses the issue's targets least at the grid point nearest its scale: its judged
+       flip under TARGET_FLIP plus its leakage over MAX_LEAKAGE in the issue's own lines (target_leaks: Male for a
        non-gender slider, Young for Smiling) plus its moved share (judged by moved_bound) under MIN_MOVED; then
        the one with the smallest largest leakage into the leak attributes;
     4. the chosen edit is measured at its calibrated scale: a leak attribute that exceeds MAX_LEAKAGE there and is
@@ -471,7 +501,8 @@ def calibrate(service: EditorService, classifier: AttributeClassifier, faces: Fa
         keep = [a for a in candidates if leak_bound(first, a) > MAX_LEAKAGE]
         added = []
         while True:
-            (method, hold), results = _fit_methods(service, classifier, faces, base, keep, grid, methods, intact)
+            (method, hold), results = _fit_methods(service, classifier, faces, base, keep, grid, methods, intact,
+                                                   flip_z)
             r = results[method, hold]
             final = measure_vector(service, classifier, faces, r["vector"], r["scale"], base.attribute, base.sign,
                                    backoff=False, intact=intact)
@@ -511,7 +542,8 @@ def calibrate(service: EditorService, classifier: AttributeClassifier, faces: Fa
         if progress:
             progress(label, sliders[label])
     return Calibration(sliders, {"grid": list(grid), "faces": len(faces.latents), "target_flip": TARGET_FLIP,
-                                 "min_flip": MIN_FLIP, "max_leakage": MAX_LEAKAGE, "leak_bound_z": LEAK_BOUND_Z,
+                                 "flip_bound_z": flip_z, "min_flip": MIN_FLIP, "max_leakage": MAX_LEAKAGE,
+                                 "leak_bound_z": LEAK_BOUND_Z,
                                  "min_moved": MIN_MOVED, "probes": PROBES,
                                  "min_intact": MIN_INTACT if intact is not None else None,
                                  "colour_thresholds": {"vivid": colour.threshold, "scalp": colour.scalp_threshold}

@@ -34,6 +34,10 @@ def add_parser(sub) -> None:
                    help="class-mean gaps at which --calibrate first measures leakage to choose the held "
                         "attributes (default: the uncalibrated slider's +1); a leak seen later at the calibrated "
                         "scale is held too")
+    p.add_argument("--flip-bound-z", type=float,
+                   help="--calibrate judges a slider's flip at +1 by the lower end of its one-sided Wilson interval "
+                        "at this many standard errors over the calibration faces that started on the other side "
+                        "(default 1.645, 95%%; 0: the measured rate)")
     p.add_argument("--calibration-out", help="where --calibrate writes (default: MODEL/calibration.json)")
     p.add_argument("--sliders", help="comma-separated slider labels to measure (default: every built-in slider)")
     p.add_argument("--no-before", dest="before", action="store_false",
@@ -61,7 +65,7 @@ def run(args: argparse.Namespace) -> int:
     from flow_model.fileio import write_text
     from flow_model.glow import reduce_bits
 
-    from ..calibration import CALIBRATION_FILE
+    from ..calibration import CALIBRATION_FILE, FLIP_BOUND_Z
     from ..classifier import AttributeClassifier, load_metrics
     from ..edit_evaluation import (VALUES, Intactness, calibrate, encode_faces, evaluate_sliders, frechet_distance,
                                    plot_flip_rates, recommend_temperature, sample_quality, validation_halves)
@@ -72,6 +76,9 @@ def run(args: argparse.Namespace) -> int:
                     ("--samples", args.samples), ("--geometry-faces", args.geometry_faces)):
         if v is not None and v < 2:
             raise ValueError(f"{flag} must be >= 2, got {v}")
+    flip_z = FLIP_BOUND_Z if args.flip_bound_z is None else args.flip_bound_z
+    if not 0 <= flip_z < 10:
+        raise ValueError(f"--flip-bound-z must be a number of standard errors in [0, 10), got {flip_z}")
     torch.set_num_threads(max(1, args.threads))
     started = time.perf_counter()
     model_dir = Path(args.model)
@@ -167,7 +174,7 @@ def run(args: argparse.Namespace) -> int:
         if not grid or min(grid) <= 0 or list(grid) != sorted(grid):
             raise ValueError(f"--grid must be increasing positive numbers, got {args.grid!r}")
         calibration = calibrate(service, classifier, cal_faces, chosen, grid, keep_probe=args.keep_probe,
-                                geometry=check, colour=colour,
+                                geometry=check, colour=colour, flip_z=flip_z,
                                 progress=lambda label, c: print(
             f"  {label:20s} {c.method} x{c.scale:g} keep {c.keep} default {c.default} flip {c.flip_at_1:.0%} "
             f"({time.perf_counter() - started:.0f} s)", flush=True))
@@ -273,6 +280,7 @@ def _report(args, service, classifier, metrics, faces, cal_faces, before, after,
 Written by `python -m app evaluate-edits --model {args.model} --data DATA --faces {args.faces} \\
 --calibration-faces {args.calibration_faces}{f' --calibrate --grid {args.grid}' if args.calibrate else ''}\
 {f' --keep-probe {args.keep_probe:g}' if args.calibrate and args.keep_probe else ''}\
+{f' --flip-bound-z {args.flip_bound_z:g}' if args.calibrate and args.flip_bound_z is not None else ''}\
 {'' if args.before else ' --no-before'} --samples {args.samples}{'' if args.geometry else ' --no-geometry'}\
 {f' --geometry-faces {args.geometry_faces}' if args.geometry_faces else ''} --threads {args.threads}` \
 ({seconds / 60:.0f} minutes, {args.threads} CPU thread{'s' if args.threads > 1 else ''}). Raw numbers: [{out.with_suffix('.json').name}]({out.with_suffix('.json').name}).
@@ -338,7 +346,7 @@ reconstruction| in 0-255 units; back-off = share of faces whose edit had to be s
                         f"{_held_by(c.hold)} | "
                         f"{'yes' if c.default else 'no'} | {c.flip_at_1:.0%} | {c.reason} |")
         z, moved = calibration.info.get("leak_bound_z"), calibration.info.get("min_moved")
-        probes = calibration.info.get("probes")
+        probes, flip_z = calibration.info.get("probes"), calibration.info.get("flip_bound_z")
         judged = (f" (here and below judged by the upper end of its one-sided 95% interval: mean |dP| + {z:g} "
                   "standard errors over the calibration faces, since the report faces are others)" if z else "")
         parts.append("## The calibration (`calibration.json`)\n\nMeasured on the calibration half only. Per slider: "
@@ -348,15 +356,15 @@ reconstruction| in 0-255 units; back-off = share of faces whose edit had to be s
                                          "as far as the uncalibrated slider's +1") + " are held fixed; then "
                      "for each method the direction (orthogonal to them) is measured at "
                      f"{', '.join(f'{g:g}' for g in calibration.info.get('grid', []))} class-mean gaps, and the "
-                     "scale is the smallest reaching 60% flip at +1 (linear between grid points) among strengths "
-                     "that still decode (back-off on at most 10% of faces"
+                     f"scale is {_reaching(flip_z)} among strengths that still decode (back-off on at most 10% of "
+                     "faces"
                      + (f", and at least {calibration.info['min_intact']:.0%} of the faces kept intact by the face "
                         "checks, searched upwards and stopped at the first strength that breaks more; where that "
                         f"strength already flips 60%, {_probed_between(probes)}; where taking "
                         "the attribute away at that scale breaks more faces, the negative side gets its own smaller "
                         "scale, searched the same way"
                         if calibration.info.get("min_intact") else "") + "); "
-                     + _pair_rule(z, moved, probes)
+                     + _pair_rule(z, moved, probes, flip_z)
                      + ". The chosen edit is measured again at its "
                      "scale: a leak attribute above 0.05 there is held as well and the slider recalibrated, until "
                      "none is left to hold. The held attributes' directions may come from either method or, where "
@@ -428,9 +436,21 @@ def _probed_between(probes: int | None) -> str:
             "longer does), and those that keep faces intact count like grid points")
 
 
-def _pair_rule(z: float | None, moved: float | None, probes: int | None) -> str:
+def _reaching(flip_z: float | None) -> str:
+    """How a calibration recorded with `flip_z` (None: before it was recorded) judged a scale to reach the target
+    flip, as the docs' rule says it."""
+    if not flip_z:
+        return "the smallest reaching 60% flip at +1 (linear between grid points)"
+    return ("the smallest whose flip at +1, judged by the lower end of its one-sided 95% Wilson interval "
+            f"(z = {flip_z:g}) over the calibration faces that started on the other side, reaches 60% (linear "
+            "between grid points; a rate that only just reaches 60% on these faces falls short of it on about half "
+            "of all other face sets, the report's among them)")
+
+
+def _pair_rule(z: float | None, moved: float | None, probes: int | None, flip_z: float | None = None) -> str:
     """How a calibration recorded with these settings (None: before each was added) chose a slider's method and
     way of holding, as the docs' rule says it."""
+    flip = "its flip, so judged," if flip_z else "its flip"
     pairs = "of the pairs of method and way of holding (below) that reach it"
     lines = "into the issue's lines, Male for a non-gender slider and Young for Smiling"
     share = (f"its share of faces moved the intended way under {moved:.0%}, judged by the lower end of its one-sided "
@@ -438,7 +458,7 @@ def _pair_rule(z: float | None, moved: float | None, probes: int | None) -> str:
     kept = "then the one with the smallest largest leakage into Male, Young and Smiling, is kept"
     if probes:
         return (f"{pairs} (if none does, of those that stay in the default set), the one that misses the issue's "
-                f"targets least (its flip under 60%, plus its leakage over 0.05 {lines}, plus {share}, all summed), "
+                f"targets least ({flip} under 60%, plus its leakage over 0.05 {lines}, plus {share}, all summed), "
                 + kept)
     if moved:
         return (f"{pairs}, the one that misses the issue's other targets least (its leakage over 0.05 {lines}, plus "

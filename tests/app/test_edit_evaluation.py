@@ -62,13 +62,56 @@ def _rows(flips, backoffs=None):
 
 
 def test_choose_scale_interpolates_to_the_target_and_drops_weak_sliders():
-    assert choose_scale((1, 2, 3), _rows([0.3, 0.9, 1.0])) == (pytest.approx(1.5), 0.6, True)
+    assert choose_scale((1, 2, 3), _rows([0.3, 0.9, 1.0]))[:3] == (pytest.approx(1.5), pytest.approx(0.6), True)
     assert choose_scale((1, 2, 3), _rows([0.7, 0.9, 1.0]))[0] == pytest.approx(1 * 0.6 / 0.7, abs=0.01)
     # never 60%, but 40% at the strongest strength that decodes: stays, at that strength
-    assert choose_scale((1, 2, 3), _rows([0.1, 0.4, 0.9], [0, 0, 0.5])) == (2, 0.4, True)
+    assert choose_scale((1, 2, 3), _rows([0.1, 0.4, 0.9], [0, 0, 0.5]))[:3] == (2, 0.4, True)
     # below 30% everywhere that decodes: out of the default set
-    scale, flip, default = choose_scale((1, 2, 3), _rows([0.05, 0.2, 0.25]))
+    scale, flip, default, _ = choose_scale((1, 2, 3), _rows([0.05, 0.2, 0.25]))
     assert (scale, flip, default) == (3, 0.25, False)
+
+
+def test_flip_bound_is_the_lower_end_of_the_one_sided_wilson_interval():
+    # 27 of 45 faces flip (60%): centre (0.6 + z^2/90) / (1 + z^2/45), half-width z sqrt(0.24/45 + z^2/8100) / the same
+    z = 1.645
+    centre = (0.6 + z * z / 90) / (1 + z * z / 45)
+    half = z * math.sqrt(0.24 / 45 + z * z / 8100) / (1 + z * z / 45)
+    assert edit_evaluation.flip_bound({"flip": 0.6, "flip_n": 45}) == pytest.approx(centre - half)
+    assert centre - half == pytest.approx(0.4775, abs=1e-4)
+    # all 5 of 5: the rate's own standard error is 0, the bound is n / (n + z^2), not 100%
+    assert edit_evaluation.flip_bound({"flip": 1.0, "flip_n": 5}) == pytest.approx(5 / (5 + z * z))
+    assert edit_evaluation.flip_bound({"flip": 0.6, "flip_n": 45}, z=0) == 0.6
+    assert edit_evaluation.flip_bound({"flip": math.nan, "flip_n": 0}) == 0.0
+
+
+def test_judged_by_its_bound_the_flip_reaches_the_target_at_a_stronger_scale_the_fewer_faces_it_rests_on():
+    def rows(n):
+        return [{"flip": f, "flip_n": n, "backoff": 0.0} for f in (0.5, 0.7, 0.9)]
+
+    mean = choose_scale((1, 2, 3), rows(50))  # z = 0: the measured rate reaches 60% at 1.5 gaps
+    assert mean[:3] == (pytest.approx(1.5), pytest.approx(0.6), True)
+    few = choose_scale((1, 2, 3), rows(50), flip_z=1.645)  # bounds 38.7% / 58.5% / 80.8%: 60% just past 2 gaps
+    assert few.scale == pytest.approx(2 + (0.6 - 0.5854) / (0.8085 - 0.5854), abs=0.01)
+    assert few.judged == 0.6 and few.default
+    assert few.flip == pytest.approx(0.7 + 0.2 * (few.scale - 2), abs=0.01)  # the measured rate there, over 60%
+    many = choose_scale((1, 2, 3), rows(10_000), flip_z=1.645)
+    assert mean.scale < many.scale < few.scale and many.scale == pytest.approx(1.5, abs=0.05)
+    # a measured 60% at the strongest decodable strength is not judged to reach it; 30% or more keeps it in
+    short = choose_scale((1, 2), [{"flip": 0.3, "flip_n": 50, "backoff": 0.0},
+                                  {"flip": 0.6, "flip_n": 50, "backoff": 0.0}], flip_z=1.645)
+    assert (short.scale, short.flip, short.default) == (2, 0.6, True) and short.judged < 0.5
+
+
+def test_calibration_judges_the_flip_by_its_bound_and_records_how(monkeypatch):
+    """Smiling's stand-in flips 50% per class-mean gap over 40 faces. By the measured rate 60% lies at 1.2 gaps;
+    judged by the lower end of its interval, at a stronger scale, where the measured rate is over 60%."""
+    e = torch.eye(4)
+    vectors = lambda name, method: e[0] if name == "Smiling" else e[1 + (name == "Young") * 2]  # noqa: E731
+    plain = _calibrate_smiling(monkeypatch, vectors)
+    judged = _calibrate_smiling(monkeypatch, vectors, flip_z=1.645)
+    assert plain.scale == pytest.approx(1.2) and plain.flip_at_1 == pytest.approx(0.6)
+    assert judged.scale > 1.3 and judged.flip_at_1 > 0.65
+    assert edit_evaluation.flip_bound({"flip": judged.flip_at_1, "flip_n": 40}) == pytest.approx(0.6, abs=0.02)
 
 
 def _stand_in_directions(vector, nullspaces: dict | None = None) -> SimpleNamespace:
@@ -80,24 +123,27 @@ def _stand_in_directions(vector, nullspaces: dict | None = None) -> SimpleNamesp
 
 
 def _calibrate_smiling(monkeypatch, vector, keep_probe: float = 1, nullspaces: dict | None = None,
-                       label: str = "Smiling", se: float = 0.0, moved=lambda edit: 1.0) -> SliderCalibration:
+                       label: str = "Smiling", se: float = 0.0, moved=lambda edit: 1.0,
+                       flip_z: float = 0.0) -> SliderCalibration:
     """Smiling (or the slider `label`) calibrated on stand-ins for the directions (`vector(name, method)`,
-    nullspace bases) and the measures in a 4-D latent: flip = value x (edit . e0) / 2, Male leakage =
+    nullspace bases) and the measures in a 4-D latent: flip = value x (edit . e0) / 2 over 40 faces (judged at
+    `flip_z`; 0 by default: the measured rate), Male leakage =
     0.09 x |value x (edit . e1)|, Young leakage = 0.3 x |value x (edit . e3)|, each with standard error `se`;
     the moved share is `moved(edit)`, with standard error `se` too."""
     e = torch.eye(4)
 
     def measure(service, classifier, faces, vector, value, attribute, sign, backoff=True, intact=None, edited=None):
         flip = float(min(1.0, max(0.0, sign * value * float(vector @ e[0]) / 2)))
-        return {"flip": flip, "backoff": 0.0, "leakage": {"Male": 0.09 * abs(value * float(vector @ e[1])),
-                                                          "Young": 0.3 * abs(value * float(vector @ e[3]))},
+        return {"flip": flip, "flip_n": 40, "backoff": 0.0,
+                "leakage": {"Male": 0.09 * abs(value * float(vector @ e[1])),
+                            "Young": 0.3 * abs(value * float(vector @ e[3]))},
                 "leakage_se": {"Male": se, "Young": se}, "moved": moved(vector), "moved_se": se}
 
     monkeypatch.setattr(edit_evaluation, "measure_vector", measure)
     service = SimpleNamespace(directions=_stand_in_directions(vector, nullspaces))
     classifier = SimpleNamespace(attributes=["Male", "Young", "Smiling"])
     return edit_evaluation.calibrate(service, classifier, SimpleNamespace(latents=torch.zeros(8, 4)), [label],
-                                     grid=(1, 1.5, 2, 3), keep_probe=keep_probe).get(label)
+                                     grid=(1, 1.5, 2, 3), keep_probe=keep_probe, flip_z=flip_z).get(label)
 
 
 def test_calibration_holds_by_the_other_method_when_that_leaks_less(monkeypatch):
@@ -146,13 +192,14 @@ def test_choose_scale_stops_at_the_first_strength_that_breaks_faces_and_checks_n
         asked.append(i)
         return [0.95, 0.9, 0.7, 0.95][i]  # the third breaks faces (a fourth that passes again must not count)
 
-    assert choose_scale((1, 2, 3, 4), _rows([0.1, 0.4, 0.9, 1.0]), intact=intact) == (2, 0.4, True)
+    assert choose_scale((1, 2, 3, 4), _rows([0.1, 0.4, 0.9, 1.0]), intact=intact)[:3] == (2, 0.4, True)
     assert asked == [0, 1, 2]
     asked.clear()  # reaching the target ends the search before any stronger strength is checked
-    assert choose_scale((1, 2, 3, 4), _rows([0.3, 0.9, 1.0, 1.0]), intact=intact)[:2] == (pytest.approx(1.5), 0.6)
+    assert choose_scale((1, 2, 3, 4), _rows([0.3, 0.9, 1.0, 1.0]), intact=intact)[:2] == (pytest.approx(1.5),
+                                                                                        pytest.approx(0.6))
     assert asked == [0, 1]
     asked.clear()  # a strength that does not decode is skipped without checking its faces
-    assert choose_scale((1, 2, 3, 4), _rows([0.1, 0.2, 0.9, 1.0], [0, 0.5, 0, 0]), intact=intact) == (1, 0.1, False)
+    assert choose_scale((1, 2, 3, 4), _rows([0.1, 0.2, 0.9, 1.0], [0, 0.5, 0, 0]), intact=intact)[:3] == (1, 0.1, False)
     assert asked == [0, 2]
 
 
@@ -170,18 +217,18 @@ def test_a_grid_step_past_the_target_that_breaks_faces_is_probed_where_the_line_
 
     intact = lambda i: [0.89, 0.71, 0.6][i]  # noqa: E731
     rows = _rows([0.26, 0.91, 1.0])
-    scale, flip, default = choose_scale((1, 1.5, 2), rows, intact=intact, probe=probe(0.62, 0.82))
+    scale, flip, default, _ = choose_scale((1, 1.5, 2), rows, intact=intact, probe=probe(0.62, 0.82))
     assert probed == [1.26]  # 1 + 0.5 x (0.60 - 0.26) / (0.91 - 0.26)
-    assert (scale, flip, default) == (pytest.approx(1 + 0.26 * 0.34 / 0.36, abs=0.01), 0.6, True)
+    assert (scale, flip, default) == (pytest.approx(1 + 0.26 * 0.34 / 0.36, abs=0.01), pytest.approx(0.6), True)
     probed.clear()  # every probe breaks faces: each lowers the bracket's top, then the last grid point stays
-    assert choose_scale((1, 1.5, 2), rows, intact=intact, probe=probe(0.62, 0.75)) == (1, 0.26, False)
+    assert choose_scale((1, 1.5, 2), rows, intact=intact, probe=probe(0.62, 0.75))[:3] == (1, 0.26, False)
     assert probed == [1.26, 1.25, 1.24] and edit_evaluation.PROBES == 3  # 1 + 0.26 x 0.34 / 0.36, then 0.25 x
     probed.clear()  # every probe keeps faces but flips less than the line said: the strongest is the slider's
-    assert choose_scale((1, 1.5, 2), rows, intact=intact, probe=probe(0.45, 0.85)) == (1.39, 0.45, True)
+    assert choose_scale((1, 1.5, 2), rows, intact=intact, probe=probe(0.45, 0.85))[:3] == (1.39, 0.45, True)
     assert probed == [1.26, 1.34, 1.39]  # 1.26 + 0.24 x 0.15 / 0.46, then 1.34 + 0.16 x 0.15 / 0.46
     probed.clear()  # the breaking step did not reach the target: nothing between is worth measuring
     weak = _rows([0.26, 0.5, 1.0])
-    assert choose_scale((1, 1.5, 2), weak, intact=intact, probe=probe(0.62, 0.82)) == (1, 0.26, False)
+    assert choose_scale((1, 1.5, 2), weak, intact=intact, probe=probe(0.62, 0.82))[:3] == (1, 0.26, False)
     assert probed == []
 
 
@@ -198,11 +245,11 @@ def test_the_probes_find_a_target_just_under_where_faces_break():
 
     rows = _rows([0.2, 0.3, 0.49, 0.79])
     intact = lambda i: [0.96, 0.89, 0.85, 0.68][i]  # noqa: E731
-    assert choose_scale((1, 1.5, 2, 3), rows, intact=intact, probe=probe) == (2.2, 0.6, True)
+    assert choose_scale((1, 1.5, 2, 3), rows, intact=intact, probe=probe)[:3] == (2.2, pytest.approx(0.6), True)
     assert probed == [2.37, 2.21]  # 2 + 0.11 / 0.30; then 2 + 0.37 x 0.11 / (0.685 - 0.49)
     probed.clear()  # a probe that needs the back-off on too many faces breaks them as well
     assert choose_scale((1, 1.5, 2, 3), rows, intact=intact,
-                        probe=lambda m: {**probe(m), "backoff": 0.5 if m < 2.3 else 0.0}) == (2, 0.49, True)
+                        probe=lambda m: {**probe(m), "backoff": 0.5 if m < 2.3 else 0.0})[:3] == (2, 0.49, True)
     assert probed == [2.37, 2.21, 2.2]
     probed.clear()  # a probe that breaks faces short of the target: the next goes halfway, as the line no longer can
 
@@ -210,7 +257,8 @@ def test_the_probes_find_a_target_just_under_where_faces_break():
         probed.append(m)
         return {"flip": 0.45 + 0.2 * (m - 2), "backoff": 0.0, "intact": 0.85 - 0.17 * (m - 2)}
 
-    scale, flip, default = choose_scale((1, 1.5, 2, 3), _rows([0.2, 0.3, 0.49, 0.765]), intact=intact, probe=slow)
+    scale, flip, default, _ = choose_scale((1, 1.5, 2, 3), _rows([0.2, 0.3, 0.49, 0.765]), intact=intact,
+                                            probe=slow)
     assert probed == [2.4, 2.2, 2.3]  # 2 + 0.11 / 0.275 breaks at 53%; halfway keeps faces at 49%; then halfway up
     assert (scale, flip, default) == (2.2, pytest.approx(0.49), True)
 
@@ -224,7 +272,8 @@ def test_grid_measures_are_taken_once_and_only_as_far_as_the_search_reads():
 
     rows = edit_evaluation.MeasuredLazily((1, 2, 3, 4), measure)
     assert asked == [] and len(rows) == 4
-    assert choose_scale((1, 2, 3, 4), rows)[:2] == (pytest.approx(2.4), 0.6)  # 60% lies between 2 and 3 gaps
+    # 60% lies between 2 and 3 gaps
+    assert choose_scale((1, 2, 3, 4), rows)[:2] == (pytest.approx(2.4), pytest.approx(0.6))
     assert rows[1]["flip"] == 0.5 and asked == [1, 2, 3]  # read again: not measured again
     assert rows.taken()[3] is None and rows[-1]["flip"] == 1.0 and asked == [1, 2, 3, 4]
     with pytest.raises(IndexError):
@@ -277,10 +326,11 @@ def test_calibration_stops_where_edits_break_faces(monkeypatch):
     monkeypatch.setattr(edit_evaluation, "edited_images", images)
     faces = SimpleNamespace(latents=torch.zeros(8, 4), images=torch.zeros(8, 3, 2, 2, dtype=torch.uint8))
     grid = (1, 1.5, 2, 3)
-    plain = edit_evaluation.calibrate(service, classifier, faces, ["Bald"], grid=grid, keep_probe=1).get("Bald")
+    plain = edit_evaluation.calibrate(service, classifier, faces, ["Bald"], grid=grid, keep_probe=1,
+                                      flip_z=0).get("Bald")
     assert plain.scale == 2 and plain.intact is None
     checked = edit_evaluation.calibrate(service, classifier, faces, ["Bald"], grid=grid, keep_probe=1,
-                                        geometry=_PixelCheck(15))
+                                        geometry=_PixelCheck(15), flip_z=0)
     bald = checked.get("Bald")
     assert bald.scale == 1.5 and bald.flip_at_1 == pytest.approx(0.45) and bald.default and bald.intact == 1.0
     assert bald.minus_scale is None  # the stand-in breaks both sides alike: -1.5 keeps them intact too
@@ -344,17 +394,17 @@ def test_the_negative_side_gets_its_own_scale_where_removing_the_attribute_break
     monkeypatch.setattr(edit_evaluation, "edited_images", images)
     faces = SimpleNamespace(latents=torch.zeros(8, 4), images=torch.zeros(8, 3, 2, 2, dtype=torch.uint8))
     makeup = edit_evaluation.calibrate(service, classifier, faces, ["Heavy makeup"], grid=(0.5, 1, 1.5, 2),
-                                       keep_probe=1, geometry=_PixelCheck(15), methods=("classifier",)).get(
+                                       keep_probe=1, geometry=_PixelCheck(15), methods=("classifier",), flip_z=0).get(
         "Heavy makeup")
     assert (makeup.scale, makeup.minus_scale, makeup.default, makeup.intact) == (2, 0.5, True, 1.0)
     assert "at -2 gaps only 0% of the faces stayed intact (< 80%), so the negative side stops at 0.5 gaps" in (
         makeup.reason)
     assert [g for g in asked if g < 0] == [-2, -0.125, -0.25, -0.5, -1.0]  # stopped at the first that breaks
     symmetric = edit_evaluation.calibrate(service, classifier, faces, ["Heavy makeup"], grid=(0.5, 1, 1.5, 2),
-                                          keep_probe=1, geometry=_PixelCheck(255), methods=("classifier",))
+                                          keep_probe=1, geometry=_PixelCheck(255), methods=("classifier",), flip_z=0)
     assert symmetric.get("Heavy makeup").minus_scale is None
     fragile = edit_evaluation.calibrate(service, classifier, faces, ["Heavy makeup"], grid=(0.5, 1, 1.5, 2),
-                                        keep_probe=1, geometry=_PixelCheck(1), methods=("classifier",))
+                                        keep_probe=1, geometry=_PixelCheck(1), methods=("classifier",), flip_z=0)
     weakest = fragile.get("Heavy makeup")  # even a quarter of the weakest grid point breaks them: it is used anyway
     assert (weakest.minus_scale, weakest.intact) == (0.125, 0.0)
     assert "the negative side stops at 0.125 gaps (0% intact)" in weakest.reason
@@ -825,9 +875,12 @@ def test_evaluate_edits_calibrates_reports_and_the_service_loads_it(faces_dir, t
     assert "--calibrate --grid 1,1.25,1.5,2,3 --keep-probe 2 --samples 4 --threads 1` (" in header
     assert "## Calibrated defaults at +1" in text and "| Smiling |" in text and "Frechet" in text
     # the page states the rule this calibration was made with: flip counted with the other targets' shortfalls
+    # and judged the flip by the lower end of its interval, as calibration.json records it
     assert "(if none does, of those that stay in the default set), the one that misses the issue's targets least " \
-        "(its flip under 60%" in " ".join(text.split())
-    assert json.loads((model_dir / "calibration.json").read_text())["info"]["probes"] == edit_evaluation.PROBES
+        "(its flip, so judged, under 60%" in " ".join(text.split())
+    assert "judged by the lower end of its one-sided 95% Wilson interval (z = 1.645)" in " ".join(text.split())
+    info = json.loads((model_dir / "calibration.json").read_text())["info"]
+    assert info["probes"] == edit_evaluation.PROBES and info["flip_bound_z"] == 1.645
     assert "The same distance from 4 real faces of the first held-out half" in text  # the floor at --samples 4
     assert (out.parent / "edits_flip.png").stat().st_size > 0
     results = json.loads((out.parent / "edits.json").read_text())
@@ -925,3 +978,12 @@ def test_the_ui_edits_with_the_calibrated_defaults_and_shows_the_reading(celeba_
     finally:
         service.set_calibration(None)
         service.classifier = None
+
+
+def test_evaluate_edits_refuses_a_flip_bound_that_is_not_a_number_of_standard_errors(tmp_path, capsys):
+    from app.cli import main
+
+    for z in ("-1", "nan"):
+        assert main(["evaluate-edits", "--data", str(tmp_path), "--calibrate", "--flip-bound-z", z]) == 2
+        assert f"--flip-bound-z must be a number of standard errors in [0, 10), got {float(z)}" in \
+            capsys.readouterr().err
