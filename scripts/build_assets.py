@@ -23,7 +23,7 @@ from flow_model.fileio import write_text
 from flow_model.glow import Glow
 from flow_model.training.checkpoint import CHECKPOINT_NAME, load_checkpoint
 from flow_model.training.checkpoint import model_from_checkpoint
-from flow_model.training.curves import plot_run
+from flow_model.training.curves import plot_run, read_run
 from flow_model.visualize import image_grid
 
 STRIP = [("original", None, 0.0), ("+smile", "Smiling", 1.0), ("-smile", "Smiling", -1.0),
@@ -43,6 +43,17 @@ def edit_strip(model: Glow, faces: torch.Tensor, out: Path) -> list[list[float]]
         strengths.append([e.strength for e in edits])
     image_grid(torch.stack(cells), len(STRIP)).save(out / "edit_strip.png")
     return strengths
+
+
+def shipped_mark(metrics: Path, curve_until: int | None, step: int, chosen: str,
+                 bpd32: tuple[float, float]) -> tuple[int, float, float, str] | None:
+    """The training curve's star for the shipped weights, or None where the run's own validation point at their
+    step already shows them (the trainer validates its EMA weights, so only an EMA it validated at that step)."""
+    if curve_until is not None:
+        return curve_until, *bpd32, "validation, shipped weights"
+    if chosen == "ema" and step in read_run(metrics)[1]:
+        return None
+    return step, *bpd32, f"validation, shipped {'EMA' if chosen == 'ema' else 'raw'} weights"
 
 
 def main() -> None:
@@ -94,13 +105,11 @@ def main() -> None:
         for t in (0.0, 0.5, 0.7, 1.0):
             grid = model.sample(16, temperature=t, generator=torch.Generator().manual_seed(0))
             image_grid(grid, 8).save(out / f"samples_t{t:g}.png")
-    if args.curve_until is not None:
-        shipped = (args.curve_until, *bpd32, "validation, shipped weights")
-    else:
-        shipped = None if chosen == "ema" else (state["meta"]["step"], *bpd32, "validation, shipped raw weights")
-    plot_run(args.curve_from or Path(args.run) / "metrics.jsonl", out / "training_curve.png",
+    metrics = args.curve_from or Path(args.run) / "metrics.jsonl"
+    plot_run(metrics, out / "training_curve.png",
              title=f"Glow, {model.config.n_bits}-bit {model.config.image_size}x{model.config.image_size}",
-             shipped=shipped, until=args.curve_until)
+             shipped=shipped_mark(metrics, args.curve_until, state["meta"]["step"], chosen, bpd32),
+             until=args.curve_until)
     shutil.copy(Path(args.run) / "split.json", out / "split.json")
 
     numbers["edit_strip_columns"] = [label for label, _, _ in STRIP]

@@ -43,11 +43,9 @@ def plot_curves(curves: list[Curve], path: str | Path, *, xlabel: str, ylabel: s
     save_figure(fig, path, dpi=dpi)
 
 
-def plot_run(metrics_file: str | Path, path: str | Path, title: str = "",
-             shipped: tuple[int, float, float, str] | None = None, until: int | None = None) -> None:
-    """Train and validation bits/dim against step, from a run's metrics.jsonl (up to step `until`, where the
-    released weights were taken from a run that went on); `shipped` = (step, bits/dim, s.e., label) marks the
-    released weights' validation where they are not the ones the run validated (raw beside EMA)."""
+def read_run(metrics_file: str | Path, until: int | None = None) -> tuple[dict, dict]:
+    """A run's metrics.jsonl up to step `until`: {step: train bits/dim} and {step: (validation bits/dim, s.e.)}
+    (the trainer validates its EMA weights); lines that are not JSON (a write cut short by a kill) are skipped."""
     train, val = {}, {}
     for line in Path(metrics_file).read_text().splitlines():
         try:
@@ -60,6 +58,16 @@ def plot_run(metrics_file: str | Path, path: str | Path, title: str = "",
             train[row["step"]] = row["train_bpd"]
         if "val_bpd" in row:
             val[row["step"]] = (row["val_bpd"], row.get("val_bpd_se", 0.0))
+    return train, val
+
+
+def plot_run(metrics_file: str | Path, path: str | Path, title: str = "",
+             shipped: tuple[int, float, float, str] | None = None, until: int | None = None) -> None:
+    """Train and validation bits/dim against step, from a run's metrics.jsonl (up to step `until`, where the
+    released weights were taken from a run that went on); `shipped` = (step, bits/dim, s.e., label) marks the
+    released weights' validation where the run's own points do not show it (raw weights beside the EMA's, or an EMA
+    the run never validated at that step)."""
+    train, val = read_run(metrics_file, until)
     curves = []
     if train:
         steps = np.array(sorted(train))
