@@ -284,17 +284,21 @@ def choose_scale(grid: Sequence[float], rows: Sequence[dict], target: float = TA
     highest measured flip, and the slider stays in the default set only if that flip reaches min_flip.
 
     A grid step can jump past the target and break faces at once (a slider flipping 26% at one gap and 91% at
-    1.5, where too few faces stay intact). Given `probe` (multiplier -> a measure with "intact"), strengths between
-    the two are then measured too (_probe_between), and those that keep faces intact count like grid points."""
+    1.5, where too few faces stay intact, or where more than DECODABLE_BACKOFF of them need the back-off). Given
+    `probe` (multiplier -> a measure with "intact", given only with `intact`), strengths between the two are then
+    measured too (_probe_between), and those that still decode count like grid points."""
     judge = functools.partial(flip_bound, z=flip_z)
     usable = []  # (multiplier, judged flip, measured flip)
     for i, (m, r) in enumerate(zip(grid, rows)):
-        if r["backoff"] > DECODABLE_BACKOFF:
+        undecodable = r["backoff"] > DECODABLE_BACKOFF
+        broken = not undecodable and intact is not None and intact(i) < MIN_INTACT
+        if (undecodable or broken) and probe is not None and judge(r) >= target:
+            low = usable[-1] if usable else (0.0, 0.0, 0.0)
+            usable += _probe_between(low, (m, judge(r), r["flip"]), target, probe, judge)
+            break
+        if undecodable:
             continue
-        if intact is not None and intact(i) < MIN_INTACT:
-            if probe is not None and judge(r) >= target:
-                low = usable[-1] if usable else (0.0, 0.0, 0.0)
-                usable += _probe_between(low, (m, judge(r), r["flip"]), target, probe, judge)
+        if broken:
             break
         usable.append((m, judge(r), r["flip"] if not math.isnan(r["flip"]) else 0.0))
         if usable[-1][1] >= target:
@@ -544,7 +548,7 @@ def calibrate(service: EditorService, classifier: AttributeClassifier, faces: Fa
     return Calibration(sliders, {"grid": list(grid), "faces": len(faces.latents), "target_flip": TARGET_FLIP,
                                  "flip_bound_z": flip_z, "min_flip": MIN_FLIP, "max_leakage": MAX_LEAKAGE,
                                  "leak_bound_z": LEAK_BOUND_Z,
-                                 "min_moved": MIN_MOVED, "probes": PROBES,
+                                 "min_moved": MIN_MOVED, "probes": PROBES, "probes_past_backoff": True,
                                  "min_intact": MIN_INTACT if intact is not None else None,
                                  "colour_thresholds": {"vivid": colour.threshold, "scalp": colour.scalp_threshold}
                                  if intact is not None and colour is not None else None})

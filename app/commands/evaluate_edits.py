@@ -360,7 +360,9 @@ reconstruction| in 0-255 units; back-off = share of faces whose edit had to be s
                      "faces"
                      + (f", and at least {calibration.info['min_intact']:.0%} of the faces kept intact by the face "
                         "checks, searched upwards and stopped at the first strength that breaks more; where that "
-                        f"strength already flips 60%, {_probed_between(probes)}; where taking "
+                        "strength" + (" (or one that needs the back-off on more than 10% of faces)"
+                                      if calibration.info.get("probes_past_backoff") else "")
+                        + f" already flips 60%, {_probed_between(probes)}; where taking "
                         "the attribute away at that scale breaks more faces, the negative side gets its own smaller "
                         "scale, searched the same way"
                         if calibration.info.get("min_intact") else "") + "); "

@@ -880,7 +880,8 @@ def test_evaluate_edits_calibrates_reports_and_the_service_loads_it(faces_dir, t
         "(its flip, so judged, under 60%" in " ".join(text.split())
     assert "judged by the lower end of its one-sided 95% Wilson interval (z = 1.645)" in " ".join(text.split())
     info = json.loads((model_dir / "calibration.json").read_text())["info"]
-    assert info["probes"] == edit_evaluation.PROBES and info["flip_bound_z"] == 1.645
+    assert info["probes"] == edit_evaluation.PROBES and info["flip_bound_z"] == 1.645 and info["probes_past_backoff"]
+    assert "(or one that needs the back-off on more than 10% of faces) already flips 60%" in " ".join(text.split())
     assert "The same distance from 4 real faces of the first held-out half" in text  # the floor at --samples 4
     assert (out.parent / "edits_flip.png").stat().st_size > 0
     results = json.loads((out.parent / "edits.json").read_text())
@@ -987,3 +988,27 @@ def test_evaluate_edits_refuses_a_flip_bound_that_is_not_a_number_of_standard_er
         assert main(["evaluate-edits", "--data", str(tmp_path), "--calibrate", "--flip-bound-z", z]) == 2
         assert f"--flip-bound-z must be a number of standard errors in [0, 10), got {float(z)}" in \
             capsys.readouterr().err
+
+
+def test_a_grid_step_past_the_target_that_needs_the_back_off_is_probed_too():
+    """Heavy makeup on release 14, in outline: 59% at 2 gaps, 86% at 3 where 15% of the faces need the back-off.
+    Before, 3 gaps was skipped and the slider stayed at 2 gaps short of the target; now the strengths between are
+    probed as where faces break, and one that still decodes counts. Faces are not checked at a strength that does
+    not decode."""
+    probed, asked = [], []
+
+    def probe(m):
+        probed.append(m)
+        return {"flip": 0.59 + 0.27 * (m - 2), "backoff": 0.15 * (m - 2), "intact": 0.95}
+
+    def intact(i):
+        asked.append(i)
+        return 0.95
+
+    rows = _rows([0.2, 0.59, 0.86], [0.0, 0.06, 0.15])
+    scale, flip, default, _ = choose_scale((1, 2, 3), rows, intact=intact, probe=probe)
+    assert probed == [2.04] and asked == [0, 1]  # 2 + (0.60 - 0.59) / 0.27
+    assert (scale, default) == (2.04, True) and flip == pytest.approx(0.6, abs=0.01)
+    probed.clear()  # the probe needs the back-off too often (and the bracket is then used up): 2 gaps stays
+    stuck = choose_scale((1, 2, 3), rows, intact=intact, probe=lambda m: {**probe(m), "backoff": 0.2})
+    assert stuck[:3] == (2, 0.59, True) and probed == [2.04]
