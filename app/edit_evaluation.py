@@ -294,13 +294,13 @@ def choose_scale(grid: Sequence[float], rows: Sequence[dict], target: float = TA
         broken = not undecodable and intact is not None and intact(i) < MIN_INTACT
         if (undecodable or broken) and probe is not None and judge(r) >= target:
             low = usable[-1] if usable else (0.0, 0.0, 0.0)
-            usable += _probe_between(low, (m, judge(r), r["flip"]), target, probe, judge)
+            usable += _probe_between(low, _point(m, r, judge), target, probe, judge)
             break
         if undecodable:
             continue
         if broken:
             break
-        usable.append((m, judge(r), r["flip"] if not math.isnan(r["flip"]) else 0.0))
+        usable.append(_point(m, r, judge))
         if usable[-1][1] >= target:
             break
     if not usable:
@@ -312,6 +312,12 @@ def choose_scale(grid: Sequence[float], rows: Sequence[dict], target: float = TA
         return ScaleChoice(round(scale, 2), flip, True, target)
     best = max(range(len(fs)), key=lambda i: (fs[i], ms[i]))  # ties: the stronger edit
     return ScaleChoice(ms[best], fs[best], fs[best] >= min_flip, js[best])
+
+
+def _point(m: float, row: Mapping, judge: Callable[[Mapping], float]) -> tuple[float, float, float]:
+    """A measured strength as the scale search uses it: (multiplier, judged flip, measured flip, 0 when no face
+    started on the other side)."""
+    return m, judge(row), row["flip"] if not math.isnan(row["flip"]) else 0.0
 
 
 def _probe_between(low: tuple[float, float, float], high: tuple[float, float, float], target: float,
@@ -331,7 +337,7 @@ def _probe_between(low: tuple[float, float, float], high: tuple[float, float, fl
         if not lo_m < m < hi_m:
             break
         row = probe(m)
-        point = (m, judge(row), row["flip"] if not math.isnan(row["flip"]) else 0.0)
+        point = _point(m, row, judge)
         if row["backoff"] <= DECODABLE_BACKOFF and row["intact"] >= MIN_INTACT:
             found.append(point)
             if point[1] >= target:
@@ -428,8 +434,7 @@ def _fit_methods(service: EditorService, classifier: AttributeClassifier, faces:
         near = taken[min(taken, key=lambda m: abs(m - scale))]
         bounds = {a: leak_bound(near, a) for a in LEAK_ATTRIBUTES if a in near["leakage"]}
         results[method, hold] = dict(scale=scale, flip=flip, judged=judged, ok=ok, bounds=bounds,
-                                     moved=moved_bound(near),
-                                     rows=rows, vector=v, probed=probed)
+                                     moved=moved_bound(near), rows=rows, vector=v, probed=probed)
 
     def rank(p: tuple[str, str]) -> tuple:
         """Reaching the target flip first, then staying in the default set; then how far the pair misses the issue's
