@@ -437,15 +437,14 @@ def _fit_methods(service: EditorService, classifier: AttributeClassifier, faces:
                                      moved=moved_bound(near), rows=rows, vector=v, probed=probed)
 
     def rank(p: tuple[str, str]) -> tuple:
-        """Reaching the target flip first, then staying in the default set; then how far the pair misses the issue's
-        targets (its judged flip under TARGET_FLIP, its leakage over MAX_LEAKAGE in the issue's lines and its moved
-        share under MIN_MOVED, summed); then its largest leakage; ties: the classifier normal, then holding by the
-        slider's own method."""
+        """Staying in the default set first; then how far the pair misses the issue's targets (its judged flip under
+        TARGET_FLIP, its leakage over MAX_LEAKAGE in the issue's lines and its moved share under MIN_MOVED, summed),
+        so a pair a little short of the flip can win over one that reaches it by dragging another attribute along;
+        then its largest leakage; ties: the classifier normal, then holding by the slider's own method."""
         r = results[p]
         short = sum(max(r["bounds"].get(a, 0.0) - MAX_LEAKAGE, 0.0) for a in target_leaks(base.attribute))
         short += max(TARGET_FLIP - r["judged"], 0.0) + max(MIN_MOVED - r["moved"], 0.0)
-        return (r["judged"] < TARGET_FLIP, not r["ok"], short, max([*r["bounds"].values(), 0.0]),
-                p[0] != "classifier", p[0] != p[1])
+        return not r["ok"], short, max([*r["bounds"].values(), 0.0]), p[0] != "classifier", p[0] != p[1]
 
     return min(results, key=rank), results
 
@@ -487,11 +486,11 @@ def calibrate(service: EditorService, classifier: AttributeClassifier, faces: Fa
        decode (choose_scale; with a fitted `geometry` check, also keeping MIN_INTACT of the faces intact, by their
        geometry and, given a fitted `colour` check, their colours; the negative side gets a smaller scale of its
        own where taking the attribute away breaks faces sooner, minus_side);
-    3. method and way of holding: of the pairs that reach the target (if none does, of those that stay in the
-       default set), the one that misses the issue's targets least at the grid point nearest its scale: its judged
-       flip under TARGET_FLIP plus its leakage over MAX_LEAKAGE in the issue's own lines (target_leaks: Male for a
-       non-gender slider, Young for Smiling) plus its moved share (judged by moved_bound) under MIN_MOVED; then
-       the one with the smallest largest leakage into the leak attributes;
+    3. method and way of holding: of the pairs that stay in the default set, the one that misses the issue's
+       targets least at the grid point nearest its scale: its judged flip under TARGET_FLIP plus its leakage over
+       MAX_LEAKAGE in the issue's own lines (target_leaks: Male for a non-gender slider, Young for Smiling) plus
+       its moved share (judged by moved_bound) under MIN_MOVED; then the one with the smallest largest leakage
+       into the leak attributes;
     4. the chosen edit is measured at its calibrated scale: a leak attribute that exceeds MAX_LEAKAGE there and is
        not yet held joins `keep`, and steps 2-4 run again. A leak the probe of step 1 missed because it only grows
        past MAX_LEAKAGE at a larger calibrated scale (hair colours on the shipped model) is held all the same.
@@ -554,6 +553,7 @@ def calibrate(service: EditorService, classifier: AttributeClassifier, faces: Fa
                                  "flip_bound_z": flip_z, "min_flip": MIN_FLIP, "max_leakage": MAX_LEAKAGE,
                                  "leak_bound_z": LEAK_BOUND_Z,
                                  "min_moved": MIN_MOVED, "probes": PROBES, "probes_past_backoff": True,
+                                 "pairs_by_shortfall": True,
                                  "min_intact": MIN_INTACT if intact is not None else None,
                                  "colour_thresholds": {"vivid": colour.threshold, "scalp": colour.scalp_threshold}
                                  if intact is not None and colour is not None else None})

@@ -366,7 +366,7 @@ reconstruction| in 0-255 units; back-off = share of faces whose edit had to be s
                         "the attribute away at that scale breaks more faces, the negative side gets its own smaller "
                         "scale, searched the same way"
                         if calibration.info.get("min_intact") else "") + "); "
-                     + _pair_rule(z, moved, probes, flip_z)
+                     + _pair_rule(z, moved, probes, flip_z, calibration.info.get("pairs_by_shortfall", False))
                      + ". The chosen edit is measured again at its "
                      "scale: a leak attribute above 0.05 there is held as well and the slider recalibrated, until "
                      "none is left to hold. The held attributes' directions may come from either method or, where "
@@ -449,15 +449,21 @@ def _reaching(flip_z: float | None) -> str:
             "of all other face sets, the report's among them)")
 
 
-def _pair_rule(z: float | None, moved: float | None, probes: int | None, flip_z: float | None = None) -> str:
-    """How a calibration recorded with these settings (None: before each was added) chose a slider's method and
-    way of holding, as the docs' rule says it."""
+def _pair_rule(z: float | None, moved: float | None, probes: int | None, flip_z: float | None = None,
+               by_shortfall: bool = False) -> str:
+    """How a calibration recorded with these settings (None or False: before each was added) chose a slider's method
+    and way of holding, as the docs' rule says it."""
     flip = "its flip, so judged," if flip_z else "its flip"
     pairs = "of the pairs of method and way of holding (below) that reach it"
     lines = "into the issue's lines, Male for a non-gender slider and Young for Smiling"
     share = (f"its share of faces moved the intended way under {moved:.0%}, judged by the lower end of its one-sided "
              "95% interval" if moved else "")
     kept = "then the one with the smallest largest leakage into Male, Young and Smiling, is kept"
+    if by_shortfall:
+        return ("of the pairs of method and way of holding (below) that stay in the default set, the one that misses "
+                f"the issue's targets least ({flip} under 60%, plus its leakage over 0.05 {lines}, plus {share}, all "
+                "summed, whether or not it reaches 60%: a pair a little short of the flip can win over one that "
+                "reaches it by dragging another attribute along), " + kept)
     if probes:
         return (f"{pairs} (if none does, of those that stay in the default set), the one that misses the issue's "
                 f"targets least ({flip} under 60%, plus its leakage over 0.05 {lines}, plus {share}, all summed), "

@@ -583,6 +583,26 @@ def test_when_no_pair_reaches_the_target_the_one_missing_the_targets_least_wins(
     assert (kept.method, kept.default) == ("mean_diff", True)
 
 
+def test_a_pair_short_of_the_flip_wins_over_one_that_reaches_it_by_leaking_more(monkeypatch):
+    """Blond hair's classifier normal (e0 + e1) reaches 60% at 1.2 gaps, but the instrument reads Male off e1,
+    which Male's directions (e2) cannot hold: 0.09 Male leakage at the grid point nearest that scale (1 gap), 0.04
+    over the line. Its mean difference (0.38 e0) leaks nothing and flips 57% at its strongest strength (3 gaps),
+    0.03 short. Summed, the mean difference misses the targets less and wins, where the old rule took any pair
+    reaching 60% first. With half the leak (0.045, under the line) the normal misses nothing and wins again."""
+    e = torch.eye(4)
+    vectors = {("Blond_Hair", "classifier"): e[0] + e[1], ("Blond_Hair", "mean_diff"): 0.38 * e[0],
+               ("Male", "classifier"): e[2], ("Male", "mean_diff"): e[2],
+               ("Young", "classifier"): e[3], ("Young", "mean_diff"): e[3]}
+    blond = _calibrate_smiling(monkeypatch, lambda name, method: vectors[name, method], label="Blond hair")
+    assert (blond.method, blond.scale, blond.default) == ("mean_diff", 3, True)
+    assert blond.flip_at_1 == pytest.approx(0.57) and blond.leakage["Male"] == pytest.approx(0.0)
+    assert "classifier: Male 0.090" in blond.reason and "mean_diff: Male 0.000" in blond.reason
+    vectors["Blond_Hair", "classifier"] = e[0] + 0.5 * e[1]
+    reaching = _calibrate_smiling(monkeypatch, lambda name, method: vectors[name, method], label="Blond hair")
+    assert (reaching.method, reaching.scale) == ("classifier", pytest.approx(1.2))
+    assert reaching.leakage["Male"] == pytest.approx(0.054)
+
+
 def test_target_leaks_are_the_issues_lines_and_leak_bound_adds_the_standard_error():
     assert edit_evaluation.target_leaks("Blond_Hair") == ("Male",)
     assert edit_evaluation.target_leaks("Smiling") == ("Male", "Young")
@@ -875,12 +895,14 @@ def test_evaluate_edits_calibrates_reports_and_the_service_loads_it(faces_dir, t
     assert "--calibrate --grid 1,1.25,1.5,2,3 --keep-probe 2 --samples 4 --threads 1` (" in header
     assert "## Calibrated defaults at +1" in text and "| Smiling |" in text and "Frechet" in text
     # the page states the rule this calibration was made with: flip counted with the other targets' shortfalls
-    # and judged the flip by the lower end of its interval, as calibration.json records it
-    assert "(if none does, of those that stay in the default set), the one that misses the issue's targets least " \
-        "(its flip, so judged, under 60%" in " ".join(text.split())
+    # whether or not a pair reaches it, and judged by the lower end of its interval, as calibration.json records it
+    assert "that stay in the default set, the one that misses the issue's targets least (its flip, so judged, " \
+        "under 60%" in " ".join(text.split())
+    assert "whether or not it reaches 60%" in text
     assert "judged by the lower end of its one-sided 95% Wilson interval (z = 1.645)" in " ".join(text.split())
     info = json.loads((model_dir / "calibration.json").read_text())["info"]
     assert info["probes"] == edit_evaluation.PROBES and info["flip_bound_z"] == 1.645 and info["probes_past_backoff"]
+    assert info["pairs_by_shortfall"]
     assert "(or one that needs the back-off on more than 10% of faces) already flips 60%" in " ".join(text.split())
     assert "The same distance from 4 real faces of the first held-out half" in text  # the floor at --samples 4
     assert (out.parent / "edits_flip.png").stat().st_size > 0
