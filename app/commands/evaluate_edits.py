@@ -459,15 +459,14 @@ def _pair_rule(z: float | None, moved: float | None, probes: int | None, flip_z:
     share = (f"its share of faces moved the intended way under {moved:.0%}, judged by the lower end of its one-sided "
              "95% interval" if moved else "")
     kept = "then the one with the smallest largest leakage into Male, Young and Smiling, is kept"
+    summed = (f"the one that misses the issue's targets least ({flip} under 60%, plus its leakage over 0.05 {lines}, "
+              f"plus {share}, all summed")
     if by_shortfall:
-        return ("of the pairs of method and way of holding (below) that stay in the default set, the one that misses "
-                f"the issue's targets least ({flip} under 60%, plus its leakage over 0.05 {lines}, plus {share}, all "
-                "summed, whether or not it reaches 60%: a pair a little short of the flip can win over one that "
-                "reaches it by dragging another attribute along), " + kept)
+        return ("of the pairs of method and way of holding (below) that stay in the default set, " + summed
+                + ", whether or not it reaches 60%: a pair a little short of the flip can win over one that reaches it "
+                "by dragging another attribute along), " + kept)
     if probes:
-        return (f"{pairs} (if none does, of those that stay in the default set), the one that misses the issue's "
-                f"targets least ({flip} under 60%, plus its leakage over 0.05 {lines}, plus {share}, all summed), "
-                + kept)
+        return f"{pairs} (if none does, of those that stay in the default set), {summed}), " + kept
     if moved:
         return (f"{pairs}, the one that misses the issue's other targets least (its leakage over 0.05 {lines}, plus "
                 f"{share}, summed), {kept} (else the one that flips more)")
