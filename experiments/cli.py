@@ -1,14 +1,15 @@
 """`python -m experiments COMMAND ...`: ablation (Flow++ pieces at equal wall-clock), pilot-report (compare runs),
-leakage-floor (how much of a slider's leakage is the edit)."""
+leakage-floor (how much of a slider's leakage is the edit), latent-walk (a non-linear hold against the linear edits)."""
 from __future__ import annotations
 
 import argparse
 
 from flow_model.commands import build_parser as _build_parser, run_command
 
-from .commands import ablation, leakage_floor, pilot_report
+from .commands import ablation, latent_walk, leakage_floor, pilot_report
 
-COMMANDS = {"ablation": ablation, "pilot-report": pilot_report, "leakage-floor": leakage_floor}
+COMMANDS = {"ablation": ablation, "pilot-report": pilot_report, "leakage-floor": leakage_floor,
+            "latent-walk": latent_walk}
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -1,0 +1,48 @@
+"""`python -m experiments latent-walk --out experiments/latent_walk.md`: does an MLP probe of the latent, holding the
+other attributes non-linearly, leak less than the shipped linear edits at equal flip?"""
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+
+from flow_model.commands import positive_int
+
+
+def add_parser(sub) -> None:
+    from ..latent_walk import SLIDERS, STRENGTHS
+
+    p = sub.add_parser("latent-walk", help="linear edits against a probe-held edit and a probe walk, at equal flip")
+    p.add_argument("--model", type=Path, default=Path("assets/celeba64"), help="model directory with directions")
+    p.add_argument("--classifier", type=Path, default=Path("assets/attribute_classifier"))
+    p.add_argument("--data", type=Path, default=Path("../shared/data/celeba"))
+    p.add_argument("--faces", type=positive_int, default=256, help="report faces (evaluate-edits' second half)")
+    p.add_argument("--probe-faces", type=positive_int, default=8000, help="training faces the probe is fitted on")
+    p.add_argument("--sliders", default=",".join(SLIDERS), help="comma-separated slider labels")
+    p.add_argument("--strengths", default=",".join(f"{s:g}" for s in STRENGTHS),
+                   help="comma-separated multiples of each slider's calibrated +1")
+    p.add_argument("--steps", type=positive_int, default=8, help="steps of the probe walk")
+    p.add_argument("--threads", type=positive_int, default=2)
+    p.add_argument("--out", type=Path, required=True, help="markdown report; raw JSON and plot beside it")
+
+
+def run(args: argparse.Namespace) -> int:
+    import torch
+
+    from ..latent_walk import measure, write_report
+
+    sliders = [s.strip() for s in args.sliders.split(",") if s.strip()]
+    try:
+        strengths = tuple(float(s) for s in args.strengths.split(",") if s.strip())
+    except ValueError:
+        raise ValueError(f"--strengths must be comma-separated numbers, got {args.strengths!r}") from None
+    if not sliders or not strengths or any(not 0 < s <= 10 for s in strengths):
+        raise ValueError(f"need at least one slider and strengths in (0, 10], got {args.sliders!r} and "
+                         f"{args.strengths!r}")
+    if 1.0 not in strengths:
+        raise ValueError(f"--strengths must include 1 (the shipped +1 the comparison is made at), got {strengths}")
+    torch.set_num_threads(args.threads)
+    results = measure(args.model, args.classifier, args.data, args.faces, args.probe_faces, sliders, strengths,
+                      args.steps)
+    write_report(results, args.out)
+    print(f"wrote {args.out} ({results['minutes']:.0f} min)")
+    return 0
