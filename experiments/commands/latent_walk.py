@@ -9,17 +9,16 @@ from flow_model.commands import positive_int
 
 
 def add_parser(sub) -> None:
-    from ..latent_walk import SLIDERS, STRENGTHS
-
     p = sub.add_parser("latent-walk", help="linear edits against a probe-held edit and a probe walk, at equal flip")
     p.add_argument("--model", type=Path, default=Path("assets/celeba64"), help="model directory with directions")
     p.add_argument("--classifier", type=Path, default=Path("assets/attribute_classifier"))
     p.add_argument("--data", type=Path, default=Path("../shared/data/celeba"))
     p.add_argument("--faces", type=positive_int, default=256, help="report faces (evaluate-edits' second half)")
     p.add_argument("--probe-faces", type=positive_int, default=8000, help="training faces the probe is fitted on")
-    p.add_argument("--sliders", default=",".join(SLIDERS), help="comma-separated slider labels")
-    p.add_argument("--strengths", default=",".join(f"{s:g}" for s in STRENGTHS),
-                   help="comma-separated multiples of each slider's calibrated +1")
+    p.add_argument("--sliders", help="comma-separated slider labels (default: SLIDERS in experiments/latent_walk.py, "
+                                      "those over a leakage line on release 15)")
+    p.add_argument("--strengths", help="comma-separated multiples of each slider's calibrated +1, 1 among them "
+                                       "(default: STRENGTHS in experiments/latent_walk.py)")
     p.add_argument("--steps", type=positive_int, default=8, help="steps of the probe walk")
     p.add_argument("--threads", type=positive_int, default=2)
     p.add_argument("--out", type=Path, required=True, help="markdown report; raw JSON and plot beside it")
@@ -28,11 +27,12 @@ def add_parser(sub) -> None:
 def run(args: argparse.Namespace) -> int:
     import torch
 
-    from ..latent_walk import measure, write_report
+    from ..latent_walk import SLIDERS, STRENGTHS, measure, write_report
 
-    sliders = [s.strip() for s in args.sliders.split(",") if s.strip()]
+    sliders = [s.strip() for s in args.sliders.split(",") if s.strip()] if args.sliders is not None else SLIDERS
     try:
-        strengths = tuple(float(s) for s in args.strengths.split(",") if s.strip())
+        strengths = (tuple(float(s) for s in args.strengths.split(",") if s.strip()) if args.strengths is not None
+                     else STRENGTHS)
     except ValueError:
         raise ValueError(f"--strengths must be comma-separated numbers, got {args.strengths!r}") from None
     if not sliders or not strengths or any(not 0 < s <= 10 for s in strengths):
@@ -41,7 +41,7 @@ def run(args: argparse.Namespace) -> int:
     if 1.0 not in strengths:
         raise ValueError(f"--strengths must include 1 (the shipped +1 the comparison is made at), got {strengths}")
     torch.set_num_threads(args.threads)
-    results = measure(args.model, args.classifier, args.data, args.faces, args.probe_faces, sliders, strengths,
+    results = measure(args.model, args.classifier, args.data, args.faces, args.probe_faces, list(sliders), strengths,
                       args.steps)
     write_report(results, args.out)
     print(f"wrote {args.out} ({results['minutes']:.0f} min)")
