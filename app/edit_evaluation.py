@@ -203,6 +203,13 @@ def edited_images(service: EditorService, faces: FaceSet, vector: torch.Tensor, 
     edited = faces.latents + value * vector[None]
     if backoff:
         return decode_with_backoff(service, faces.latents, edited)
+    return decoded_or_unedited(service, faces, edited)
+
+
+def decoded_or_unedited(service: EditorService, faces: FaceSet,
+                        edited: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """Edited latents of `faces`, one decode each -> uint8 images, a face whose edit does not decode shown unedited,
+    and per face 1 or 0 for whether its edit is shown."""
     images, ok = service.decode_checked(edited)
     return torch.where(ok[:, None, None, None], _uint8(service, images), faces.images), ok.double()
 

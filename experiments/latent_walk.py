@@ -40,7 +40,8 @@ from sklearn.metrics import roc_auc_score
 from app.calibration import TARGET_FLIP
 from app.classifier import AttributeClassifier
 from app.directions import encode_images
-from app.edit_evaluation import LEAK_ATTRIBUTES, encode_faces, measure_vector, target_leaks, validation_halves
+from app.edit_evaluation import (LEAK_ATTRIBUTES, decoded_or_unedited, encode_faces, measure_vector, target_leaks,
+                                 validation_halves)
 from app.service import SLIDER_BY_LABEL, EditorService
 from flow_model.data import load_images, open_dataset, select
 from flow_model.fileio import write_text
@@ -93,9 +94,16 @@ class LatentProbe(nn.Module):
 def fit_probe(z: torch.Tensor, y: torch.Tensor, attributes: list[str], cfg: ProbeConfig) -> tuple[LatentProbe, dict]:
     """Fits on all but the last `val_fraction` of a seeded permutation and keeps the epoch with the lowest held-out
     loss; -> the probe (eval mode, frozen) and the held-out AUC per attribute, of the probe and of a logistic
-    regression on the same split (what the linear directions can read)."""
+    regression on the same split (what the linear directions can read). Its initial weights and dropout draw from
+    `cfg.seed` too, so the same inputs give the same probe."""
     if len(z) != len(y) or len(z) < 16:
         raise ValueError(f"need at least 16 latents with one label row each, got {len(z)} latents, {len(y)} rows")
+    with torch.random.fork_rng():
+        torch.manual_seed(cfg.seed)
+        return _fit(z, y, attributes, cfg)
+
+
+def _fit(z: torch.Tensor, y: torch.Tensor, attributes: list[str], cfg: ProbeConfig) -> tuple[LatentProbe, dict]:
     g = torch.Generator().manual_seed(cfg.seed)
     perm = torch.randperm(len(z), generator=g)
     n_val = max(8, int(len(z) * cfg.val_fraction))
@@ -153,9 +161,10 @@ def walk(probe: LatentProbe, c0: torch.Tensor, target: int, sign: float, held: l
     per_step = torch.as_tensor(length, dtype=c0.dtype).reshape(-1, 1) / steps
     c = c0.detach().clone()
     for _ in range(steps):
-        grad = sign * probe.jacobian(c, [target])[1][:, 0]
+        jac = probe.jacobian(c, [target, *held])[1]
+        grad = sign * jac[:, 0]
         if held:
-            q, _ = torch.linalg.qr(probe.jacobian(c, held)[1].transpose(1, 2))
+            q, _ = torch.linalg.qr(jac[:, 1:].transpose(1, 2))
             grad = grad - (q @ (q.transpose(1, 2) @ grad[..., None]))[..., 0]
         c = c + per_step * grad / grad.norm(dim=1, keepdim=True).clamp_min(1e-12)
         c = hold(probe, c, goal, held, iters=2) if held else c
@@ -224,13 +233,12 @@ def measure(model: Path, classifier_dir: Path, data_dir: Path, faces: int, probe
             walked[:, coarse] = walk(probe, base[:, coarse], target, spec.sign, held,
                                      float((s * vector[coarse]).norm()), steps)
             for method, latents in zip(METHODS, (linear, held_edit, walked)):
-                decoded, ok = service.decode_checked(latents)
-                shown = torch.where(ok[:, None, None, None], service.model.quantize(decoded).cpu(), face_set.images)
+                shown, ok = decoded_or_unedited(service, face_set, latents)
                 m = measure_vector(service, classifier, face_set, vector, s, spec.attribute, spec.sign,
-                                   backoff=False, edited=(shown, ok.double()))
+                                   backoff=False, edited=(shown, ok))
                 rows.append({"slider": label, "method": method, "strength": s, "flip": m["flip"],
                              "moved": m["moved"], "leakage": m["leakage"], "pixel": m["pixel"],
-                             "undecoded": float(1 - ok.double().mean()), "held": held_names,
+                             "undecoded": float(1 - ok.mean()), "held": held_names,
                              "latent_change": float((latents - base).norm(dim=1).mean())})
                 log.info("%-13s x%-4g %-20s flip %.2f moved %.2f %s", label, s, method, m["flip"], m["moved"],
                          " ".join(f"{a} {v:.3f}" for a, v in m["leakage"].items()))

@@ -28,6 +28,10 @@ def test_probe_reads_an_attribute_no_linear_read_out_can():
     assert fit["auc"]["xor"]["probe"] > 0.9 and fit["auc"]["xor"]["linear"] < 0.6
     assert fit["auc"]["half"]["probe"] > 0.95 and fit["auc"]["half"]["linear"] > 0.95
     assert fit["fit_faces"] + fit["val_faces"] == 3000 and not probe.training
+    torch.manual_seed(123)  # the global generator's state must not matter
+    again, _ = fit_probe(z, y, ["xor", "half"], ProbeConfig(hidden=32, input_dropout=0.0, dropout=0.0,
+                                                            weight_decay=0.0, lr=3e-3, max_epochs=40))
+    assert all(torch.equal(a, b) for a, b in zip(probe.parameters(), again.parameters()))
     with pytest.raises(ValueError, match="one label row each"):
         fit_probe(z[:10], y[:10], ["xor", "half"], ProbeConfig())
 
