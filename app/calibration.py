@@ -1,5 +1,6 @@
 """Per-slider calibration measured by `python -m app evaluate-edits --calibrate`: the scale that makes +1 a clear
-edit, the direction method, the attributes held fixed by default, and whether the slider is in the default set;
+edit, the direction method, the attributes held fixed by default, whether its edits stay in the part of the face the
+attribute lives in, and whether the slider is in the default set;
 and the sampling temperature the same run recommends from its sample-quality figures.
 
 Stored as calibration.json beside the model's directions.safetensors; `EditorService.load` applies it when present.
@@ -54,8 +55,11 @@ class SliderCalibration:
     hold: str | None = None  # how the held attributes are held (a method or NULLSPACE); None: by the slider's method
     # the scale of the negative side, where taking the attribute away breaks faces sooner than adding it; None: scale
     minus_scale: float | None = None
+    local: bool = False  # edits stay inside the slider's face region (app/regions.py): it leaked less there
 
     def __post_init__(self) -> None:
+        if not isinstance(self.local, bool):
+            raise ValueError(f"a slider's local must be true or false, got {self.local!r}")
         if self.method not in METHODS:
             raise ValueError(f"unknown method {self.method!r}; valid: {list(METHODS)}")
         if self.hold is not None and self.hold not in HOLDS:

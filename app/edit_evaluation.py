@@ -26,6 +26,7 @@ from .calibration import (FLIP_BOUND_Z, LEAK_BOUND_Z, MAX_LEAKAGE, METHODS, MIN_
 from .classifier import AttributeClassifier
 from .directions import NULLSPACE
 from .face_check import ColourCheck, FaceGeometryCheck, GeometryResult, wilson_interval
+from .regions import composite, region_mask
 from .service import (AUTO_METHOD, BACKOFF_FRACTIONS, SLIDER_BY_LABEL, Check, EditorService, SliderSpec, checkpoint,
                       orthogonalize)
 
@@ -123,12 +124,18 @@ def _uint8(service: EditorService, x: torch.Tensor) -> torch.Tensor:
 
 
 def decode_with_backoff(service: EditorService, base: torch.Tensor, edited: torch.Tensor,
-                        check: Check | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+                        check: Check | None = None, mask: torch.Tensor | None = None,
+                        base_decoded: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
     """What EditorService.edit shows for each row, batched: the edit when it decodes, else the largest of 1/16 ..
-    15/16 of it whose prefix of strengths all decode (the base face's own decode when none does). Returns uint8
-    images (N, 3, S, S) and the strength shown (N,). check (a deadline, a cancel button) runs before each back-off
-    pass: each is 15 decodes."""
+    15/16 of it whose prefix of strengths all decode (the base face's own decode when none does), kept to `mask`
+    (EditorService.edit_mask) over the base faces' decodes `base_decoded` (decoded here when not given). Returns
+    uint8 images (N, 3, S, S) and the strength shown (N,). check (a deadline, a cancel button) runs before each
+    back-off pass: each is 15 decodes."""
+    if mask is not None and base_decoded is None:
+        base_decoded = service.decode_checked(base)[0]
     images, ok = service.decode_checked(edited)
+    if mask is not None:
+        images = composite(base_decoded, images, mask)
     images = _uint8(service, images).clone()
     strength = torch.ones(len(edited), dtype=torch.float64)
     fractions = torch.arange(1, BACKOFF_FRACTIONS) / BACKOFF_FRACTIONS
@@ -140,7 +147,8 @@ def decode_with_backoff(service: EditorService, base: torch.Tensor, edited: torc
             images[i] = _uint8(service, service.decode_checked(base[i:i + 1])[0])[0]
             strength[i] = 0.0
         else:
-            images[i] = _uint8(service, imgs[usable - 1:usable])[0]
+            shown = imgs[usable - 1:usable]
+            images[i] = _uint8(service, shown if mask is None else composite(base_decoded[i], shown, mask))[0]
             strength[i] = float(fractions[usable - 1])
     return images, strength
 
@@ -153,6 +161,7 @@ class FaceSet:
     images: torch.Tensor  # (N, 3, S, S) uint8, = decode(latent)
     probs: torch.Tensor  # (N, A)
     features: torch.Tensor  # (N, F)
+    decoded: torch.Tensor  # (N, 3, S, S) float: the decoder's output before rounding, what local edits blend into
 
 
 @dataclass
@@ -191,40 +200,44 @@ def encode_faces(service: EditorService, classifier: AttributeClassifier, images
     latents = torch.cat([model.flatten_latents(model.encode(images[i:i + batch_size].to(service.device),
                                                             standardized=True)).float().cpu()
                          for i in range(0, len(images), batch_size)])
+    decoded = torch.cat([service.decode_checked(latents[i:i + batch_size])[0]
+                         for i in range(0, len(latents), batch_size)])
     recon = reduce_bits(images, model.config.n_bits)
     probs, feats = classifier.predict(recon)
-    return FaceSet(latents, recon, probs, feats)
+    return FaceSet(latents, recon, probs, feats, decoded)
 
 
 def edited_images(service: EditorService, faces: FaceSet, vector: torch.Tensor, value: float,
-                  backoff: bool = True) -> tuple[torch.Tensor, torch.Tensor]:
-    """Every face + value x vector through the editor's decode -> uint8 images and the strength shown. With
-    backoff=False (calibration's shortcut: one decode per face) a face whose edit does not decode shows unedited."""
+                  backoff: bool = True, mask: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+    """Every face + value x vector through the editor's decode (kept to `mask`, as EditorService.edit keeps a local
+    slider's edit to its region) -> uint8 images and the strength shown. With backoff=False (calibration's
+    shortcut: one decode per face) a face whose edit does not decode shows unedited."""
     edited = faces.latents + value * vector[None]
     if backoff:
-        return decode_with_backoff(service, faces.latents, edited)
-    return decoded_or_unedited(service, faces, edited)
+        return decode_with_backoff(service, faces.latents, edited, mask=mask, base_decoded=faces.decoded)
+    return decoded_or_unedited(service, faces, edited, mask)
 
 
-def decoded_or_unedited(service: EditorService, faces: FaceSet,
-                        edited: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    """Edited latents of `faces`, one decode each -> uint8 images, a face whose edit does not decode shown unedited,
-    and per face 1 or 0 for whether its edit is shown."""
+def decoded_or_unedited(service: EditorService, faces: FaceSet, edited: torch.Tensor,
+                        mask: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+    """Edited latents of `faces`, one decode each (kept to `mask`) -> uint8 images, a face whose edit does not
+    decode shown unedited, and per face 1 or 0 for whether its edit is shown."""
     images, ok = service.decode_checked(edited)
-    return torch.where(ok[:, None, None, None], _uint8(service, images), faces.images), ok.double()
+    images = _uint8(service, composite(faces.decoded, images, mask))
+    return torch.where(ok[:, None, None, None], images, faces.images), ok.double()
 
 
 def measure_vector(service: EditorService, classifier: AttributeClassifier, faces: FaceSet, vector: torch.Tensor,
                    value: float, attribute: str, sign: float, leak: Sequence[str] = LEAK_ATTRIBUTES,
                    backoff: bool = True, intact: Intactness | None = None,
-                   edited: tuple[torch.Tensor, torch.Tensor] | None = None) -> dict:
+                   edited: tuple[torch.Tensor, torch.Tensor] | None = None, mask: torch.Tensor | None = None) -> dict:
     """The edits of `edited_images`, measured: edit_measures plus pixel change (mean |edit - reconstruction| in
     0..255 units), back-off rate, over all other attributes the largest mean |dP| and, given `intact`, the share of
     faces kept intact (Intactness). Without back-off a face whose edit does not decode counts as unedited, so
     its flip and shift are 0: a lower bound on what the editor shows. `edited`: those edits, when the caller
-    already has them."""
+    already has them; `mask`: where the edits are kept (edited_images)."""
     names = classifier.attributes
-    images, strength = edited if edited is not None else edited_images(service, faces, vector, value, backoff)
+    images, strength = edited if edited is not None else edited_images(service, faces, vector, value, backoff, mask)
     probs, _ = classifier.predict(images)
     target = names.index(attribute)
     m = edit_measures(faces.probs, probs, target, sign * value, {a: names.index(a) for a in leak if a in names})
@@ -242,14 +255,16 @@ def measure_vector(service: EditorService, classifier: AttributeClassifier, face
 def evaluate_sliders(service: EditorService, classifier: AttributeClassifier, faces: FaceSet,
                      specs: Sequence[SliderSpec], values: Sequence[float] = VALUES, method: str | None = None,
                      progress=None, intact: Intactness | None = None) -> dict[str, list[dict]]:
-    """Each slider at each value with the service's defaults (its calibrated method, scale, negative side's scale
-    and kept attributes unless `method` names one)."""
+    """Each slider at each value with the service's defaults (its calibrated method, scale, negative side's scale,
+    kept attributes and region unless `method` names one)."""
     out = {}
     for spec in specs:
         chosen = AUTO_METHOD if method is None else method
         vector = service.edit_vectors([spec.label], method=chosen)[0]
+        mask = service.edit_mask([spec.label])
         out[spec.label] = [measure_vector(service, classifier, faces, vector * (service.multiplier(
-            spec.label, v, chosen) / v if v else 1.0), v, spec.attribute, spec.sign, intact=intact) for v in values]
+            spec.label, v, chosen) / v if v else 1.0), v, spec.attribute, spec.sign, intact=intact, mask=mask)
+            for v in values]
         if progress:
             progress(spec.label, out[spec.label])
     return out
@@ -377,13 +392,14 @@ class MeasuredLazily(abc.Sequence):
 
 
 def minus_side(intact: Intactness, service: EditorService, faces: FaceSet, vector: torch.Tensor, scale: float,
-               grid: Sequence[float]) -> tuple[float | None, float, str]:
-    """The negative side of a slider calibrated to `scale` on the positive side: None when taking the attribute
-    away at -scale keeps MIN_INTACT of the faces intact, else the strongest of the grid points below scale (and a
-    half and a quarter of the weakest) that does, searched upwards and stopped at the first that breaks more (the
-    weakest when none does). Returns (minus scale, share intact there, what the reason says)."""
+               grid: Sequence[float], mask: torch.Tensor | None = None) -> tuple[float | None, float, str]:
+    """The negative side of a slider calibrated to `scale` on the positive side (its edits kept to `mask`): None
+    when taking the attribute away at -scale keeps MIN_INTACT of the faces intact, else the strongest of the grid
+    points below scale (and a half and a quarter of the weakest) that does, searched upwards and stopped at the
+    first that breaks more (the weakest when none does). Returns (minus scale, share intact there, what the reason
+    says)."""
     def share(m: float) -> float:
-        return intact.share(edited_images(service, faces, vector, -m, backoff=False)[0])
+        return intact.share(edited_images(service, faces, vector, -m, backoff=False, mask=mask)[0])
 
     at_scale = share(scale)
     if at_scale >= MIN_INTACT:
@@ -402,24 +418,26 @@ def minus_side(intact: Intactness, service: EditorService, faces: FaceSet, vecto
 
 def _fit_methods(service: EditorService, classifier: AttributeClassifier, faces: FaceSet, base: SliderSpec,
                  keep: Sequence[str], grid: Sequence[float], methods: Sequence[str],
-                 intact: Intactness | None, flip_z: float) -> tuple[tuple[str, str], dict]:
+                 intact: Intactness | None, flip_z: float, mask: torch.Tensor | None = None,
+                 pairs: Sequence[tuple[str, str]] | None = None) -> tuple[tuple[str, str], dict]:
     """Steps 2-3 of `calibrate` for one set of held attributes: per (method, how the held attributes are held)
-    the scale, then the pair. The intactness a grid point was checked for is kept in its row."""
+    the scale, then the pair (_rank). The intactness a grid point was checked for is kept in its row. `mask` keeps
+    every edit to a face region; `pairs`, when given, are the only pairs tried."""
     results = {}
     d = service.directions
     holds = [*methods, NULLSPACE] if any(k in d.nullspaces for k in keep) else methods
-    for method, hold in [(m, h) for m in methods for h in holds if keep or h == m]:
+    for method, hold in pairs or [(m, h) for m in methods for h in holds if keep or h == m]:
         v = base.sign * d.vector(base.attribute, method)
         if keep:
             v = orthogonalize(v[None], torch.cat([d.held(k, hold) for k in keep]))[0]
         shown: dict[float, torch.Tensor] = {}  # each measured strength's edits, for intact_at to check
 
         def measure(m: float, v=v, shown=shown) -> dict:
-            edited = edited_images(service, faces, v, m, backoff=False) if intact is not None else None
+            edited = edited_images(service, faces, v, m, backoff=False, mask=mask) if intact is not None else None
             if edited is not None:
                 shown[m] = edited[0]
             return measure_vector(service, classifier, faces, v, m, base.attribute, base.sign, backoff=False,
-                                  edited=edited)
+                                  edited=edited, mask=mask)
 
         rows = MeasuredLazily(grid, measure)
 
@@ -444,16 +462,20 @@ def _fit_methods(service: EditorService, classifier: AttributeClassifier, faces:
                                      moved=moved_bound(near), rows=rows, vector=v, probed=probed)
 
     def rank(p: tuple[str, str]) -> tuple:
-        """Staying in the default set first; then how far the pair misses the issue's targets (its judged flip under
-        TARGET_FLIP, its leakage over MAX_LEAKAGE in the issue's lines and its moved share under MIN_MOVED, summed),
-        so a pair a little short of the flip can win over one that reaches it by dragging another attribute along;
-        then its largest leakage; ties: the classifier normal, then holding by the slider's own method."""
-        r = results[p]
-        short = sum(max(r["bounds"].get(a, 0.0) - MAX_LEAKAGE, 0.0) for a in target_leaks(base.attribute))
-        short += max(TARGET_FLIP - r["judged"], 0.0) + max(MIN_MOVED - r["moved"], 0.0)
-        return not r["ok"], short, max([*r["bounds"].values(), 0.0]), p[0] != "classifier", p[0] != p[1]
+        """_rank; ties: the classifier normal, then holding by the slider's own method."""
+        return *_rank(results[p], base.attribute), p[0] != "classifier", p[0] != p[1]
 
     return min(results, key=rank), results
+
+
+def _rank(r: Mapping, attribute: str) -> tuple[bool, float, float]:
+    """How a calibrated edit of `attribute` (one of _fit_methods' results) ranks, lower first: staying in the default
+    set first; then how far it misses the issue's targets (its judged flip under TARGET_FLIP, its leakage over
+    MAX_LEAKAGE in the issue's lines and its moved share under MIN_MOVED, summed), so an edit a little short of the
+    flip can win over one that reaches it by dragging another attribute along; then its largest leakage."""
+    short = sum(max(r["bounds"].get(a, 0.0) - MAX_LEAKAGE, 0.0) for a in target_leaks(attribute))
+    short += max(TARGET_FLIP - r["judged"], 0.0) + max(MIN_MOVED - r["moved"], 0.0)
+    return not r["ok"], short, max([*r["bounds"].values(), 0.0])
 
 
 def _pair_label(method: str, hold: str) -> str:
@@ -497,7 +519,9 @@ def calibrate(service: EditorService, classifier: AttributeClassifier, faces: Fa
        targets least at the grid point nearest its scale: its judged flip under TARGET_FLIP plus its leakage over
        MAX_LEAKAGE in the issue's own lines (target_leaks: Male for a non-gender slider, Young for Smiling) plus
        its moved share (judged by moved_bound) under MIN_MOVED; then the one with the smallest largest leakage
-       into the leak attributes;
+       into the leak attributes; for a slider whose attribute lives in one part of the face (SliderSpec.region),
+       the chosen pair's scale is searched again with its edits kept to that region (app/regions.py), and the
+       local edit replaces the whole-face one where it ranks better by the same measures (ties: the whole face);
     4. the chosen edit is measured at its calibrated scale: a leak attribute that exceeds MAX_LEAKAGE there and is
        not yet held joins `keep`, and steps 2-4 run again. A leak the probe of step 1 missed because it only grows
        past MAX_LEAKAGE at a larger calibrated scale (hair colours on the shipped model) is held all the same.
@@ -518,9 +542,15 @@ def calibrate(service: EditorService, classifier: AttributeClassifier, faces: Fa
         while True:
             (method, hold), results = _fit_methods(service, classifier, faces, base, keep, grid, methods, intact,
                                                    flip_z)
-            r = results[method, hold]
+            r, mask, inside = results[method, hold], None, None
+            if base.region is not None:
+                region = region_mask(base.region, service.image_size)
+                inside = _fit_methods(service, classifier, faces, base, keep, grid, methods, intact, flip_z,
+                                      mask=region, pairs=[(method, hold)])[1][method, hold]
+                if _rank(inside, base.attribute) < _rank(r, base.attribute):
+                    r, mask = inside, region
             final = measure_vector(service, classifier, faces, r["vector"], r["scale"], base.attribute, base.sign,
-                                   backoff=False, intact=intact)
+                                   backoff=False, intact=intact, mask=mask)
             more = [a for a in candidates if a not in keep and leak_bound(final, a) > MAX_LEAKAGE]
             if not more:
                 break
@@ -530,6 +560,11 @@ def calibrate(service: EditorService, classifier: AttributeClassifier, faces: Fa
         flips = ", ".join(f"{_pair_label(*p)}: {_flips(results[p]['rows'], results[p]['probed'])}" for p in results)
         bounds = ", ".join(f"{_pair_label(*p)}: " + " ".join(f"{a} {b:.3f}" for a, b in results[p]["bounds"].items())
                            + f" moved {results[p]['moved']:.1%}" for p in results)
+        if inside is not None:
+            local = f"{_pair_label(method, hold)} kept to the {base.region}"
+            flips += f", {local}: {_flips(inside['rows'], inside['probed'])}"
+            bounds += (f", {local}: " + " ".join(f"{a} {b:.3f}" for a, b in inside["bounds"].items())
+                       + f" moved {inside['moved']:.1%} ({'chosen' if mask is not None else 'not chosen'})")
         reason = (f"flip at +{'/'.join(f'{g:g}' for g in grid)} class-mean gaps: {flips}; "
                   f"leakage and moved-share bounds near the scale of each pair: {bounds}; leakage at "
                   f"{probe:g} gaps without holding anything: "
@@ -543,7 +578,7 @@ def calibrate(service: EditorService, classifier: AttributeClassifier, faces: Fa
                        f"the faces stayed intact (< {MIN_INTACT:.0%})")
         minus, intact_share = None, None
         if intact is not None:
-            minus, minus_share, said = minus_side(intact, service, faces, r["vector"], r["scale"], grid)
+            minus, minus_share, said = minus_side(intact, service, faces, r["vector"], r["scale"], grid, mask)
             intact_share = min(final["intact"], minus_share)
             reason += said
         if not r["ok"]:
@@ -553,7 +588,7 @@ def calibrate(service: EditorService, classifier: AttributeClassifier, faces: Fa
             method=method, scale=float(r["scale"]), keep=keep, default=bool(r["ok"]),
             scales={m: float(results[m, m]["scale"]) for m in methods}, flip_at_1=float(r["flip"]),
             leakage={a: round(v, 4) for a, v in final["leakage"].items()}, reason=reason,
-            intact=intact_share, hold=hold if hold != method else None, minus_scale=minus)
+            intact=intact_share, hold=hold if hold != method else None, minus_scale=minus, local=mask is not None)
         if progress:
             progress(label, sliders[label])
     return Calibration(sliders, {"grid": list(grid), "faces": len(faces.latents), "target_flip": TARGET_FLIP,
@@ -652,10 +687,10 @@ def plot_flip_rates(after: Mapping[str, list[dict]], before: Mapping[str, list[d
 
 def slider_table(results: Mapping[str, list[dict]], service: EditorService, value: float = 1.0) -> str:
     checked = all("intact" in r for rows in results.values() for r in rows)
-    lines = ["| slider | method | scale | kept fixed | default | P before -> after | shift | moved | flip (n) | "
-             "leak Male | leak Young | leak Smiling | largest other leak | pixel change | back-off |"
+    lines = ["| slider | method | scale | kept fixed | edits | default | P before -> after | shift | moved | "
+             "flip (n) | leak Male | leak Young | leak Smiling | largest other leak | pixel change | back-off |"
              + (" face intact |" if checked else ""),
-             "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|" + ("---|" if checked else "")]
+             "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|" + ("---|" if checked else "")]
     for label, rows in results.items():
         spec = service.slider(label)
         r = next(r for r in rows if r["value"] == value)
@@ -663,7 +698,8 @@ def slider_table(results: Mapping[str, list[dict]], service: EditorService, valu
         lines.append(
             f"| {label} | {spec.method} | {spec.scale:g} | {', '.join(spec.keep) or '-'}"
             f"{f' (by {spec.hold_method})' if spec.hold_method else ''} | "
-            f"{'yes' if spec.default else 'no'} | {r['p_before']:.0%} -> {r['p_after']:.0%} | {r['shift']:+.2f} | "
+            f"{spec.region if spec.local else 'whole face'} | {'yes' if spec.default else 'no'} | "
+            f"{r['p_before']:.0%} -> {r['p_after']:.0%} | {r['shift']:+.2f} | "
             f"{percent(r['moved'])} | {percent(r['flip'])} ({r['flip_n']}) | "
             + " | ".join(f"{leak[a]:.3f}" if a in leak else "-" for a in LEAK_ATTRIBUTES)
             + f" | {r['max_leak_attribute']} {r['max_leak']:.3f} | {r['pixel']:.1f} | {percent(r['backoff'])} |"

@@ -131,7 +131,14 @@ def check_encode(limits: Limits, photo, model_output=False, *rest) -> None:
     _photo("photo", photo)
 
 
-def check_render(limits: Limits, face, custom, slots, method, disentangle, keep, levels, model_output, *values) -> None:
+def _flag(field: str, value) -> None:
+    if value is not None and not isinstance(value, bool):
+        raise LimitError(f"{field} must be true or false, got {type(value).__name__} {value!r}"[:200])
+
+
+def check_render(limits: Limits, face, custom, slots, method, disentangle, local, keep, levels, model_output,
+                 *values) -> None:
+    _flag("local", local)
     names("attributes to keep fixed", keep, limits.keep)
     _values("slider", values, limits)
 
@@ -164,8 +171,7 @@ def check_interpolate(limits: Limits, a, b, frames, spherical) -> None:
     _photo("face A", a)
     _photo("face B", b)
     integer("frames", frames, 2, limits.frames)
-    if not isinstance(spherical, bool) and spherical is not None:
-        raise LimitError(f"spherical must be true or false, got {type(spherical).__name__} {spherical!r}"[:200])
+    _flag("spherical", spherical)
 
 
 def check_sample(limits: Limits, temperature, seed, count) -> None:

@@ -11,7 +11,7 @@ import io
 import json
 import logging
 import math
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Callable, Mapping, Sequence
 
@@ -28,6 +28,7 @@ from .calibration import CALIBRATION_FILE, Calibration
 from .classifier import AttributeClassifier, describe_change, load_classifier
 from .directions import NULLSPACE, Directions, load_directions
 from .photo import FacePhoto, compose, crop_side, edited_photo, to_image
+from .regions import composite, union_mask
 
 log = logging.getLogger(__name__)
 
@@ -74,6 +75,8 @@ class SliderSpec:
     # under AUTO_METHOD, how the kept attributes are held: a method's directions or NULLSPACE (None: method)
     hold_method: str | None = None
     minus_scale: float | None = None  # under AUTO_METHOD, the negative side's scale (None: scale)
+    region: str | None = None  # the part of the face the attribute lives in (app/regions.py), if one
+    local: bool = False  # calibrated: edits stay inside `region` unless the caller asks for the whole face
 
     def scale_for(self, method: str) -> float:
         return self.scale if method == self.method else dict(self.method_scales).get(method, self.scale)
@@ -82,34 +85,36 @@ class SliderSpec:
 # Scales from scripts/slider_sheet.py on the shipped model: at a class-mean gap, age, brown hair and narrow eyes
 # (noisy labels, weak directions) barely show and black hair, bangs, beard and male are subtle; the rest are clear.
 SLIDERS = (
-    SliderSpec("Smiling", "Smiling"),
+    SliderSpec("Smiling", "Smiling", region="lower face"),
     SliderSpec("Age", "Young", -1.0, 2.0),
     SliderSpec("Blond hair", "Blond_Hair"),
     SliderSpec("Black hair", "Black_Hair", scale=1.5),
     SliderSpec("Brown hair", "Brown_Hair", scale=2.0),
     SliderSpec("Gray hair", "Gray_Hair"),
     SliderSpec("Bald", "Bald"),
-    SliderSpec("Bangs", "Bangs", scale=1.5),
-    SliderSpec("Beard", "No_Beard", -1.0, 1.5),
-    SliderSpec("Eyeglasses", "Eyeglasses"),
+    SliderSpec("Bangs", "Bangs", scale=1.5, region="forehead"),
+    SliderSpec("Beard", "No_Beard", -1.0, 1.5, region="lower face"),
+    SliderSpec("Eyeglasses", "Eyeglasses", region="eyes"),
     SliderSpec("Male", "Male", scale=1.5),
     SliderSpec("Pale skin", "Pale_Skin"),
-    SliderSpec("Narrow eyes", "Narrow_Eyes", scale=2.0),
+    SliderSpec("Narrow eyes", "Narrow_Eyes", scale=2.0, region="eyes"),
     SliderSpec("Heavy makeup", "Heavy_Makeup"),
-    SliderSpec("Mouth slightly open", "Mouth_Slightly_Open"),
+    SliderSpec("Mouth slightly open", "Mouth_Slightly_Open", region="mouth"),
 )
 SLIDER_BY_LABEL = {s.label: s for s in SLIDERS}
 
 
 def calibrated_sliders(calibration: Calibration | None) -> dict[str, SliderSpec]:
-    """SLIDERS with the measured scale, method, kept attributes and default-set membership of calibration.json
-    (app/calibration.py, written by `python -m app evaluate-edits --calibrate`) where it has them."""
+    """SLIDERS with the measured scale, method, kept attributes, default-set membership and whether edits stay in
+    the slider's region, from calibration.json (app/calibration.py, written by `python -m app evaluate-edits
+    --calibrate`) where it has them."""
     out = {}
     for spec in SLIDERS:
         c = calibration.get(spec.label) if calibration is not None else None
-        out[spec.label] = spec if c is None else SliderSpec(
-            spec.label, spec.attribute, spec.sign, c.scale, c.method, tuple(c.keep), c.default,
-            tuple(sorted(c.scales.items())), c.hold, c.minus_scale)
+        out[spec.label] = spec if c is None else replace(
+            spec, scale=c.scale, method=c.method, keep=tuple(c.keep), default=c.default,
+            method_scales=tuple(sorted(c.scales.items())), hold_method=c.hold, minus_scale=c.minus_scale,
+            local=c.local and spec.region is not None)
     return out
 
 
@@ -579,29 +584,41 @@ class EditorService:
             return value
         return value * spec.minus_scale / spec.scale
 
+    def edit_mask(self, keys: Sequence[str], local: bool = True) -> torch.Tensor | None:
+        """Where an edit of these sliders may change the face: the union of their regions when every one of them is
+        calibrated to stay in its region (app/regions.py), else None, the whole face (so also for custom sliders,
+        attributes without a slider, and local=False)."""
+        specs = [self.slider(k) for k in keys]
+        if not local or not specs or any(s is None or not s.local for s in specs):
+            return None
+        return union_mask([s.region for s in specs], self.image_size)
+
     def edit(self, face: Face, edits: Mapping[str, float], method: str = AUTO_METHOD, keep: Sequence[str] = (),
              levels: Sequence[int] | None = None, custom: Mapping[str, torch.Tensor] | None = None,
-             check: Check | None = None) -> Edited:
+             check: Check | None = None, local: bool = True) -> Edited:
         """The edited face; with every value at 0, the face's reconstruction itself. An edit the model cannot
-        decode is shown at the largest fraction of its strength that decodes, and says so. check runs before each
-        model pass."""
+        decode is shown at the largest fraction of its strength that decodes, and says so. With `local`, an edit
+        of sliders calibrated to stay in their part of the face changes only that part (edit_mask). check runs
+        before each model pass."""
         latent = self.edit_latent(face.latent, edits, method, keep, levels, custom)
         if latent is face.latent:
             return Edited(face.image)
+        mask = self.edit_mask([k for k, v in edits.items() if v], local)
         checkpoint(check)
         decoded, ok = self.decode_checked(latent[None])
         if ok[0]:
-            return self._edited(face, decoded[0], 1.0)
+            return self._edited(face, decoded[0], 1.0, mask)
         fractions = torch.arange(1, BACKOFF_FRACTIONS) / BACKOFF_FRACTIONS
         checkpoint(check)
         decoded, ok = self.decode_checked(face.latent + fractions[:, None] * (latent - face.latent))
         usable = int(ok.long().cumprod(0).sum())  # the strengths up to the first failure
         if usable == 0:
             return Edited(face.image, 0.0)
-        return self._edited(face, decoded[usable - 1], float(fractions[usable - 1]))
+        return self._edited(face, decoded[usable - 1], float(fractions[usable - 1]), mask)
 
-    def _edited(self, face: Face, decoded: torch.Tensor, strength: float) -> Edited:
+    def _edited(self, face: Face, decoded: torch.Tensor, strength: float, mask: torch.Tensor | None) -> Edited:
         """Flow inputs span one unit per 256 pixel levels, so the change in pixels is 256 x the change in x."""
+        decoded = composite(face.decoded, decoded, mask)
         return Edited(self.model.quantize(decoded), strength, (decoded - face.decoded) * 256.0)
 
     # -- what an edit did, as the attribute classifier reads it -------------------------------------

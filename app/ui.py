@@ -121,10 +121,10 @@ class EditorUI:
         return {k: float(v or 0.0) for k, v in edits.items()}
 
     def _render(self, face: Face, edits: dict[str, float], method: str, keep: Sequence[str], level_choice: str | None,
-                custom: dict[str, torch.Tensor], check: Check | None = None) -> Edited:
+                custom: dict[str, torch.Tensor], check: Check | None = None, local: bool = True) -> Edited:
         try:
             return self.service.edit(face, edits, method or AUTO_METHOD, list(keep or []), self._levels(level_choice),
-                                     custom, check)
+                                     custom, check, local is not False)
         except (KeyError, ValueError) as err:
             raise user_error(err) from None
 
@@ -151,13 +151,13 @@ class EditorUI:
         face = self._face(source, self._deadline("encoding the photo").check)
         return face, self._shown(face, None, model_output), self.describe(face)
 
-    def render(self, face: Face | None, custom: dict, slots: list[str], method: str, disentangle: bool,
+    def render(self, face: Face | None, custom: dict, slots: list[str], method: str, disentangle: bool, local: bool,
                keep: list[str], levels: str, model_output: bool, *values: float) -> tuple[Image.Image | None, str]:
         if face is None:
             return None, ""
         edits = self._edits(slots, values)
         edited = self._render(face, edits, method, keep if disentangle else [], levels, custom,
-                              self._deadline("the edit").check)
+                              self._deadline("the edit").check, local)
         reading = self.service.reading(face, edited, edits)  # "Smiling 12% -> 81%; largest other change: ..."
         note = "\n\n".join(part for part in (f"Attribute classifier: {reading}" if reading else "", edited.note)
                             if part)
@@ -166,8 +166,9 @@ class EditorUI:
     def api_edit(self, face: Face | None, custom: dict, edits: dict | None, method: str, keep: list[str] | None,
                  levels: str) -> tuple[Image.Image, str]:
         """API: edit the session's encoded face by {slider label or attribute: value}; keep = attributes to hold.
-        Returns the whole photo, edited, at its own resolution, and what was applied: the strength shown and, when
-        below 100%, why (the inputs are validated by app.server.guard_inputs)."""
+        Edits apply the calibrated defaults, a local slider's region among them, as the CLI's do. Returns the whole
+        photo, edited, at its own resolution, and what was applied: the strength shown and, when below 100%, why
+        (the inputs are validated by app.server.guard_inputs)."""
         if face is None:
             raise gr.Error("no face yet: call /encode with a photo first (in the same client session)")
         if not isinstance(edits, dict) or not all(isinstance(v, (int, float)) for v in edits.values()):
@@ -184,14 +185,14 @@ class EditorUI:
         return [0.0] * (len(self.labels) + EXTRA_SLOTS) + [image, ""]
 
     def whole_photo(self, face: Face | None, custom: dict, slots: list[str], method: str, disentangle: bool,
-                    keep: list[str], levels: str, model_output: bool, *values: float):
+                    local: bool, keep: list[str], levels: str, model_output: bool, *values: float):
         """The whole edited photo at its own resolution (shown, and offered as PNG downloads with the edited face
         crop and the model's own output): computed on request, not on every slider move."""
         if face is None:
             raise gr.Error("upload a photo first")
         deadline = self._deadline("the whole photo")
         edited = self._render(face, self._edits(slots, values), method, keep if disentangle else [], levels, custom,
-                              deadline.check)
+                              deadline.check, local)
         self._on_time(deadline)
         photo = self.service.edited_photo(face, edited)
         self._on_time(deadline)
@@ -385,6 +386,8 @@ class EditorUI:
                             method = gr.Radio([(label, key) for key, label in METHOD_LABELS.items()],
                                               value=AUTO_METHOD, label="Directions")
                             disentangle = gr.Checkbox(label="Disentangle: hold these attributes fixed", value=False)
+                            local = gr.Checkbox(label="Keep each edit to its part of the face (the sliders whose "
+                                                "calibration found that it leaks less)", value=True)
                             keep = gr.Dropdown(self._keep_choices({}), value=[], multiselect=True,
                                                label="Attributes to keep fixed")
                             levels = gr.Radio(list(self.level_choices), value="all levels",
@@ -451,13 +454,13 @@ class EditorUI:
                         to_a = gr.Button("Use as face A")
                         to_b = gr.Button("Use as face B")
 
-            controls = [face, custom, slots, method, disentangle, keep, levels, model_output, *base, *extra]
+            controls = [face, custom, slots, method, disentangle, local, keep, levels, model_output, *base, *extra]
             render = dict(fn=self.render, inputs=controls, outputs=[edited, edit_note], show_progress="hidden",
                           api_visibility="private", concurrency_id="render")
             photo.change(self.encode, photo, [face, aligned, info], api_name="encode",
                          preprocess=False).success(**render)
             gr.on([s.input for s in (*base, *extra)]
-                  + [c.change for c in (method, disentangle, keep, levels, model_output)],
+                  + [c.change for c in (method, disentangle, local, keep, levels, model_output)],
                   trigger_mode="always_last", **render)
             api_button.click(self.api_edit, [face, custom, api_edits, method, keep, levels], [whole_image, edit_note],
                              api_name="edit", concurrency_id="render")

@@ -1,7 +1,8 @@
 """`python -m app edit PHOTO [PHOTO ...] --slider NAME=VALUE ... --out DIR`: the editor's scripting interface.
 
 Each photo comes back whole, at its own resolution, edited exactly as the UI's sliders edit it (the same scale,
-method and disentangling), as DIR/<photo stem>.png. A photo that cannot be edited (no face, not an image) is named
+method, disentangling and, for the sliders calibrated so, each edit kept to its part of the face), as
+DIR/<photo stem>.png. A photo that cannot be edited (no face, not an image) is named
 in one error line and the run goes on; the exit status is 1 if any photo failed.
 """
 from __future__ import annotations
@@ -26,6 +27,9 @@ def add_parser(sub) -> None:
     p.add_argument("--out", required=True, type=Path, help="folder for the edited photos (created if missing)")
     p.add_argument("--crop", action="store_true",
                    help="write the aligned face crop at the photo's own resolution instead of the whole photo")
+    p.add_argument("--whole-face", dest="local", action="store_false",
+                   help="let every edit change the whole face, also for the sliders whose calibration keeps their "
+                        "edits to the part of the face the attribute lives in (the UI's checkbox)")
     p.add_argument("--model", default="assets/celeba64", help="pretrained model directory with its directions")
     p.add_argument("--device", default="cpu")
     p.add_argument("--no-progress", dest="progress", action="store_false", help="no progress bar")
@@ -68,7 +72,7 @@ def run(args: argparse.Namespace) -> int:
     for path in bar:
         try:
             face = service.face_from_image(path)
-            edited = service.edit(face, edits)
+            edited = service.edit(face, edits, local=args.local)
             image = service.edited_crop(face, edited) if args.crop else service.edited_photo(face, edited)
             with atomic_path(args.out / f"{path.stem}.png") as tmp:
                 image.save(tmp, format="PNG")

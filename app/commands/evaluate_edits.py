@@ -293,7 +293,8 @@ faces: mean over the 40 attributes {mean_acc:.1%}; {accs}.
 trained on), split in two halves by a seed-{args.seed} permutation: calibration used {len(cal_faces.latents)} faces of
 the first half, everything below is measured on {len(faces.latents)} faces of the second half. Each face is encoded
 exactly; the "before" reading is of its reconstruction (5-bit), the "after" reading of the edit as
-`EditorService.edit` shows it (the same checked decode and back-off), with the service's defaults.
+`EditorService.edit` shows it (the same checked decode and back-off, and for a slider calibrated to keep its edits
+to its part of the face, the same region), with the service's defaults.
 
 **Measures** (per slider and value; the intended direction is the slider's sign times the value's):
 shift = mean change of P(attribute) the intended way; moved = share of faces whose P moved the intended way;
@@ -337,13 +338,13 @@ reconstruction| in 0-255 units; back-off = share of faces whose edit had to be s
                "calibration faces stay intact there, on each side." if calibration is not None
                and calibration.info.get("min_intact") else "") + "\n\n" + "\n".join(rows))
     if calibration is not None:
-        rows = ["| slider | method | scale | kept fixed | default | flip on calibration faces | why |",
-                "|---|---|---|---|---|---|---|"]
+        rows = ["| slider | method | scale | kept fixed | edits | default | flip on calibration faces | why |",
+                "|---|---|---|---|---|---|---|---|"]
         for label, c in calibration.sliders.items():
             minus = f"; negative side {c.minus_scale:g}" if c.minus_scale is not None else ""
             rows.append(f"| {label} | {c.method} | {c.scale:g} (classifier {c.scales.get('classifier', 0):g}, "
                         f"mean diff {c.scales.get('mean_diff', 0):g}{minus}) | {', '.join(c.keep) or '-'}"
-                        f"{_held_by(c.hold)} | "
+                        f"{_held_by(c.hold)} | {service.slider(label).region if c.local else 'whole face'} | "
                         f"{'yes' if c.default else 'no'} | {c.flip_at_1:.0%} | {c.reason} |")
         z, moved = calibration.info.get("leak_bound_z"), calibration.info.get("min_moved")
         probes, flip_z = calibration.info.get("probes"), calibration.info.get("flip_bound_z")
@@ -373,7 +374,12 @@ reconstruction| in 0-255 units; back-off = share of faces whose edit had to be s
                      "the directions file has them, be the held attributes' whole linear nullspaces (INLP bases "
                      "whose first row is the classifier normal): every pair of the slider's method and a way of "
                      "holding is measured (\"by ... directions\" in the table marks a slider held by the other "
-                     "method's, \"by nullspace\" one held by the nullspaces). A slider that cannot reach 30% at any "
+                     "method's, \"by nullspace\" one held by the nullspaces). For a slider whose attribute lives in "
+                     "one part of the face (the eyes for Eyeglasses and Narrow eyes, the mouth for Mouth slightly "
+                     "open, the lower face for Smiling and Beard, the forehead for Bangs; `app/regions.py`), the "
+                     "chosen pair's scale is searched again with every edit kept to that region (the edited decode "
+                     "inside, the reconstruction outside, over a soft edge), and the local edit is kept where it "
+                     "misses the same targets less (\"edits\" in the table). A slider that cannot reach 30% at any "
                      "decodable strength leaves the default set (it stays under \"More attributes\").\n\n"
                      + "\n".join(rows))
     if quality:

@@ -124,23 +124,26 @@ def _stand_in_directions(vector, nullspaces: dict | None = None) -> SimpleNamesp
 
 def _calibrate_smiling(monkeypatch, vector, keep_probe: float = 1, nullspaces: dict | None = None,
                        label: str = "Smiling", se: float = 0.0, moved=lambda edit: 1.0,
-                       flip_z: float = 0.0) -> SliderCalibration:
+                       flip_z: float = 0.0, local: tuple[float, float] = (1.0, 1.0)) -> SliderCalibration:
     """Smiling (or the slider `label`) calibrated on stand-ins for the directions (`vector(name, method)`,
     nullspace bases) and the measures in a 4-D latent: flip = value x (edit . e0) / 2 over 40 faces (judged at
     `flip_z`; 0 by default: the measured rate), Male leakage =
     0.09 x |value x (edit . e1)|, Young leakage = 0.3 x |value x (edit . e3)|, each with standard error `se`;
-    the moved share is `moved(edit)`, with standard error `se` too."""
+    the moved share is `moved(edit)`, with standard error `se` too. An edit kept to the slider's region flips
+    local[0] times as much and leaks local[1] times as much."""
     e = torch.eye(4)
 
-    def measure(service, classifier, faces, vector, value, attribute, sign, backoff=True, intact=None, edited=None):
-        flip = float(min(1.0, max(0.0, sign * value * float(vector @ e[0]) / 2)))
+    def measure(service, classifier, faces, vector, value, attribute, sign, backoff=True, intact=None, edited=None,
+                mask=None):
+        flip_factor, leak_factor = local if mask is not None else (1.0, 1.0)
+        flip = float(min(1.0, max(0.0, flip_factor * sign * value * float(vector @ e[0]) / 2)))
         return {"flip": flip, "flip_n": 40, "backoff": 0.0,
-                "leakage": {"Male": 0.09 * abs(value * float(vector @ e[1])),
-                            "Young": 0.3 * abs(value * float(vector @ e[3]))},
+                "leakage": {"Male": leak_factor * 0.09 * abs(value * float(vector @ e[1])),
+                            "Young": leak_factor * 0.3 * abs(value * float(vector @ e[3]))},
                 "leakage_se": {"Male": se, "Young": se}, "moved": moved(vector), "moved_se": se}
 
     monkeypatch.setattr(edit_evaluation, "measure_vector", measure)
-    service = SimpleNamespace(directions=_stand_in_directions(vector, nullspaces))
+    service = SimpleNamespace(directions=_stand_in_directions(vector, nullspaces), image_size=8)
     classifier = SimpleNamespace(attributes=["Male", "Young", "Smiling"])
     return edit_evaluation.calibrate(service, classifier, SimpleNamespace(latents=torch.zeros(8, 4)), [label],
                                      grid=(1, 1.5, 2, 3), keep_probe=keep_probe, flip_z=flip_z).get(label)
@@ -183,6 +186,28 @@ def test_calibration_holds_by_the_nullspace_when_the_editor_normal_misses_the_le
     without = _calibrate_smiling(monkeypatch, lambda name, method: vectors[name, method])
     assert without.hold != "nullspace" and without.leakage["Male"] > 0.05
     assert "holding by nullspace" not in without.reason
+
+
+def test_calibration_keeps_an_edit_to_its_region_where_that_misses_the_targets_less(monkeypatch):
+    """Smiling (e0 + 0.25 e3) leaks into Young through e3, which holding Young's direction (e2) does not remove:
+    0.09 at its whole-face scale of 1.2 gaps. Kept to its region it flips 0.8 times as much and leaks a quarter as
+    much: 60% at 1.5 gaps, Young 0.028. Calibration keeps it local; when the region costs too much flip (0.3 times:
+    45% at the strongest grid point), or changes nothing, the whole face wins."""
+    e = torch.eye(4)
+    vectors = {"Smiling": e[0] + 0.25 * e[3], "Male": e[1], "Young": e[2]}
+    local = _calibrate_smiling(monkeypatch, lambda name, method: vectors[name], local=(0.8, 0.25))
+    assert local.local and local.keep == ["Young"]
+    assert local.scale == pytest.approx(1.5, abs=0.01)
+    assert local.leakage["Young"] == pytest.approx(0.25 * 0.3 * 0.25 * 1.5, abs=0.002)
+    assert "classifier kept to the lower face: " in local.reason and "(chosen)" in local.reason
+    weak = _calibrate_smiling(monkeypatch, lambda name, method: vectors[name], local=(0.3, 0.25))
+    assert not weak.local and weak.scale == pytest.approx(1.2, abs=0.01)
+    assert "(not chosen)" in weak.reason
+    assert not _calibrate_smiling(monkeypatch, lambda name, method: vectors[name]).local
+    # a slider whose attribute has no region is never searched locally
+    blond = _calibrate_smiling(monkeypatch, lambda name, method: e[0] if name == "Blond_Hair" else vectors[name],
+                               label="Blond hair", local=(1.0, 0.0))
+    assert not blond.local and "kept to" not in blond.reason
 
 
 def test_choose_scale_stops_at_the_first_strength_that_breaks_faces_and_checks_no_further():
@@ -311,14 +336,16 @@ def test_calibration_stops_where_edits_break_faces(monkeypatch):
     service = SimpleNamespace(directions=_stand_in_directions(lambda name, method: vectors[name]))
     classifier = SimpleNamespace(attributes=["Male", "Young", "Smiling", "Bald"])
 
-    def measure(service, classifier, faces, vector, value, attribute, sign, backoff=True, intact=None, edited=None):
+    def measure(service, classifier, faces, vector, value, attribute, sign, backoff=True, intact=None, edited=None,
+                mask=None):
         m = {"flip": min(1.0, 0.3 * value * float(vector @ e[0])), "backoff": 0.0, "leakage": {"Male": 0.0},
              "moved": 1.0, "moved_se": 0.0}
         if intact is not None:
             m["intact"] = intact.share(images(service, faces, vector, value, backoff)[0])
         return m
 
-    def images(service, faces, vector, value, backoff=True):  # pixel 10 x |gaps|: the stand-in check reads it
+    def images(service, faces, vector, value, backoff=True, mask=None):
+        """pixel 10 x |gaps|: the stand-in check reads it"""
         gaps = value * float(vector @ e[0])
         return torch.full((8, 3, 2, 2), round(10 * abs(gaps)), dtype=torch.uint8), torch.ones(8)
 
@@ -353,7 +380,7 @@ def test_calibration_checks_intactness_on_the_edits_it_measured_without_decoding
                                  predict=lambda x: (x[:, 0, 0, 0, None].float().expand(-1, 4) / 100, None))
     decoded = []
 
-    def images(service, faces, vector, value, backoff=True):
+    def images(service, faces, vector, value, backoff=True, mask=None):
         gaps = value * float(vector @ e[0])
         decoded.append(gaps)
         return torch.full((8, 3, 2, 2), round(10 * abs(gaps)), dtype=torch.uint8), torch.ones(8)
@@ -378,14 +405,15 @@ def test_the_negative_side_gets_its_own_scale_where_removing_the_attribute_break
     classifier = SimpleNamespace(attributes=["Male", "Young", "Smiling", "Heavy_Makeup"])
     asked = []
 
-    def measure(service, classifier, faces, vector, value, attribute, sign, backoff=True, intact=None, edited=None):
+    def measure(service, classifier, faces, vector, value, attribute, sign, backoff=True, intact=None, edited=None,
+                mask=None):
         m = {"flip": min(1.0, 0.3 * value * float(vector @ e[0])), "backoff": 0.0, "leakage": {"Male": 0.0},
              "moved": 1.0, "moved_se": 0.0}
         if intact is not None:
             m["intact"] = intact.share(images(service, faces, vector, value, backoff)[0])
         return m
 
-    def images(service, faces, vector, value, backoff=True):  # removing: pixel 20 x gaps; adding: 0
+    def images(service, faces, vector, value, backoff=True, mask=None):  # removing: pixel 20 x gaps; adding: 0
         gaps = value * float(vector @ e[0])
         asked.append(gaps)
         return torch.full((8, 3, 2, 2), round(-20 * gaps) if gaps < 0 else 0, dtype=torch.uint8), torch.ones(8)
@@ -749,7 +777,7 @@ def test_evaluate_sliders_measures_the_negative_side_at_its_own_scale(service, m
     """The report measures what the editor shows: -1 at minus_scale, +0.5 and +1 at scale."""
     seen = {}
 
-    def measure(service, classifier, faces, vector, value, attribute, sign, intact=None):
+    def measure(service, classifier, faces, vector, value, attribute, sign, intact=None, mask=None):
         seen[value] = vector
         return {"value": value}
 
@@ -990,7 +1018,7 @@ def test_the_ui_edits_with_the_calibrated_defaults_and_shows_the_reading(celeba_
         face, *_ = ui.encode({"path": str(crop)})
         values = [0.0] * len(ui.labels)
         values[ui.labels.index("Smiling")] = 0.5
-        image, note = ui.render(face, {}, [], AUTO_METHOD, False, [], "all levels", True, *values)
+        image, note = ui.render(face, {}, [], AUTO_METHOD, False, True, [], "all levels", True, *values)
         expected = service.edit(face, {"Smiling": 0.5})  # the service's defaults: mean_diff x2, Male held
         latent = service.edit_latent(face.latent, {"Smiling": 0.5})
         v = orthogonalize(2.0 * service.directions.vector("Smiling", "mean_diff")[None],

@@ -225,6 +225,24 @@ def test_cli_reaches_sliders_outside_the_default_set_and_applies_the_calibration
                           plain.edit_latent(face.latent, {"Smiling": 1.0}) - face.latent, atol=1e-5)
 
 
+def test_cli_keeps_a_local_slider_to_its_region_unless_asked_for_the_whole_face(tiny, photo, tmp_path, capsys):
+    model = tmp_path / "local"
+    shutil.copytree(tiny, model)
+    Calibration({"Smiling": SliderCalibration(scale=2.0, local=True)}).save(model / CALIBRATION_FILE)
+    photo.save(tmp_path / "p.jpg", quality=95)
+    service = EditorService.load(model)
+    face = service.face_from_image(tmp_path / "p.jpg")
+    for flags, local in (((), True), (("--whole-face",), False)):
+        out = tmp_path / f"out_{local}"
+        code, _, err = run_cli(capsys, "edit", tmp_path / "p.jpg", "--slider", "Smiling=1", *flags, "--out", out,
+                               "--model", model, "--no-progress")
+        assert code == 0, err
+        expected = service.edited_photo(face, service.edit(face, {"Smiling": 1.0}, local=local))
+        assert np.array_equal(array(Image.open(out / "p.png")), array(expected))
+    assert not np.array_equal(array(Image.open(tmp_path / "out_True" / "p.png")),
+                              array(Image.open(tmp_path / "out_False" / "p.png")))
+
+
 @pytest.mark.parametrize("args, message", [
     (["--slider", "Smile=1"], "unknown slider 'Smile'; valid: Smiling, Age"),
     (["--slider", "Smiling"], "expected NAME=VALUE"),
