@@ -156,6 +156,14 @@ def select(data: ImageSet, names: list[str]) -> ImageSet:
     return data.subset(index[n] for n in names if n in index)
 
 
+def random_subset(data: ImageSet, n: int, seed: int) -> ImageSet:
+    """n images drawn without replacement, in their original order: a sample whose figure stands for the whole set
+    (the first n files of a folder need not: CelebA's stored resolution varies with the id)."""
+    if n > len(data):
+        raise ValueError(f"a sample of {n} images asks for more than the {len(data)} there are")
+    return data.subset(sorted(np.random.default_rng(seed).choice(len(data), n, replace=False).tolist()))
+
+
 class FaceFiles(Dataset):
     """Decodes, crops and resizes one file per item (in DataLoader workers); a bad file yields None, not a crash."""
 

@@ -14,8 +14,14 @@ def add_parser(sub) -> None:
     p.add_argument("--data", required=True)
     p.add_argument("--split", help="a run's split.json: evaluate only its --subset")
     p.add_argument("--subset", default="val", choices=("val", "train"))
-    p.add_argument("--limit", type=positive_int, help="only the first N images of the folder (before --split picks "
-                   "its subset)")
+    p.add_argument("--limit", type=positive_int, help="only the first N images of the folder in name order (before "
+                   "--split picks its subset): a quick check, not a figure, since CelebA's files are not in random "
+                   "order; use --sample for that")
+    p.add_argument("--image-dirs", nargs="+", metavar="NAME", help="CelebA layout: only these img_align_celeba* "
+                   "folders (e.g. the one the validation faces were drawn from, for a training-face figure that "
+                   "compares with theirs)")
+    p.add_argument("--sample", type=positive_int, metavar="N", help="a random N of the images (drawn with --seed, "
+                   "after --split picks its subset)")
     p.add_argument("--batch-size", type=positive_int, default=64)
     p.add_argument("--importance-samples", type=positive_int, default=1)
     p.add_argument("--uniform-noise", action="store_true", help="score the flow with uniform dequantisation noise "
@@ -31,7 +37,7 @@ def add_parser(sub) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from ..data import load_images, open_dataset, select
+    from ..data import load_images, open_dataset, random_subset, select
     from ..evaluate import bits_per_image, bound_terms_per_image, mean_and_se
     from ..training.checkpoint import load_model
 
@@ -47,12 +53,17 @@ def run(args: argparse.Namespace) -> int:
     if args.uniform_noise:
         model = model.with_uniform_noise()
         other = other.with_uniform_noise() if other is not None else None
-    data = open_dataset(args.data, limit=args.limit)
+    data = open_dataset(args.data, limit=args.limit, image_dirs=args.image_dirs)
     if args.split:
         split = json.loads(Path(args.split).read_text())
         if not isinstance(split, dict) or args.subset not in split:
             raise ValueError(f"{args.split} has no {args.subset!r} list; pass the split.json of a run")
-        data = select(data, split[args.subset])
+        names = split[args.subset]
+        if args.image_dirs:
+            names = [n for n in names if n.split("/", 1)[0] in args.image_dirs]
+        data = select(data, names)
+    if args.sample:
+        data = random_subset(data, args.sample, args.seed)
     images, used = load_images(data, model.config.image_size, None, args.workers)
 
     def score(m):

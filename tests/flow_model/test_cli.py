@@ -21,7 +21,7 @@ from flow_model import reduce_bits
 from flow_model.glow import to_bins
 from flow_model.training.checkpoint import CHECKPOINT_NAME
 from flow_model.cli import main
-from flow_model.data import load_images, open_dataset
+from flow_model.data import load_images, open_dataset, random_subset
 from flow_model.evaluate import bits_per_image, evaluate_bpd, mean_and_se
 from flow_model.imaging import celeba_crop, load_image, to_tensor
 from flow_model.training.checkpoint import load_model, model_from_run
@@ -112,6 +112,36 @@ def test_eval_on_a_runs_split(tiny_run, faces_dir, capsys):
                            "--subset", "val", "--workers", 0)
     n_val = len(json.loads((tiny_run / "split.json").read_text())["val"])
     assert code == 0 and f"{n_val} images" in out
+
+
+def test_eval_on_a_random_sample_scores_exactly_those_images(pretrained, faces_dir, capsys):
+    code, out, _ = run_cli(capsys, "eval", "--model", pretrained, "--data", faces_dir, "--image-dirs",
+                           "img_align_celeba", "--sample", 12, "--seed", 3, "--workers", 0, "--batch-size", 8)
+    assert code == 0 and "12 images" in out
+    data = open_dataset(faces_dir)
+    drawn = random_subset(data, 12, 3)
+    assert len(set(drawn.names())) == 12 and drawn.names() != data.names()[:12]
+    assert drawn.names() == random_subset(data, 12, 3).names() != random_subset(data, 12, 4).names()
+    images, _ = load_images(drawn, 8, workers=0, progress=False)
+    expected, _ = evaluate_bpd(load_model(pretrained), images, batch_size=8, seed=3)
+    assert float(re.search(r"([\d.]+) ± ", out).group(1)) == pytest.approx(expected, abs=1e-4)
+
+
+def test_eval_of_a_splits_subset_in_chosen_folders_leaves_the_others_out_quietly(pretrained, faces_dir, tmp_path,
+                                                                                 capsys, caplog):
+    names = open_dataset(faces_dir).names()[:10]
+    split = tmp_path / "split.json"
+    split.write_text(json.dumps({"val": [], "train": names + ["img_align_celeba_extra/000001.jpg"]}))
+    code, out, _ = run_cli(capsys, "eval", "--model", pretrained, "--data", faces_dir, "--split", split, "--subset",
+                           "train", "--image-dirs", "img_align_celeba", "--workers", 0)
+    assert code == 0 and "10 images" in out and "gone" not in caplog.text
+
+
+def test_eval_refuses_a_sample_larger_than_the_images_and_an_unknown_folder(pretrained, faces_dir, capsys):
+    code, _, err = run_cli(capsys, "eval", "--model", pretrained, "--data", faces_dir, "--limit", 8, "--sample", 9)
+    assert code == 2 and "sample of 9 images asks for more than the 8" in err
+    code, _, err = run_cli(capsys, "eval", "--model", pretrained, "--data", faces_dir, "--image-dirs", "nope")
+    assert code == 2 and "nope not found" in err
 
 
 def test_sample_at_temperature_zero(tiny_run, tmp_path, capsys):
