@@ -1,6 +1,6 @@
 """Per-slider calibration measured by `python -m app evaluate-edits --calibrate`: the scale that makes +1 a clear
-edit, the direction method, the attributes held fixed by default, whether its edits stay in the part of the face the
-attribute lives in, and whether the slider is in the default set;
+edit, the direction method, the attributes held fixed by default, any counter-steer against a measured drift,
+whether its edits stay in the part of the face the attribute lives in, and whether the slider is in the default set;
 and the sampling temperature the same run recommends from its sample-quality figures.
 
 Stored as calibration.json beside the model's directions.safetensors; `EditorService.load` applies it when present.
@@ -35,6 +35,12 @@ FLIP_BOUND_Z = 1.645
 # a slider's attribute (glasses, bangs, a beard) pass about as often as faces without it (docs/edits.md), so a
 # larger loss is the edit's distortion, not the attribute's look.
 MIN_INTACT = 0.8
+# A slider's edit, held orthogonal to Male's directions, can still move the instrument's reading of Male one way on
+# average (a linear hold keeps a linear read-out fixed; the latent carries gender non-linearly too). Calibration
+# then adds k class-mean gaps of that attribute's classifier normal per gap of the slider's own, k measured so the
+# mean signed change cancels: a first measure at +-STEER_STEP, a line through it, at most STEER_MAX either way.
+STEER_STEP = 0.5
+STEER_MAX = 1.5
 METHODS = ("classifier", "mean_diff")
 HOLDS = (*METHODS, NULLSPACE)  # how the kept attributes are held: by one direction of a method, or their nullspace
 
@@ -56,6 +62,9 @@ class SliderCalibration:
     # the scale of the negative side, where taking the attribute away breaks faces sooner than adding it; None: scale
     minus_scale: float | None = None
     local: bool = False  # edits stay inside the slider's face region (app/regions.py): it leaked less there
+    # attribute -> k: k class-mean gaps of its classifier normal added per gap of the slider (the calibrated
+    # method's direction only), cancelling the slider's measured mean drift in that attribute
+    steer: dict[str, float] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
         if not isinstance(self.local, bool):
@@ -72,7 +81,13 @@ class SliderCalibration:
         bad = {m: s for m, s in self.scales.items() if m not in METHODS or not (math.isfinite(s) and s > 0)}
         if bad:
             raise ValueError(f"bad per-method scales {bad}")
+        if not isinstance(self.steer, dict) or any(
+                isinstance(k, bool) or not isinstance(k, (int, float)) or not abs(k) <= STEER_MAX
+                for k in self.steer.values()):
+            raise ValueError(f"a slider's steer maps attributes to numbers in [-{STEER_MAX:g}, {STEER_MAX:g}], "
+                             f"got {self.steer!r}")
         self.keep = [str(k) for k in self.keep]
+        self.steer = {str(a): float(k) for a, k in self.steer.items()}
 
     def scale_for(self, method: str) -> float:
         return self.scale if method == self.method else self.scales.get(method, self.scale)

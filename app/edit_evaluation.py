@@ -22,7 +22,7 @@ import torch
 from flow_model.glow import reduce_bits
 
 from .calibration import (FLIP_BOUND_Z, LEAK_BOUND_Z, MAX_LEAKAGE, METHODS, MIN_FLIP, MIN_INTACT, MIN_MOVED,
-                          TARGET_FLIP, Calibration, SliderCalibration)
+                          STEER_MAX, STEER_STEP, TARGET_FLIP, Calibration, SliderCalibration)
 from .classifier import AttributeClassifier
 from .directions import NULLSPACE
 from .face_check import ColourCheck, FaceGeometryCheck, GeometryResult, wilson_interval
@@ -57,7 +57,8 @@ def edit_measures(before: torch.Tensor, after: torch.Tensor, target: int, direct
       error;
     - flip: among faces that started on the other side of 0.5, the share that ended on the intended side
       (NaN when none started there); flip_n is that denominator;
-    - leakage: per named attribute, mean |dP|; leakage_se: its standard error over the faces.
+    - leakage: per named attribute, mean |dP|; leakage_se: its standard error over the faces;
+    - drift: per named attribute, mean dP (signed: an edit that moves it one way on average, as against jitter).
     """
     if direction == 0:
         raise ValueError("an edit needs a direction")
@@ -71,9 +72,10 @@ def edit_measures(before: torch.Tensor, after: torch.Tensor, target: int, direct
     moves = {name: (after[:, j] - before[:, j]).abs().double() for name, j in leak.items() if j != target}
     leakage = {name: float(m.mean()) for name, m in moves.items()}
     se = {name: float(m.std() / math.sqrt(len(m))) if len(m) > 1 else 0.0 for name, m in moves.items()}
+    drift = {name: float((after[:, j] - before[:, j]).double().mean()) for name, j in leak.items() if j != target}
     moved = float((d > 0).double().mean())
     return {"shift": float(d.mean()), "moved": moved, "moved_se": math.sqrt(moved * (1 - moved) / len(d)),
-            "flip": flip, "flip_n": n_other, "leakage": leakage, "leakage_se": se}
+            "flip": flip, "flip_n": n_other, "leakage": leakage, "leakage_se": se, "drift": drift}
 
 
 def target_leaks(attribute: str) -> tuple[str, ...]:
@@ -419,10 +421,12 @@ def minus_side(intact: Intactness, service: EditorService, faces: FaceSet, vecto
 def _fit_methods(service: EditorService, classifier: AttributeClassifier, faces: FaceSet, base: SliderSpec,
                  keep: Sequence[str], grid: Sequence[float], methods: Sequence[str],
                  intact: Intactness | None, flip_z: float, mask: torch.Tensor | None = None,
-                 pairs: Sequence[tuple[str, str]] | None = None) -> tuple[tuple[str, str], dict]:
+                 pairs: Sequence[tuple[str, str]] | None = None,
+                 steer: Mapping[str, float] | None = None) -> tuple[tuple[str, str], dict]:
     """Steps 2-3 of `calibrate` for one set of held attributes: per (method, how the held attributes are held)
     the scale, then the pair (_rank). The intactness a grid point was checked for is kept in its row. `mask` keeps
-    every edit to a face region; `pairs`, when given, are the only pairs tried."""
+    every edit to a face region; `pairs`, when given, are the only pairs tried; `steer` (attribute -> k) adds k
+    times each attribute's classifier normal to the held direction (SliderCalibration.steer)."""
     results = {}
     d = service.directions
     holds = [*methods, NULLSPACE] if any(k in d.nullspaces for k in keep) else methods
@@ -430,6 +434,8 @@ def _fit_methods(service: EditorService, classifier: AttributeClassifier, faces:
         v = base.sign * d.vector(base.attribute, method)
         if keep:
             v = orthogonalize(v[None], torch.cat([d.held(k, hold) for k in keep]))[0]
+        for a, k in (steer or {}).items():
+            v = v + k * d.vector(a, "classifier")
         shown: dict[float, torch.Tensor] = {}  # each measured strength's edits, for intact_at to check
 
         def measure(m: float, v=v, shown=shown) -> dict:
@@ -496,6 +502,30 @@ def _flips(rows: MeasuredLazily, probed: dict[float, dict]) -> str:
             + "".join(f" (probed at {m:g}: {_flip(row)})" for m, row in probed.items()))
 
 
+def steer_for(service: EditorService, classifier: AttributeClassifier, faces: FaceSet, base: SliderSpec,
+              vector: torch.Tensor, scale: float, attribute: str,
+              mask: torch.Tensor | None = None) -> tuple[float | None, list[tuple[float, float]]]:
+    """The counter-steer k (class-mean gaps of `attribute`'s classifier normal per gap of the slider) that cancels
+    the mean signed change (drift) of `attribute` the edit `vector` x `scale` causes: measured at k = 0 and at
+    STEER_STEP against the drift, and read off the line through the two, within STEER_MAX. None where the drift does
+    not change along that normal (nothing to steer by). Also returns the (k, drift) measured."""
+    u = service.directions.vector(attribute, "classifier")
+
+    def drift(k: float) -> float:
+        row = measure_vector(service, classifier, faces, vector + k * u, scale, base.attribute, base.sign,
+                             backoff=False, mask=mask)
+        return row["drift"][attribute]
+
+    first = drift(0.0)
+    k1 = -math.copysign(STEER_STEP, first)
+    second = drift(k1)
+    measured = [(0.0, first), (k1, second)]
+    if abs(second - first) < 1e-9:
+        return None, measured
+    k = k1 * first / (first - second)
+    return round(float(np.clip(k, -STEER_MAX, STEER_MAX)), 3), measured
+
+
 def calibrate(service: EditorService, classifier: AttributeClassifier, faces: FaceSet,
               labels: Sequence[str] | None = None, grid: Sequence[float] = GRID,
               methods: Sequence[str] = METHODS, keep_probe: float | None = None, progress=None,
@@ -549,6 +579,23 @@ def calibrate(service: EditorService, classifier: AttributeClassifier, faces: Fa
                                       mask=region, pairs=[(method, hold)])[1][method, hold]
                 if _rank(inside, base.attribute) < _rank(r, base.attribute):
                     r, mask = inside, region
+            steer, steered = {}, []
+            for a in target_leaks(base.attribute):
+                if r["bounds"].get(a, 0.0) <= MAX_LEAKAGE or a not in names:
+                    continue
+                k, measured = steer_for(service, classifier, faces, base, r["vector"], r["scale"], a, mask)
+                said = ", ".join(f"{drift:+.3f} at k {at:g}" for at, drift in measured)
+                if k is None:
+                    steered.append(f"{a}: its drift ({said}) does not change along {a}'s normal, not steered")
+                    continue
+                trial = _fit_methods(service, classifier, faces, base, keep, grid, methods, intact, flip_z,
+                                     mask=mask, pairs=[(method, hold)], steer={**steer, a: k})[1][method, hold]
+                chosen = _rank(trial, base.attribute) < _rank(r, base.attribute)
+                steered.append(f"{a} ({said}): k {k:g}, scale {trial['scale']:g}, flip {trial['flip']:.0%}, "
+                               + " ".join(f"{b} {v:.3f}" for b, v in trial["bounds"].items())
+                               + f" moved {trial['moved']:.1%} ({'chosen' if chosen else 'not chosen'})")
+                if chosen:
+                    r, steer = trial, {**steer, a: k}
             final = measure_vector(service, classifier, faces, r["vector"], r["scale"], base.attribute, base.sign,
                                    backoff=False, intact=intact, mask=mask)
             more = [a for a in candidates if a not in keep and leak_bound(final, a) > MAX_LEAKAGE]
@@ -569,6 +616,8 @@ def calibrate(service: EditorService, classifier: AttributeClassifier, faces: Fa
                   f"leakage and moved-share bounds near the scale of each pair: {bounds}; leakage at "
                   f"{probe:g} gaps without holding anything: "
                   + ", ".join(f"{a} {v:.2f}" for a, v in first["leakage"].items()))
+        if steered:
+            reason += "; steered against the drift (mean signed dP) left at the scale: " + "; ".join(steered)
         if added:
             reason += "; held once they leaked at the calibrated scale: " + ", ".join(added)
         broke = [(g, row["intact"]) for g, row in zip(grid, r["rows"].taken())
@@ -588,14 +637,15 @@ def calibrate(service: EditorService, classifier: AttributeClassifier, faces: Fa
             method=method, scale=float(r["scale"]), keep=keep, default=bool(r["ok"]),
             scales={m: float(results[m, m]["scale"]) for m in methods}, flip_at_1=float(r["flip"]),
             leakage={a: round(v, 4) for a, v in final["leakage"].items()}, reason=reason,
-            intact=intact_share, hold=hold if hold != method else None, minus_scale=minus, local=mask is not None)
+            intact=intact_share, hold=hold if hold != method else None, minus_scale=minus, local=mask is not None,
+            steer=steer)
         if progress:
             progress(label, sliders[label])
     return Calibration(sliders, {"grid": list(grid), "faces": len(faces.latents), "target_flip": TARGET_FLIP,
                                  "flip_bound_z": flip_z, "min_flip": MIN_FLIP, "max_leakage": MAX_LEAKAGE,
                                  "leak_bound_z": LEAK_BOUND_Z,
                                  "min_moved": MIN_MOVED, "probes": PROBES, "probes_past_backoff": True,
-                                 "pairs_by_shortfall": True,
+                                 "pairs_by_shortfall": True, "steer_step": STEER_STEP, "steer_max": STEER_MAX,
                                  "min_intact": MIN_INTACT if intact is not None else None,
                                  "colour_thresholds": {"vivid": colour.threshold, "scalp": colour.scalp_threshold}
                                  if intact is not None and colour is not None else None})
@@ -685,12 +735,17 @@ def plot_flip_rates(after: Mapping[str, list[dict]], before: Mapping[str, list[d
     save_figure(fig, path)
 
 
+def steer_label(steer: Mapping[str, float] | Sequence[tuple[str, float]]) -> str:
+    """A slider's counter-steer as the tables show it: "Male -0.27" per attribute, "-" for none."""
+    return ", ".join(f"{a} {k:+g}" for a, k in dict(steer).items()) or "-"
+
+
 def slider_table(results: Mapping[str, list[dict]], service: EditorService, value: float = 1.0) -> str:
     checked = all("intact" in r for rows in results.values() for r in rows)
-    lines = ["| slider | method | scale | kept fixed | edits | default | P before -> after | shift | moved | "
-             "flip (n) | leak Male | leak Young | leak Smiling | largest other leak | pixel change | back-off |"
+    lines = ["| slider | method | scale | kept fixed | counter-steer | edits | default | P before -> after | shift | "
+             "moved | flip (n) | leak Male | leak Young | leak Smiling | largest other leak | pixel change | back-off |"
              + (" face intact |" if checked else ""),
-             "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|" + ("---|" if checked else "")]
+             "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|" + ("---|" if checked else "")]
     for label, rows in results.items():
         spec = service.slider(label)
         r = next(r for r in rows if r["value"] == value)
@@ -698,6 +753,7 @@ def slider_table(results: Mapping[str, list[dict]], service: EditorService, valu
         lines.append(
             f"| {label} | {spec.method} | {spec.scale:g} | {', '.join(spec.keep) or '-'}"
             f"{f' (by {spec.hold_method})' if spec.hold_method else ''} | "
+            f"{steer_label(spec.steer)} | "
             f"{spec.region if spec.local else 'whole face'} | {'yes' if spec.default else 'no'} | "
             f"{r['p_before']:.0%} -> {r['p_after']:.0%} | {r['shift']:+.2f} | "
             f"{percent(r['moved'])} | {percent(r['flip'])} ({r['flip_n']}) | "

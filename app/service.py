@@ -77,6 +77,9 @@ class SliderSpec:
     minus_scale: float | None = None  # under AUTO_METHOD, the negative side's scale (None: scale)
     region: str | None = None  # the part of the face the attribute lives in (app/regions.py), if one
     local: bool = False  # calibrated: edits stay inside `region` unless the caller asks for the whole face
+    # calibrated, under AUTO_METHOD: (attribute, k) adds k class-mean gaps of the attribute's classifier normal per
+    # gap of the slider's own, against the drift its held edit still shows in that attribute
+    steer: tuple[tuple[str, float], ...] = ()
 
     def scale_for(self, method: str) -> float:
         return self.scale if method == self.method else dict(self.method_scales).get(method, self.scale)
@@ -105,16 +108,16 @@ SLIDER_BY_LABEL = {s.label: s for s in SLIDERS}
 
 
 def calibrated_sliders(calibration: Calibration | None) -> dict[str, SliderSpec]:
-    """SLIDERS with the measured scale, method, kept attributes, default-set membership and whether edits stay in
-    the slider's region, from calibration.json (app/calibration.py, written by `python -m app evaluate-edits
-    --calibrate`) where it has them."""
+    """SLIDERS with the measured scale, method, kept attributes, counter-steer, default-set membership and whether
+    edits stay in the slider's region, from calibration.json (app/calibration.py, written by `python -m app
+    evaluate-edits --calibrate`) where it has them."""
     out = {}
     for spec in SLIDERS:
         c = calibration.get(spec.label) if calibration is not None else None
         out[spec.label] = spec if c is None else replace(
             spec, scale=c.scale, method=c.method, keep=tuple(c.keep), default=c.default,
             method_scales=tuple(sorted(c.scales.items())), hold_method=c.hold, minus_scale=c.minus_scale,
-            local=c.local and spec.region is not None)
+            local=c.local and spec.region is not None, steer=tuple(sorted(c.steer.items())))
     return out
 
 
@@ -531,7 +534,8 @@ class EditorService:
                      custom: Mapping[str, torch.Tensor] | None = None) -> torch.Tensor:
         """(K, D) vectors the slider values multiply: restricted to the chosen levels and, for each, made
         orthogonal to the (equally restricted) directions of the kept attributes other than itself: those given
-        and, for a built-in slider, those its calibration holds fixed by default. The kept directions come from the
+        and, for a built-in slider, those its calibration holds fixed by default; under AUTO_METHOD plus its
+        calibrated counter-steer (SliderSpec.steer). The kept directions come from the
         slider's method, or under AUTO_METHOD from the way its calibration holds them (a method or NULLSPACE)."""
         mask = self.level_mask(levels)
         rows = []
@@ -543,10 +547,13 @@ class EditorService:
             held = list(dict.fromkeys([*keep, *(spec.keep if spec is not None else ())]))
             kept = [self.held(k, hold_method, custom) for k in held if k != key and self._attribute_of(k) !=
                     self._attribute_of(key)]
+            steer = ([k * spec.scale * self.directions.vector(a, "classifier") for a, k in spec.steer]
+                     if spec is not None and method == AUTO_METHOD else [])
             if mask is not None:
                 v = v * mask
                 kept = [k * mask for k in kept]
-            rows.append(orthogonalize(v[None], torch.cat(kept))[0] if kept else v)
+                steer = [s * mask for s in steer]
+            rows.append((orthogonalize(v[None], torch.cat(kept))[0] if kept else v) + sum(steer, torch.zeros_like(v)))
         return torch.stack(rows) if rows else torch.zeros(0, self.model.latent_dim)
 
     def held(self, key: str, method: str, custom: Mapping[str, torch.Tensor] | None = None) -> torch.Tensor:

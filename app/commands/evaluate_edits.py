@@ -260,7 +260,7 @@ def _report(args, service, classifier, metrics, faces, cal_faces, before, after,
     import numpy as np
 
     from ..calibration import CALIBRATION_FILE
-    from ..edit_evaluation import before_after_table, flip_table, percent, slider_table, targets_summary
+    from ..edit_evaluation import before_after_table, flip_table, percent, slider_table, steer_label, targets_summary
     from ..face_check import BLOWN_RED, BLOWN_RED_OVER_GREEN, VIVID_BRIGHTNESS, VIVID_SATURATION
 
     floor, floor_faces = floor
@@ -338,13 +338,14 @@ reconstruction| in 0-255 units; back-off = share of faces whose edit had to be s
                "calibration faces stay intact there, on each side." if calibration is not None
                and calibration.info.get("min_intact") else "") + "\n\n" + "\n".join(rows))
     if calibration is not None:
-        rows = ["| slider | method | scale | kept fixed | edits | default | flip on calibration faces | why |",
-                "|---|---|---|---|---|---|---|---|"]
+        rows = ["| slider | method | scale | kept fixed | counter-steer | edits | default | flip on calibration faces "
+                "| why |", "|---|---|---|---|---|---|---|---|---|"]
         for label, c in calibration.sliders.items():
             minus = f"; negative side {c.minus_scale:g}" if c.minus_scale is not None else ""
             rows.append(f"| {label} | {c.method} | {c.scale:g} (classifier {c.scales.get('classifier', 0):g}, "
                         f"mean diff {c.scales.get('mean_diff', 0):g}{minus}) | {', '.join(c.keep) or '-'}"
-                        f"{_held_by(c.hold)} | {service.slider(label).region if c.local else 'whole face'} | "
+                        f"{_held_by(c.hold)} | {steer_label(c.steer)} | "
+                        f"{service.slider(label).region if c.local else 'whole face'} | "
                         f"{'yes' if c.default else 'no'} | {c.flip_at_1:.0%} | {c.reason} |")
         z, moved = calibration.info.get("leak_bound_z"), calibration.info.get("min_moved")
         probes, flip_z = calibration.info.get("probes"), calibration.info.get("flip_bound_z")
@@ -379,7 +380,17 @@ reconstruction| in 0-255 units; back-off = share of faces whose edit had to be s
                      "open, the lower face for Smiling and Beard, the forehead for Bangs; `app/regions.py`), the "
                      "chosen pair's scale is searched again with every edit kept to that region (the edited decode "
                      "inside, the reconstruction outside, over a soft edge), and the local edit is kept where it "
-                     "misses the same targets less (\"edits\" in the table). A slider that cannot reach 30% at any "
+                     "misses the same targets less (\"edits\" in the table)."
+                     + (" Where the chosen edit still leaks into an attribute of the issue's lines (Male, Young for "
+                        "Smiling) by more than 0.05, its mean signed change of that attribute (the drift: held "
+                        "orthogonal to a linear read-out, an edit can still move the instrument's reading one way "
+                        "on average) is measured with k class-mean gaps of the attribute's classifier normal added "
+                        f"per gap of the slider, at k = 0 and k = {calibration.info['steer_step']:g} against the "
+                        "drift; the k where the line through the two crosses 0 (at most "
+                        f"{calibration.info['steer_max']:g} either way) is searched for its scale like the pair, and "
+                        "kept where it misses the targets less (\"counter-steer\" in the table)."
+                        if calibration.info.get("steer_step") else "")
+                     + " A slider that cannot reach 30% at any "
                      "decodable strength leaves the default set (it stays under \"More attributes\").\n\n"
                      + "\n".join(rows))
     if quality:

@@ -15,7 +15,7 @@ from app.calibration import Calibration, SliderCalibration
 from app.classifier import AttributeClassifier, ClassifierConfig, describe_change
 from app.directions import Directions
 from app.edit_evaluation import (choose_scale, decode_with_backoff, edit_measures, frechet_distance,
-                                 recommend_temperature, sample_quality)
+                                 recommend_temperature, sample_quality, slider_table)
 from app.face_check import GeometryResult
 from app.service import SLIDERS, UNMEASURED_TEMPERATURE, EditorService, orthogonalize
 from tests.conftest import nontrivial_model, tiny_config
@@ -35,6 +35,7 @@ def test_edit_measures_on_a_case_with_known_answers():
     assert up["leakage"]["B"] == pytest.approx((0.1 + 0 + 0.2 + 0) / 4)
     # |dP| of B is 0.1, 0, 0.2, 0: sample standard deviation over the square root of 4 faces
     assert up["leakage_se"]["B"] == pytest.approx(torch.tensor([0.1, 0, 0.2, 0]).std().item() / 2, rel=1e-5)
+    assert up["drift"] == {"B": pytest.approx((-0.1 + 0 + 0.2 + 0) / 4)}  # signed: B moved up on average
 
     down = edit_measures(before, after, 0, -0.5, {"B": 1})
     assert down["moved"] == pytest.approx(0.25)
@@ -127,8 +128,8 @@ def _calibrate_smiling(monkeypatch, vector, keep_probe: float = 1, nullspaces: d
                        flip_z: float = 0.0, local: tuple[float, float] = (1.0, 1.0)) -> SliderCalibration:
     """Smiling (or the slider `label`) calibrated on stand-ins for the directions (`vector(name, method)`,
     nullspace bases) and the measures in a 4-D latent: flip = value x (edit . e0) / 2 over 40 faces (judged at
-    `flip_z`; 0 by default: the measured rate), Male leakage =
-    0.09 x |value x (edit . e1)|, Young leakage = 0.3 x |value x (edit . e3)|, each with standard error `se`;
+    `flip_z`; 0 by default: the measured rate), Male drift (every face alike, so its leakage is its size) =
+    0.09 x value x (edit . e1), Young drift = 0.3 x value x (edit . e3), each with standard error `se`;
     the moved share is `moved(edit)`, with standard error `se` too. An edit kept to the slider's region flips
     local[0] times as much and leaks local[1] times as much."""
     e = torch.eye(4)
@@ -137,10 +138,10 @@ def _calibrate_smiling(monkeypatch, vector, keep_probe: float = 1, nullspaces: d
                 mask=None):
         flip_factor, leak_factor = local if mask is not None else (1.0, 1.0)
         flip = float(min(1.0, max(0.0, flip_factor * sign * value * float(vector @ e[0]) / 2)))
-        return {"flip": flip, "flip_n": 40, "backoff": 0.0,
-                "leakage": {"Male": leak_factor * 0.09 * abs(value * float(vector @ e[1])),
-                            "Young": leak_factor * 0.3 * abs(value * float(vector @ e[3]))},
-                "leakage_se": {"Male": se, "Young": se}, "moved": moved(vector), "moved_se": se}
+        drift = {"Male": leak_factor * 0.09 * value * float(vector @ e[1]),
+                 "Young": leak_factor * 0.3 * value * float(vector @ e[3])}
+        return {"flip": flip, "flip_n": 40, "backoff": 0.0, "leakage": {a: abs(v) for a, v in drift.items()},
+                "drift": drift, "leakage_se": {"Male": se, "Young": se}, "moved": moved(vector), "moved_se": se}
 
     monkeypatch.setattr(edit_evaluation, "measure_vector", measure)
     service = SimpleNamespace(directions=_stand_in_directions(vector, nullspaces), image_size=8)
@@ -208,6 +209,28 @@ def test_calibration_keeps_an_edit_to_its_region_where_that_misses_the_targets_l
     blond = _calibrate_smiling(monkeypatch, lambda name, method: e[0] if name == "Blond_Hair" else vectors[name],
                                label="Blond hair", local=(1.0, 0.0))
     assert not blond.local and "kept to" not in blond.reason
+
+
+def test_calibration_steers_against_a_drift_the_hold_leaves_where_that_misses_the_targets_less(monkeypatch):
+    """Blond hair's direction (e0 + 2 e1) leaks into Male, which the instrument reads off e1; Male's normal is
+    e1 + e2, so holding it leaves 1.29 (e0 + e1 - e2): Male drifts +0.108 at the 0.93 gaps that flip 60%.
+    Steering k = -1.29 Male normals per gap cancels the drift (measured at k 0 and -0.5, the line through them),
+    the flip is unchanged, and calibration keeps it. Where the steer costs the moved share (a stand-in that moves
+    fewer faces once the edit's e2 part reaches 2), it misses the targets more and the edit stays unsteered."""
+    e = torch.eye(4)
+    vectors = {"Blond_Hair": e[0] + 2 * e[1], "Male": e[1] + e[2], "Young": e[3], "Smiling": e[3]}
+    blond = _calibrate_smiling(monkeypatch, lambda name, method: vectors[name], label="Blond hair")
+    assert blond.keep == ["Male"] and blond.steer == {"Male": pytest.approx(-(5 / 3) ** 0.5, abs=0.002)}
+    assert blond.scale == pytest.approx(1.2 / (5 / 3) ** 0.5, abs=0.01)
+    assert blond.leakage["Male"] == pytest.approx(0.0, abs=0.001)
+    assert "steered against the drift" in blond.reason and "+0.108 at k 0" in blond.reason
+    assert "(chosen)" in blond.reason
+    costly = _calibrate_smiling(monkeypatch, lambda name, method: vectors[name], label="Blond hair",
+                                moved=lambda edit: 1.0 if abs(float(edit @ e[2])) < 2 else 0.8)
+    assert costly.steer == {} and costly.leakage["Male"] == pytest.approx(0.108, abs=0.002)
+    assert "(not chosen)" in costly.reason
+    with pytest.raises(ValueError, match="steer"):
+        SliderCalibration("classifier", 1.0, steer={"Male": 9.0})
 
 
 def test_choose_scale_stops_at_the_first_strength_that_breaks_faces_and_checks_no_further():
@@ -391,8 +414,11 @@ def test_calibration_checks_intactness_on_the_edits_it_measured_without_decoding
     bald = edit_evaluation.calibrate(service, classifier, faces, ["Bald"], grid=(1, 1.5, 2, 3), keep_probe=1,
                                      geometry=_PixelCheck(15), methods=("classifier",)).get("Bald")
     assert (bald.scale, bald.default, bald.minus_scale) == (1.5, False, None)  # 2 gaps break faces
-    # the probe, the grid up to the breaking strength (each once), the final measure, the negative side
-    assert decoded == [1, 1, 1.5, 2, 1.5, -1.5]
+    # the probe, the grid up to the breaking strength (each once), the counter-steer's two measures at the scale
+    # (Male leaks 0.15 but its drift does not change along Male's normal, so nothing is steered), the final
+    # measure, the negative side
+    assert decoded == [1, 1, 1.5, 2, 1.5, 1.5, 1.5, -1.5]
+    assert bald.steer == {} and "does not change along Male's normal, not steered" in bald.reason
 
 
 def test_the_negative_side_gets_its_own_scale_where_removing_the_attribute_breaks_faces(monkeypatch):
@@ -656,6 +682,12 @@ def test_calibration_file_round_trip_and_bad_files(tmp_path):
     cal.save(tmp_path / "calibration.json")
     back = Calibration.load(tmp_path / "calibration.json")
     assert back.sliders["Smiling"] == cal.sliders["Smiling"]
+    steered = Calibration({"Age": SliderCalibration("classifier", 2.0, ["Male"], steer={"Male": -0.25})})
+    steered.save(tmp_path / "steered.json")
+    assert Calibration.load(tmp_path / "steered.json").sliders["Age"].steer == {"Male": -0.25}
+    (tmp_path / "bad.json").write_text(json.dumps({"format_version": 1, "sliders": {"Age": {"steer": ["Male"]}}}))
+    with pytest.raises(ValueError, match="steer"):
+        Calibration.load(tmp_path / "bad.json")
     (tmp_path / "bad.json").write_text(json.dumps({"format_version": 1, "sliders": {"Smiling": {"scale": -1}}}))
     with pytest.raises(ValueError, match="calibration"):
         Calibration.load(tmp_path / "bad.json")
@@ -744,6 +776,29 @@ def test_service_applies_calibrated_scale_method_and_keep(service):
     finally:
         service.set_calibration(None)
     assert [s.label for s in service.sliders] == [s.label for s in SLIDERS]
+
+
+def test_service_adds_the_calibrated_counter_steer_under_the_calibrated_default_only(service):
+    """A slider calibrated with steer {Male: k} moves k x scale class-mean gaps of Male's normal per unit, on top
+    of its held direction, restricted to the chosen levels like the rest; an explicit method edits without it."""
+    d = service.directions
+    try:
+        service.set_calibration(Calibration({"Age": SliderCalibration("classifier", 2.0, ["Male"],
+                                                                      steer={"Male": -0.25})}))
+        held = orthogonalize(-2.0 * d.vector("Young", "classifier")[None], d.vector("Male", "classifier")[None])[0]
+        expected = held - 0.25 * 2.0 * d.vector("Male", "classifier")
+        assert torch.allclose(service.edit_vectors(["Age"])[0], expected, atol=1e-5)
+        assert torch.allclose(service.edit_vectors(["Age"], "classifier")[0], held, atol=1e-5)
+        mask = service.level_mask([0])
+        assert torch.allclose(service.edit_vectors(["Age"], levels=[0])[0],
+                              orthogonalize((-2.0 * d.vector("Young", "classifier") * mask)[None],
+                                            (d.vector("Male", "classifier") * mask)[None])[0]
+                              - 0.5 * d.vector("Male", "classifier") * mask, atol=1e-5)
+        row = dict(value=1.0, leakage={"Male": 0.01}, p_before=0.2, p_after=0.7, shift=0.5, moved=1.0, flip=0.7,
+                   flip_n=10, max_leak_attribute="Bald", max_leak=0.1, pixel=5.0, backoff=0.0)
+        assert "| Male | Male -0.25 | whole face |" in slider_table({"Age": [row]}, service)
+    finally:
+        service.set_calibration(None)
 
 
 def test_service_holds_by_the_nullspace_basis_where_calibrated_to(service):
