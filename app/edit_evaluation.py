@@ -58,7 +58,8 @@ def edit_measures(before: torch.Tensor, after: torch.Tensor, target: int, direct
     - flip: among faces that started on the other side of 0.5, the share that ended on the intended side
       (NaN when none started there); flip_n is that denominator;
     - leakage: per named attribute, mean |dP|; leakage_se: its standard error over the faces;
-    - drift: per named attribute, mean dP (signed: an edit that moves it one way on average, as against jitter).
+    - drift: per named attribute, mean dP (signed: an edit that moves it one way on average, as against jitter);
+      drift_se: its standard error.
     """
     if direction == 0:
         raise ValueError("an edit needs a direction")
@@ -69,13 +70,19 @@ def edit_measures(before: torch.Tensor, after: torch.Tensor, target: int, direct
     ended = p1 >= 0.5 if s > 0 else p1 < 0.5
     n_other = int(start_other.sum())
     flip = float(ended[start_other].double().mean()) if n_other else math.nan
-    moves = {name: (after[:, j] - before[:, j]).abs().double() for name, j in leak.items() if j != target}
-    leakage = {name: float(m.mean()) for name, m in moves.items()}
-    se = {name: float(m.std() / math.sqrt(len(m))) if len(m) > 1 else 0.0 for name, m in moves.items()}
-    drift = {name: float((after[:, j] - before[:, j]).double().mean()) for name, j in leak.items() if j != target}
+    changes = {name: (after[:, j] - before[:, j]).double() for name, j in leak.items() if j != target}
+    leakage, se = _mean_and_se({name: c.abs() for name, c in changes.items()})
+    drift, drift_se = _mean_and_se(changes)
     moved = float((d > 0).double().mean())
     return {"shift": float(d.mean()), "moved": moved, "moved_se": math.sqrt(moved * (1 - moved) / len(d)),
-            "flip": flip, "flip_n": n_other, "leakage": leakage, "leakage_se": se, "drift": drift}
+            "flip": flip, "flip_n": n_other, "leakage": leakage, "leakage_se": se, "drift": drift,
+            "drift_se": drift_se}
+
+
+def _mean_and_se(values: Mapping[str, torch.Tensor]) -> tuple[dict[str, float], dict[str, float]]:
+    """Per name, the mean of its values over the faces and that mean's standard error (0 for one face)."""
+    return ({name: float(v.mean()) for name, v in values.items()},
+            {name: float(v.std() / math.sqrt(len(v))) if len(v) > 1 else 0.0 for name, v in values.items()})
 
 
 def target_leaks(attribute: str) -> tuple[str, ...]:
@@ -504,26 +511,57 @@ def _flips(rows: MeasuredLazily, probed: dict[float, dict]) -> str:
 
 def steer_for(service: EditorService, classifier: AttributeClassifier, faces: FaceSet, base: SliderSpec,
               vector: torch.Tensor, scale: float, attribute: str,
-              mask: torch.Tensor | None = None) -> tuple[float | None, list[tuple[float, float]]]:
+              mask: torch.Tensor | None = None) -> tuple[float | None, list[tuple[float, float]], str]:
     """The counter-steer k (class-mean gaps of `attribute`'s classifier normal per gap of the slider) that cancels
     the mean signed change (drift) of `attribute` the edit `vector` x `scale` causes: measured at k = 0 and at
-    STEER_STEP against the drift, and read off the line through the two, within STEER_MAX. None where the drift does
-    not change along that normal (nothing to steer by). Also returns the (k, drift) measured."""
+    STEER_STEP against the drift, and read off the line through the two, within STEER_MAX. None, with why, where the
+    drift is within LEAK_BOUND_Z standard errors of 0 (nothing to cancel but noise) or does not change along that
+    normal. Also returns the (k, drift) measured."""
     u = service.directions.vector(attribute, "classifier")
 
-    def drift(k: float) -> float:
+    def drift(k: float) -> tuple[float, float]:
         row = measure_vector(service, classifier, faces, vector + k * u, scale, base.attribute, base.sign,
                              backoff=False, mask=mask)
-        return row["drift"][attribute]
+        return row["drift"][attribute], row["drift_se"][attribute]
 
-    first = drift(0.0)
+    first, se = drift(0.0)
+    if abs(first) <= LEAK_BOUND_Z * se:
+        return None, [(0.0, first)], f"its drift {first:+.3f} is within {LEAK_BOUND_Z:g} standard errors of 0"
     k1 = -math.copysign(STEER_STEP, first)
-    second = drift(k1)
+    second = drift(k1)[0]
     measured = [(0.0, first), (k1, second)]
     if abs(second - first) < 1e-9:
-        return None, measured
+        return None, measured, f"its drift does not change along {attribute}'s normal"
     k = k1 * first / (first - second)
-    return round(float(np.clip(k, -STEER_MAX, STEER_MAX)), 3), measured
+    return round(float(np.clip(k, -STEER_MAX, STEER_MAX)), 3), measured, ""
+
+
+def _steered(service: EditorService, classifier: AttributeClassifier, faces: FaceSet, base: SliderSpec,
+             keep: Sequence[str], grid: Sequence[float], methods: Sequence[str], intact: Intactness | None,
+             flip_z: float, mask: torch.Tensor | None, pair: tuple[str, str],
+             r: dict) -> tuple[dict, dict[str, float], list[str]]:
+    """Step 5 of `calibrate`: the calibrated edit `r` (of `pair`, its held attributes final), counter-steered
+    against each attribute of the issue's lines it still leaks into over MAX_LEAKAGE (steer_for), its scale searched
+    again like the pair's, and kept where it misses the targets less (_rank). Returns the edit, its steer and what
+    the reason says of each try."""
+    steer, said = {}, []
+    for a in target_leaks(base.attribute):
+        if r["bounds"].get(a, 0.0) <= MAX_LEAKAGE or a not in classifier.attributes:
+            continue
+        k, measured, why = steer_for(service, classifier, faces, base, r["vector"], r["scale"], a, mask)
+        drifts = ", ".join(f"{drift:+.3f} at k {at:g}" for at, drift in measured)
+        if k is None:
+            said.append(f"{a}: {why}, not steered")
+            continue
+        trial = _fit_methods(service, classifier, faces, base, keep, grid, methods, intact, flip_z, mask=mask,
+                             pairs=[pair], steer={**steer, a: k})[1][pair]
+        chosen = _rank(trial, base.attribute) < _rank(r, base.attribute)
+        said.append(f"{a} ({drifts}): k {k:g}, scale {trial['scale']:g}, flip {trial['flip']:.0%}, "
+                    + " ".join(f"{b} {v:.3f}" for b, v in trial["bounds"].items())
+                    + f" moved {trial['moved']:.1%} ({'chosen' if chosen else 'not chosen'})")
+        if chosen:
+            r, steer = trial, {**steer, a: k}
+    return r, steer, said
 
 
 def calibrate(service: EditorService, classifier: AttributeClassifier, faces: FaceSet,
@@ -554,7 +592,11 @@ def calibrate(service: EditorService, classifier: AttributeClassifier, faces: Fa
        local edit replaces the whole-face one where it ranks better by the same measures (ties: the whole face);
     4. the chosen edit is measured at its calibrated scale: a leak attribute that exceeds MAX_LEAKAGE there and is
        not yet held joins `keep`, and steps 2-4 run again. A leak the probe of step 1 missed because it only grows
-       past MAX_LEAKAGE at a larger calibrated scale (hair colours on the shipped model) is held all the same.
+       past MAX_LEAKAGE at a larger calibrated scale (hair colours on the shipped model) is held all the same;
+    5. once nothing more is held, an edit that still leaks into an attribute of the issue's lines over MAX_LEAKAGE
+       is counter-steered against its drift there, where the drift is more than noise, and keeps the steer where
+       that misses the targets less (_steered; holding comes first, since it removes what a linear read-out sees
+       face by face and a steer only cancels the average).
     The stored leakage is that of the final edit at its calibrated scale.
     """
     d = service.directions
@@ -579,23 +621,6 @@ def calibrate(service: EditorService, classifier: AttributeClassifier, faces: Fa
                                       mask=region, pairs=[(method, hold)])[1][method, hold]
                 if _rank(inside, base.attribute) < _rank(r, base.attribute):
                     r, mask = inside, region
-            steer, steered = {}, []
-            for a in target_leaks(base.attribute):
-                if r["bounds"].get(a, 0.0) <= MAX_LEAKAGE or a not in names:
-                    continue
-                k, measured = steer_for(service, classifier, faces, base, r["vector"], r["scale"], a, mask)
-                said = ", ".join(f"{drift:+.3f} at k {at:g}" for at, drift in measured)
-                if k is None:
-                    steered.append(f"{a}: its drift ({said}) does not change along {a}'s normal, not steered")
-                    continue
-                trial = _fit_methods(service, classifier, faces, base, keep, grid, methods, intact, flip_z,
-                                     mask=mask, pairs=[(method, hold)], steer={**steer, a: k})[1][method, hold]
-                chosen = _rank(trial, base.attribute) < _rank(r, base.attribute)
-                steered.append(f"{a} ({said}): k {k:g}, scale {trial['scale']:g}, flip {trial['flip']:.0%}, "
-                               + " ".join(f"{b} {v:.3f}" for b, v in trial["bounds"].items())
-                               + f" moved {trial['moved']:.1%} ({'chosen' if chosen else 'not chosen'})")
-                if chosen:
-                    r, steer = trial, {**steer, a: k}
             final = measure_vector(service, classifier, faces, r["vector"], r["scale"], base.attribute, base.sign,
                                    backoff=False, intact=intact, mask=mask)
             more = [a for a in candidates if a not in keep and leak_bound(final, a) > MAX_LEAKAGE]
@@ -604,6 +629,11 @@ def calibrate(service: EditorService, classifier: AttributeClassifier, faces: Fa
             added += [f"{a} ({final['leakage'][a]:.2f}, bound {leak_bound(final, a):.2f}, at {r['scale']:g} gaps)"
                       for a in more]
             keep = [a for a in candidates if a in keep or a in more]
+        r, steer, steered = _steered(service, classifier, faces, base, keep, grid, methods, intact, flip_z, mask,
+                                     (method, hold), r)
+        if steer:
+            final = measure_vector(service, classifier, faces, r["vector"], r["scale"], base.attribute, base.sign,
+                                   backoff=False, intact=intact, mask=mask)
         flips = ", ".join(f"{_pair_label(*p)}: {_flips(results[p]['rows'], results[p]['probed'])}" for p in results)
         bounds = ", ".join(f"{_pair_label(*p)}: " + " ".join(f"{a} {b:.3f}" for a, b in results[p]["bounds"].items())
                            + f" moved {results[p]['moved']:.1%}" for p in results)

@@ -68,7 +68,8 @@ def run(args: argparse.Namespace) -> int:
     from ..calibration import CALIBRATION_FILE, FLIP_BOUND_Z
     from ..classifier import AttributeClassifier, load_metrics
     from ..edit_evaluation import (VALUES, Intactness, calibrate, encode_faces, evaluate_sliders, frechet_distance,
-                                   plot_flip_rates, recommend_temperature, sample_quality, validation_halves)
+                                   plot_flip_rates, recommend_temperature, sample_quality, steer_label,
+                                   validation_halves)
     from ..face_check import ColourCheck, FaceGeometryCheck
     from ..service import SLIDERS, EditorService
 
@@ -176,8 +177,8 @@ def run(args: argparse.Namespace) -> int:
         calibration = calibrate(service, classifier, cal_faces, chosen, grid, keep_probe=args.keep_probe,
                                 geometry=check, colour=colour, flip_z=flip_z,
                                 progress=lambda label, c: print(
-            f"  {label:20s} {c.method} x{c.scale:g} keep {c.keep} default {c.default} flip {c.flip_at_1:.0%} "
-            f"({time.perf_counter() - started:.0f} s)", flush=True))
+            f"  {label:20s} {c.method} x{c.scale:g} keep {c.keep} steer {steer_label(c.steer)} local {c.local} "
+            f"default {c.default} flip {c.flip_at_1:.0%} ({time.perf_counter() - started:.0f} s)", flush=True))
         calibration.info.update(faces_from=f"validation split {split}, first half of a seed-{args.seed} "
                                 f"permutation", classifier=str(args.classifier))
         out_calibration = Path(args.calibration_out) if args.calibration_out else model_dir / CALIBRATION_FILE

@@ -36,6 +36,7 @@ def test_edit_measures_on_a_case_with_known_answers():
     # |dP| of B is 0.1, 0, 0.2, 0: sample standard deviation over the square root of 4 faces
     assert up["leakage_se"]["B"] == pytest.approx(torch.tensor([0.1, 0, 0.2, 0]).std().item() / 2, rel=1e-5)
     assert up["drift"] == {"B": pytest.approx((-0.1 + 0 + 0.2 + 0) / 4)}  # signed: B moved up on average
+    assert up["drift_se"]["B"] == pytest.approx(torch.tensor([-0.1, 0, 0.2, 0]).std().item() / 2, rel=1e-5)
 
     down = edit_measures(before, after, 0, -0.5, {"B": 1})
     assert down["moved"] == pytest.approx(0.25)
@@ -141,7 +142,8 @@ def _calibrate_smiling(monkeypatch, vector, keep_probe: float = 1, nullspaces: d
         drift = {"Male": leak_factor * 0.09 * value * float(vector @ e[1]),
                  "Young": leak_factor * 0.3 * value * float(vector @ e[3])}
         return {"flip": flip, "flip_n": 40, "backoff": 0.0, "leakage": {a: abs(v) for a, v in drift.items()},
-                "drift": drift, "leakage_se": {"Male": se, "Young": se}, "moved": moved(vector), "moved_se": se}
+                "drift": drift, "drift_se": {"Male": se, "Young": se}, "leakage_se": {"Male": se, "Young": se},
+                "moved": moved(vector), "moved_se": se}
 
     monkeypatch.setattr(edit_evaluation, "measure_vector", measure)
     service = SimpleNamespace(directions=_stand_in_directions(vector, nullspaces), image_size=8)
@@ -229,6 +231,9 @@ def test_calibration_steers_against_a_drift_the_hold_leaves_where_that_misses_th
                                 moved=lambda edit: 1.0 if abs(float(edit @ e[2])) < 2 else 0.8)
     assert costly.steer == {} and costly.leakage["Male"] == pytest.approx(0.108, abs=0.002)
     assert "(not chosen)" in costly.reason
+    # a drift within 1.645 standard errors of 0 is noise: nothing is steered, and only k = 0 is measured
+    noisy = _calibrate_smiling(monkeypatch, lambda name, method: vectors[name], label="Blond hair", se=0.07)
+    assert noisy.steer == {} and "within 1.645 standard errors of 0, not steered" in noisy.reason
     with pytest.raises(ValueError, match="steer"):
         SliderCalibration("classifier", 1.0, steer={"Male": 9.0})
 
