@@ -1,15 +1,16 @@
 """`python -m experiments COMMAND ...`: ablation (Flow++ pieces at equal wall-clock), pilot-report (compare runs),
-leakage-floor (how much of a slider's leakage is the edit), latent-walk (a non-linear hold against the linear edits)."""
+leakage-floor (how much of a slider's leakage is the edit), latent-walk (a non-linear hold against the linear edits),
+train-gap (the train/held-out gap between like faces)."""
 from __future__ import annotations
 
 import argparse
 
 from flow_model.commands import build_parser as _build_parser, run_command
 
-from .commands import ablation, latent_walk, leakage_floor, pilot_report
+from .commands import ablation, latent_walk, leakage_floor, pilot_report, train_gap
 
 COMMANDS = {"ablation": ablation, "pilot-report": pilot_report, "leakage-floor": leakage_floor,
-            "latent-walk": latent_walk}
+            "latent-walk": latent_walk, "train-gap": train_gap}
 
 
 def build_parser() -> argparse.ArgumentParser:
