@@ -231,6 +231,11 @@ def test_calibration_steers_against_a_drift_the_hold_leaves_where_that_misses_th
                                 moved=lambda edit: 1.0 if abs(float(edit @ e[2])) < 2 else 0.8)
     assert costly.steer == {} and costly.leakage["Male"] == pytest.approx(0.108, abs=0.002)
     assert "(not chosen)" in costly.reason
+    # holding comes first: a leak found only at the calibrated scale (the probe at 0.2 gaps sees Male 0.036) is held,
+    # and where the hold removes it nothing is left to steer
+    held = _calibrate_smiling(monkeypatch, lambda name, method: {**vectors, "Male": e[1]}[name], label="Blond hair",
+                              keep_probe=0.2)
+    assert held.keep == ["Male"] and held.steer == {} and held.leakage["Male"] == pytest.approx(0.0, abs=1e-6)
     # a drift within 1.645 standard errors of 0 is noise: nothing is steered, and only k = 0 is measured
     noisy = _calibrate_smiling(monkeypatch, lambda name, method: vectors[name], label="Blond hair", se=0.07)
     assert noisy.steer == {} and "within 1.645 standard errors of 0, not steered" in noisy.reason
