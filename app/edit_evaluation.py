@@ -19,6 +19,7 @@ from typing import Callable, Mapping, NamedTuple, Sequence
 import numpy as np
 import torch
 
+from flow_model.evaluate import mean_and_se
 from flow_model.glow import reduce_bits
 
 from .calibration import (FLIP_BOUND_Z, LEAK_BOUND_Z, MAX_LEAKAGE, METHODS, MIN_FLIP, MIN_INTACT, MIN_MOVED,
@@ -81,8 +82,9 @@ def edit_measures(before: torch.Tensor, after: torch.Tensor, target: int, direct
 
 def _mean_and_se(values: Mapping[str, torch.Tensor]) -> tuple[dict[str, float], dict[str, float]]:
     """Per name, the mean of its values over the faces and that mean's standard error (0 for one face)."""
-    return ({name: float(v.mean()) for name, v in values.items()},
-            {name: float(v.std() / math.sqrt(len(v))) if len(v) > 1 else 0.0 for name, v in values.items()})
+    pairs = {name: mean_and_se(v) for name, v in values.items()}
+    return ({name: m for name, (m, _) in pairs.items()},
+            {name: 0.0 if math.isnan(se) else se for name, (_, se) in pairs.items()})
 
 
 def target_leaks(attribute: str) -> tuple[str, ...]:

@@ -50,10 +50,10 @@ def compare(val: Scores, train: Scores) -> dict:
     total = sum(shares.values())
     gap = se2 = 0.0
     for w, share in shares.items():
-        v, t = val.group(w), train.group(w)
+        (v, v_se), (t, t_se) = mean_and_se(val.group(w)), mean_and_se(train.group(w))
         weight = share / total
-        gap += weight * (v.mean().item() - t.mean().item())
-        se2 += weight ** 2 * sum(x.var().item() / len(x) if len(x) > 1 else math.nan for x in (v, t))
+        gap += weight * (v - t)
+        se2 += weight ** 2 * (v_se ** 2 + t_se ** 2)
     return {"gap": vm - tm, "gap_se": math.hypot(vs, ts), "within_width_gap": gap,
             "within_width_gap_se": math.sqrt(se2)}
 
