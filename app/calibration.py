@@ -11,10 +11,11 @@ import json
 import math
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
+from typing import Sequence
 
 from flow_model.fileio import write_text
 
-from .directions import NULLSPACE
+from .directions import NULLSPACE, WITHIN_GENDER
 
 CALIBRATION_FILE = "calibration.json"
 FORMAT_VERSION = 1
@@ -41,8 +42,9 @@ MIN_INTACT = 0.8
 # mean signed change cancels: a first measure at +-STEER_STEP, a line through it, at most STEER_MAX either way.
 STEER_STEP = 0.5
 STEER_MAX = 1.5
-METHODS = ("classifier", "mean_diff")
-HOLDS = (*METHODS, NULLSPACE)  # how the kept attributes are held: by one direction of a method, or their nullspace
+METHODS = ("classifier", "mean_diff", WITHIN_GENDER)
+# how the kept attributes are held: by one direction of a method (the same for every face), or their nullspace
+HOLDS = ("classifier", "mean_diff", NULLSPACE)
 
 
 @dataclass
@@ -93,6 +95,10 @@ class SliderCalibration:
         return self.scale if method == self.method else self.scales.get(method, self.scale)
 
 
+# calibration.info entries that say what a calibration was measured with, not by which rules
+DESCRIPTIVE_INFO = ("faces_from", "classifier", "temperature", "recalibrated", "methods")
+
+
 @dataclass
 class Calibration:
     sliders: dict[str, SliderCalibration]
@@ -106,6 +112,24 @@ class Calibration:
 
     def get(self, label: str) -> SliderCalibration | None:
         return self.sliders.get(label)
+
+    def updated(self, fresh: "Calibration", labels: Sequence[str]) -> "Calibration":
+        """This calibration with the sliders `labels` taken from `fresh`, a calibration of them alone by the same
+        rules (every rule both state must agree; what they were measured with, faces and classifier, is told
+        apart by `info`). The rest, the recommended temperature among them, stays as it was; info records which
+        sliders were calibrated afresh and with which direction methods."""
+        missing = [k for k in labels if k not in fresh.sliders]
+        if missing:
+            raise ValueError(f"the fresh calibration has no slider(s) {missing}")
+        differ = {k: (self.info[k], fresh.info[k]) for k in self.info.keys() & fresh.info.keys()
+                  if k not in DESCRIPTIVE_INFO and self.info[k] != fresh.info[k]}
+        if differ:
+            raise ValueError("the sliders calibrated afresh would follow other rules than the rest (earlier, now): "
+                             + ", ".join(f"{k} {a!r}, {b!r}" for k, (a, b) in sorted(differ.items())))
+        sliders = {**self.sliders, **{k: fresh.sliders[k] for k in labels}}
+        info = {**self.info, **{k: v for k, v in fresh.info.items() if k != "methods"},
+                "recalibrated": {"sliders": list(labels), "methods": fresh.info.get("methods")}}
+        return Calibration(sliders, info, self.temperature)
 
     def save(self, path: str | Path) -> None:
         doc = {"format_version": FORMAT_VERSION, "info": self.info,

@@ -7,6 +7,12 @@ classes along it, which is what an editor slider at +1 should mean.
 For the attributes an edit is most often held fixed by (gender, age, smile), the file also carries each one's linear
 nullspace basis (INLP): holding an attribute by its one classifier normal keeps that read-out's score, but an edit
 can still move the other linear read-outs of the same attribute, and the attribute classifier sees them.
+
+A third, per-face method: the class-mean difference taken within each gender, men's for a face the latent reads as a
+man's, women's for a woman's (mixed by that reading). CelebA pairs some attributes with one gender (age and beards
+with men, blond hair and make-up with women), so a difference over all faces carries a gender gap that holding Male
+removes only as far as a linear read-out sees it; one taken among men only or women only carries none
+(experiments/conditional_edits.md).
 """
 from __future__ import annotations
 
@@ -31,6 +37,8 @@ from flow_model.fileio import save_safetensors
 log = logging.getLogger(__name__)
 
 METHODS = ("mean_diff", "classifier")
+WITHIN_GENDER = "within_gender"  # per face: the mean difference among faces of the face's own gender
+WITHIN_PREFIX = "within_gender_"  # + "pos" (faces with the gender attribute: men for Male) or "neg"
 NULLSPACE = "nullspace"  # a way to hold an attribute fixed: by its whole INLP basis rather than one direction
 NULLSPACE_PREFIX = "nullspace_"  # the file's tensor of an attribute's basis: this prefix + the attribute's name
 LATENT_KIND = "standardized"
@@ -54,6 +62,10 @@ class DirectionConfig:
     nullspace: tuple[str, ...] = ("Male", "Young", "Smiling")
     nullspace_rounds: int = 4
     nullspace_min_auc: float = 0.55
+    # the attribute whose two groups the within-gender differences are taken in (None or absent: none are); a group
+    # with fewer than gender_min_count faces on a side of an attribute takes the other group's difference
+    gender: str | None = "Male"
+    gender_min_count: int = 40
 
     def __post_init__(self) -> None:
         if not 0 < self.val_fraction < 1:
@@ -63,6 +75,8 @@ class DirectionConfig:
         if not self.C > 0 or self.max_iter < 1 or not self.tol > 0:
             raise ValueError(f"need C > 0, max_iter >= 1 and tol > 0; got C={self.C}, max_iter={self.max_iter}, "
                              f"tol={self.tol}")
+        if self.gender_min_count < 1:
+            raise ValueError(f"gender_min_count must be >= 1, got {self.gender_min_count}")
         if self.nullspace_rounds < 0 or not 0.5 <= self.nullspace_min_auc < 1:
             raise ValueError(f"need nullspace_rounds >= 0 and nullspace_min_auc in [0.5, 1); got "
                              f"{self.nullspace_rounds} and {self.nullspace_min_auc}")
@@ -72,7 +86,10 @@ class DirectionConfig:
 @dataclass
 class Directions:
     """Per-attribute edit vectors for both methods, their cosine Gram matrices, fit statistics and, for some
-    attributes, the orthonormal (k, D) nullspace basis whose first row is the classifier normal's direction."""
+    attributes, the orthonormal (k, D) nullspace basis whose first row is the classifier normal's direction; where
+    fitted, the within-gender differences ("pos": among faces with the gender attribute, "neg": without) and the
+    gender reader that mixes them per face (`gender_reader`: the gender attribute, and the coefficient and intercept
+    of a logistic regression on the projection onto its classifier normal's direction)."""
 
     names: list[str]
     vectors: dict[str, torch.Tensor]
@@ -82,13 +99,44 @@ class Directions:
     model_config: dict | None = None
     config: dict = field(default_factory=dict)
     nullspaces: dict[str, torch.Tensor] = field(default_factory=dict)
+    within_gender: dict[str, torch.Tensor] = field(default_factory=dict)
+    gender_reader: dict | None = None
 
-    def vector(self, name: str, method: str = "classifier") -> torch.Tensor:
-        if method not in self.vectors:
-            raise KeyError(f"unknown direction method {method!r}; valid: {sorted(self.vectors)}")
+    @property
+    def methods(self) -> tuple[str, ...]:
+        """The direction methods this file can edit by."""
+        return (*METHODS, WITHIN_GENDER) if self.within_gender else METHODS
+
+    def methods_for(self, name: str) -> tuple[str, ...]:
+        """The methods that give attribute `name` a direction of its own: WITHIN_GENDER only where its groups'
+        differences were fitted (not the plain mean difference, as for the gender attribute itself)."""
+        fitted = not self.info.get(name, {}).get("within_gender", {}).get("fallback", True)
+        return self.methods if self.within_gender and fitted else METHODS
+
+    def vector(self, name: str, method: str = "classifier", latent: torch.Tensor | None = None) -> torch.Tensor:
+        """The (D,) edit vector of an attribute; WITHIN_GENDER depends on the face: (D,) for one latent `latent`,
+        (N, D) for a batch."""
+        if method not in self.methods:
+            raise KeyError(f"unknown direction method {method!r}; valid: {list(self.methods)}"
+                           + (" (this directions file has no within-gender differences: refit it with `python -m "
+                              "app directions`)" if method == WITHIN_GENDER else ""))
         if name not in self.names:
             raise KeyError(f"unknown attribute {name!r}; valid: {self.names}")
-        return self.vectors[method][self.names.index(name)]
+        j = self.names.index(name)
+        if method != WITHIN_GENDER:
+            return self.vectors[method][j]
+        if latent is None:
+            raise ValueError("a within-gender direction depends on the face: pass its latent")
+        p = self.p_gender(latent)[..., None]
+        return p * self.within_gender["pos"][j] + (1 - p) * self.within_gender["neg"][j]
+
+    def p_gender(self, latent: torch.Tensor) -> torch.Tensor:
+        """How strongly each latent (D,) or (N, D) reads as the gender attribute's positive group, in [0, 1]."""
+        if self.gender_reader is None:
+            raise ValueError("this directions file has no gender reader")
+        unit = self.vector(self.gender_reader["attribute"], "classifier")
+        unit = unit / unit.norm()
+        return torch.sigmoid(self.gender_reader["coef"] * (latent.float() @ unit) + self.gender_reader["intercept"])
 
     def held(self, name: str, method: str) -> torch.Tensor:
         """The (k, D) directions an edit is made orthogonal to so as to hold `name` fixed: its direction by
@@ -113,6 +161,9 @@ class Directions:
         tensors = {m: self.vectors[m].float() for m in METHODS}
         tensors.update({f"gram_{m}": self.gram[m].float() for m in METHODS})
         tensors.update({NULLSPACE_PREFIX + name: basis.float().contiguous() for name, basis in self.nullspaces.items()})
+        if self.within_gender:
+            _check_within(self.within_gender, self.gender_reader, self.names, self.latent_dim)
+            tensors.update({WITHIN_PREFIX + k: v.float().contiguous() for k, v in self.within_gender.items()})
         metadata = {
             "format": FORMAT_VERSION,
             "attributes": json.dumps(self.names),
@@ -122,7 +173,26 @@ class Directions:
             "latent_dim": str(self.latent_dim),
             "config": json.dumps(self.config),
         }
+        if self.within_gender:
+            metadata["gender_reader"] = json.dumps(self.gender_reader)
         save_safetensors(tensors, path, metadata=metadata)
+
+
+def _check_within(within: dict[str, torch.Tensor], reader, names: list[str], latent_dim: int) -> None:
+    """Within-gender differences come as both groups' (n_attributes, D) finite tensors with a gender reader whose
+    attribute is one of the names and whose coefficients are finite numbers."""
+    if set(within) != {"pos", "neg"}:
+        raise ValueError(f"within-gender differences need the groups 'pos' and 'neg', got {sorted(within)}")
+    for k, v in within.items():
+        if tuple(v.shape) != (len(names), latent_dim) or not torch.isfinite(v).all():
+            raise ValueError(f"the within-gender differences ({k}) have shape {tuple(v.shape)} or non-finite values; "
+                             f"expected finite ({len(names)}, {latent_dim})")
+    ok = (isinstance(reader, dict) and reader.get("attribute") in names
+          and all(isinstance(reader.get(k), (int, float)) and not isinstance(reader.get(k), bool)
+                  and math.isfinite(reader[k]) for k in ("coef", "intercept")))
+    if not ok:
+        raise ValueError(f"the gender reader must name one of the attributes and give finite coef and intercept, "
+                         f"got {reader!r}")
 
 
 def _check_basis(name: str, basis: torch.Tensor, names: list[str], latent_dim: int) -> None:
@@ -151,6 +221,7 @@ def load_directions(path: str | Path) -> Directions:
                 raise ValueError(f"{path} is not a complete directions file: missing tensors {missing}")
             tensors = {k: f.get_tensor(k) for k in wanted}
             nullspaces = {k[len(NULLSPACE_PREFIX):]: f.get_tensor(k) for k in keys if k.startswith(NULLSPACE_PREFIX)}
+            within = {k[len(WITHIN_PREFIX):]: f.get_tensor(k) for k in keys if k.startswith(WITHIN_PREFIX)}
     except SafetensorError as err:
         raise ValueError(f"{path} is not a readable directions file (corrupt or not safetensors): {err}") from None
     missing = [k for k in ("attributes", "info", "latent", "latent_dim") if k not in meta]
@@ -164,6 +235,7 @@ def load_directions(path: str | Path) -> Directions:
         model_config = json.loads(meta.get("model_config", "null"))
         config = json.loads(meta.get("config", "{}"))
         latent_dim = int(meta["latent_dim"])
+        reader = json.loads(meta["gender_reader"]) if "gender_reader" in meta else None
     except ValueError as err:
         raise ValueError(f"{path} has malformed metadata: {err}") from None
     if not isinstance(names, list) or not all(isinstance(n, str) for n in names) or not isinstance(info, dict):
@@ -178,13 +250,15 @@ def load_directions(path: str | Path) -> Directions:
             raise ValueError(f"{path}: the {m} vectors hold non-finite values")
     if set(info) != set(names):
         raise ValueError(f"{path}: info does not describe the same attributes as the tensors")
-    for name, basis in nullspaces.items():
-        try:
+    try:
+        for name, basis in nullspaces.items():
             _check_basis(name, basis, names, latent_dim)
-        except ValueError as err:
-            raise ValueError(f"{path}: {err}") from None
+        if within or reader is not None:
+            _check_within(within, reader, names, latent_dim)
+    except ValueError as err:
+        raise ValueError(f"{path}: {err}") from None
     return Directions(names, {m: tensors[m] for m in METHODS}, {m: tensors[f"gram_{m}"] for m in METHODS},
-                      info, latent_dim, model_config, config, nullspaces)
+                      info, latent_dim, model_config, config, nullspaces, within, reader)
 
 
 @torch.no_grad()
@@ -364,6 +438,51 @@ def compute_directions(latents: np.ndarray | torch.Tensor, labels: np.ndarray, n
         log.info("nullspace of %s: %d rows, held-out AUC per round %s", name, len(basis),
                  " -> ".join(f"{a:.3f}" for a in aucs))
 
+    within, reader = {}, None
+    if config.gender in names:
+        within, reader = _within_gender(x, pos, names, mean_diff, classifier, config, info)
+
     vectors = {"mean_diff": torch.from_numpy(mean_diff).float(), "classifier": torch.from_numpy(classifier).float()}
     return Directions(list(names), vectors, {m: cosine_gram(v) for m, v in vectors.items()}, info, d,
-                      model_config, {**asdict(config), "nullspace": list(config.nullspace)}, nullspaces)
+                      model_config, {**asdict(config), "nullspace": list(config.nullspace)}, nullspaces, within,
+                      reader)
+
+
+def _within_gender(x: np.ndarray, pos: np.ndarray, names: list[str], mean_diff: np.ndarray, classifier: np.ndarray,
+                   config: DirectionConfig, info: dict[str, dict]) -> tuple[dict[str, torch.Tensor], dict | None]:
+    """Each attribute's class-mean difference among the faces with the gender attribute ("pos") and among those
+    without ("neg"), over every image as the mean differences are; a group with fewer than gender_min_count faces on
+    a side borrows the other's, and where neither has them (the gender attribute itself among them) both are the
+    plain mean difference. The reader is a logistic regression of the gender label on the projection onto the
+    gender's classifier normal. Records each attribute's counts in info[name]["within_gender"]; no differences
+    where either gender has fewer than gender_min_count faces."""
+    g = names.index(config.gender)
+    group = pos[:, g]
+    if min(group.sum(), (~group).sum()) < config.gender_min_count:
+        log.warning("no within-gender differences: fewer than %d faces of one %s group", config.gender_min_count,
+                    config.gender)
+        return {}, None
+    fits = {key: _class_means(x[rows], pos[rows]) for key, rows in (("pos", group), ("neg", ~group))}
+    within = {key: diff.copy() for key, (diff, _, _) in fits.items()}
+    for j, name in enumerate(names):
+        counts = {key: [int(n_pos[j]), int(n_neg[j])] for key, (_, n_pos, n_neg) in fits.items()}
+        enough = [key for key in ("pos", "neg") if j != g and min(counts[key]) >= config.gender_min_count]
+        for key in ("pos", "neg"):
+            if not enough:
+                within[key][j] = mean_diff[j]
+            elif key not in enough:
+                within[key][j] = fits[enough[0]][0][j]
+        info[name]["within_gender"] = {
+            "n": counts, "borrowed": [k for k in ("pos", "neg") if enough and k not in enough],
+            "fallback": not enough,
+            "model": f"mean(positives) - mean(negatives) among the faces with {config.gender} (pos) and without "
+                     f"(neg); a group with fewer than {config.gender_min_count} on a side borrows the other's; "
+                     "fallback: the plain mean difference"}
+    unit = classifier[g] / np.linalg.norm(classifier[g])
+    s = (x @ unit.astype(np.float32))[:, None]
+    lr = LogisticRegression().fit(s, group)
+    reader = {"attribute": config.gender, "coef": float(lr.coef_[0, 0]), "intercept": float(lr.intercept_[0]),
+              "accuracy": float(lr.score(s, group)),
+              "model": f"LogisticRegression of {config.gender} on the latent's projection onto its classifier "
+                       "normal's direction, over every image"}
+    return {key: torch.from_numpy(v).float() for key, v in within.items()}, reader

@@ -22,10 +22,10 @@ import torch
 from flow_model.evaluate import mean_and_se
 from flow_model.glow import reduce_bits
 
-from .calibration import (FLIP_BOUND_Z, LEAK_BOUND_Z, MAX_LEAKAGE, METHODS, MIN_FLIP, MIN_INTACT, MIN_MOVED,
+from .calibration import (FLIP_BOUND_Z, HOLDS, LEAK_BOUND_Z, MAX_LEAKAGE, METHODS, MIN_FLIP, MIN_INTACT, MIN_MOVED,
                           STEER_MAX, STEER_STEP, TARGET_FLIP, Calibration, SliderCalibration)
 from .classifier import AttributeClassifier
-from .directions import NULLSPACE
+from .directions import NULLSPACE, WITHIN_GENDER
 from .face_check import ColourCheck, FaceGeometryCheck, GeometryResult, wilson_interval
 from .regions import composite, region_mask
 from .service import (AUTO_METHOD, BACKOFF_FRACTIONS, SLIDER_BY_LABEL, Check, EditorService, SliderSpec, checkpoint,
@@ -223,7 +223,7 @@ def edited_images(service: EditorService, faces: FaceSet, vector: torch.Tensor, 
     """Every face + value x vector through the editor's decode (kept to `mask`, as EditorService.edit keeps a local
     slider's edit to its region) -> uint8 images and the strength shown. With backoff=False (calibration's
     shortcut: one decode per face) a face whose edit does not decode shows unedited."""
-    edited = faces.latents + value * vector[None]
+    edited = faces.latents + value * vector  # a (D,) vector for every face, or (N, D), one per face
     if backoff:
         return decode_with_backoff(service, faces.latents, edited, mask=mask, base_decoded=faces.decoded)
     return decoded_or_unedited(service, faces, edited, mask)
@@ -271,7 +271,7 @@ def evaluate_sliders(service: EditorService, classifier: AttributeClassifier, fa
     out = {}
     for spec in specs:
         chosen = AUTO_METHOD if method is None else method
-        vector = service.edit_vectors([spec.label], method=chosen)[0]
+        vector = service.edit_vectors([spec.label], method=chosen, latent=faces.latents)[0]
         mask = service.edit_mask([spec.label])
         out[spec.label] = [measure_vector(service, classifier, faces, vector * (service.multiplier(
             spec.label, v, chosen) / v if v else 1.0), v, spec.attribute, spec.sign, intact=intact, mask=mask)
@@ -438,11 +438,12 @@ def _fit_methods(service: EditorService, classifier: AttributeClassifier, faces:
     times each attribute's classifier normal to the held direction (SliderCalibration.steer)."""
     results = {}
     d = service.directions
-    holds = [*methods, NULLSPACE] if any(k in d.nullspaces for k in keep) else methods
-    for method, hold in pairs or [(m, h) for m in methods for h in holds if keep or h == m]:
-        v = base.sign * d.vector(base.attribute, method)
+    holds = [m for m in methods if m in HOLDS] + ([NULLSPACE] if any(k in d.nullspaces for k in keep) else [])
+    for method, hold in pairs or [(m, h) for m in methods for h in dict.fromkeys([own_hold(m), *holds])
+                                  if keep or h == own_hold(m)]:
+        v = base.sign * d.vector(base.attribute, method, faces.latents)
         if keep:
-            v = orthogonalize(v[None], torch.cat([d.held(k, hold) for k in keep]))[0]
+            v = orthogonalize(v.reshape(-1, v.shape[-1]), torch.cat([d.held(k, hold) for k in keep])).reshape(v.shape)
         for a, k in (steer or {}).items():
             v = v + k * d.vector(a, "classifier")
         shown: dict[float, torch.Tensor] = {}  # each measured strength's edits, for intact_at to check
@@ -491,6 +492,13 @@ def _rank(r: Mapping, attribute: str) -> tuple[bool, float, float]:
     short = sum(max(r["bounds"].get(a, 0.0) - MAX_LEAKAGE, 0.0) for a in target_leaks(attribute))
     short += max(TARGET_FLIP - r["judged"], 0.0) + max(MIN_MOVED - r["moved"], 0.0)
     return not r["ok"], short, max([*r["bounds"].values(), 0.0])
+
+
+def own_hold(method: str) -> str:
+    """How a slider edited by `method` holds its kept attributes unless calibrated otherwise (EditorService.held):
+    by the same method's directions, or for WITHIN_GENDER, whose directions differ from face to face, by the mean
+    differences."""
+    return "mean_diff" if method == WITHIN_GENDER else method
 
 
 def _pair_label(method: str, hold: str) -> str:
@@ -568,7 +576,7 @@ def _steered(service: EditorService, classifier: AttributeClassifier, faces: Fac
 
 def calibrate(service: EditorService, classifier: AttributeClassifier, faces: FaceSet,
               labels: Sequence[str] | None = None, grid: Sequence[float] = GRID,
-              methods: Sequence[str] = METHODS, keep_probe: float | None = None, progress=None,
+              methods: Sequence[str] | None = None, keep_probe: float | None = None, progress=None,
               geometry: FaceGeometryCheck | None = None, colour: ColourCheck | None = None,
               flip_z: float = FLIP_BOUND_Z) -> Calibration:
     """Per built-in slider, on `faces` (which must not be the faces the evaluation reports on):
@@ -577,7 +585,9 @@ def calibrate(service: EditorService, classifier: AttributeClassifier, faces: Fa
        classifier normal moves `keep_probe` class-mean gaps (default: the uncalibrated SliderSpec scale, i.e. the
        old +1) are held fixed; every leakage here is judged by leak_bound (mean |dP| plus LEAK_BOUND_Z standard
        errors), since the faces the edits are reported on are others;
-    2. per method, the slider's direction, orthogonal to the kept ones' directions taken from either method
+    2. per method (the classifier normal, the mean difference and, where the directions carry them for the
+       slider's attribute, the mean differences within the face's own gender, one per face), the slider's
+       direction, orthogonal to the kept ones' directions taken from either face-independent method
        (holding by the classifier normals removes more of what a linear read-out sees) or, where the directions
        carry them, to the kept ones' nullspace bases (more still), at multipliers `grid` of
        the class-mean gap: the scale is the smallest multiplier whose flip at +1, judged by flip_bound at `flip_z`
@@ -602,11 +612,13 @@ def calibrate(service: EditorService, classifier: AttributeClassifier, faces: Fa
     The stored leakage is that of the final edit at its calibrated scale.
     """
     d = service.directions
+    methods = [m for m in METHODS if m in d.methods] if methods is None else methods
     names = classifier.attributes
     intact = Intactness.of(geometry, faces, colour) if geometry is not None else None
     sliders = {}
     for label in labels or [s.label for s in service.sliders + service.more_sliders]:
         base = SLIDER_BY_LABEL[label]
+        own = [m for m in methods if m in d.methods_for(base.attribute)]
         probe = base.scale if keep_probe is None else keep_probe
         raw = base.sign * probe * d.vector(base.attribute, "classifier")
         first = measure_vector(service, classifier, faces, raw, 1.0, base.attribute, base.sign, backoff=False)
@@ -614,12 +626,12 @@ def calibrate(service: EditorService, classifier: AttributeClassifier, faces: Fa
         keep = [a for a in candidates if leak_bound(first, a) > MAX_LEAKAGE]
         added = []
         while True:
-            (method, hold), results = _fit_methods(service, classifier, faces, base, keep, grid, methods, intact,
+            (method, hold), results = _fit_methods(service, classifier, faces, base, keep, grid, own, intact,
                                                    flip_z)
             r, mask, inside = results[method, hold], None, None
             if base.region is not None:
                 region = region_mask(base.region, service.image_size)
-                inside = _fit_methods(service, classifier, faces, base, keep, grid, methods, intact, flip_z,
+                inside = _fit_methods(service, classifier, faces, base, keep, grid, own, intact, flip_z,
                                       mask=region, pairs=[(method, hold)])[1][method, hold]
                 if _rank(inside, base.attribute) < _rank(r, base.attribute):
                     r, mask = inside, region
@@ -631,7 +643,7 @@ def calibrate(service: EditorService, classifier: AttributeClassifier, faces: Fa
             added += [f"{a} ({final['leakage'][a]:.2f}, bound {leak_bound(final, a):.2f}, at {r['scale']:g} gaps)"
                       for a in more]
             keep = [a for a in candidates if a in keep or a in more]
-        r, steer, steered = _steered(service, classifier, faces, base, keep, grid, methods, intact, flip_z, mask,
+        r, steer, steered = _steered(service, classifier, faces, base, keep, grid, own, intact, flip_z, mask,
                                      (method, hold), r)
         if steer:
             final = measure_vector(service, classifier, faces, r["vector"], r["scale"], base.attribute, base.sign,
@@ -667,13 +679,14 @@ def calibrate(service: EditorService, classifier: AttributeClassifier, faces: Fa
                       f"decodes; " + reason)
         sliders[label] = SliderCalibration(
             method=method, scale=float(r["scale"]), keep=keep, default=bool(r["ok"]),
-            scales={m: float(results[m, m]["scale"]) for m in methods}, flip_at_1=float(r["flip"]),
+            scales={m: float(results[m, own_hold(m)]["scale"]) for m in own}, flip_at_1=float(r["flip"]),
             leakage={a: round(v, 4) for a, v in final["leakage"].items()}, reason=reason,
-            intact=intact_share, hold=hold if hold != method else None, minus_scale=minus, local=mask is not None,
-            steer=steer)
+            intact=intact_share, hold=hold if hold != own_hold(method) else None, minus_scale=minus,
+            local=mask is not None, steer=steer)
         if progress:
             progress(label, sliders[label])
-    return Calibration(sliders, {"grid": list(grid), "faces": len(faces.latents), "target_flip": TARGET_FLIP,
+    return Calibration(sliders, {"grid": list(grid), "faces": len(faces.latents), "keep_probe": keep_probe,
+                                 "methods": list(methods), "target_flip": TARGET_FLIP,
                                  "flip_bound_z": flip_z, "min_flip": MIN_FLIP, "max_leakage": MAX_LEAKAGE,
                                  "leak_bound_z": LEAK_BOUND_Z,
                                  "min_moved": MIN_MOVED, "probes": PROBES, "probes_past_backoff": True,

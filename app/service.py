@@ -26,7 +26,7 @@ from flow_model.training.checkpoint import load_model
 from .align import FaceAligner, warp
 from .calibration import CALIBRATION_FILE, Calibration
 from .classifier import AttributeClassifier, describe_change, load_classifier
-from .directions import NULLSPACE, Directions, load_directions
+from .directions import NULLSPACE, WITHIN_GENDER, Directions, load_directions
 from .photo import FacePhoto, compose, crop_side, edited_photo, to_image
 from .regions import composite, union_mask
 
@@ -37,7 +37,8 @@ BPD_RANGE_FILE = "bpd_range.json"
 CLASSIFIER_DIR = "attribute_classifier"  # looked for in the model directory, then beside it (assets/)
 AUTO_METHOD = "auto"  # each slider's calibrated method (calibration.json), else the classifier normal
 METHOD_LABELS = {AUTO_METHOD: "calibrated per slider", "classifier": "classifier normal",
-                 "mean_diff": "mean difference (Glow paper)"}
+                 "mean_diff": "mean difference (Glow paper)",
+                 WITHIN_GENDER: "mean difference within the face's gender"}
 MIN_IMAGE_SIDE = 40  # below this no face can be found; an image of exactly the model's size is a ready crop
 MIN_CUSTOM_EXAMPLES = 3
 MAX_FRAMES = 64
@@ -482,10 +483,11 @@ class EditorService:
         """Built-in sliders outside the default set: measured too weak on this model (calibration.json says why)."""
         return [s for s in self._specs.values() if s.attribute in self.attributes and not s.default]
 
-    def vector(self, key: str, method: str = AUTO_METHOD,
-               custom: Mapping[str, torch.Tensor] | None = None) -> torch.Tensor:
+    def vector(self, key: str, method: str = AUTO_METHOD, custom: Mapping[str, torch.Tensor] | None = None,
+               latent: torch.Tensor | None = None) -> torch.Tensor:
         """The (D,) edit vector of a slider label, a CelebA attribute name or a custom direction. AUTO_METHOD is a
-        slider's calibrated method (the classifier normal for attribute names)."""
+        slider's calibrated method (the classifier normal for attribute names). A WITHIN_GENDER direction depends on
+        the face: (D,) for one latent, (N, D) for a batch of them."""
         custom = custom or {}
         if key in custom:
             return custom[key].float()
@@ -497,11 +499,16 @@ class EditorService:
         spec = self.slider(key)
         if spec is not None and spec.attribute in self.attributes:
             method = spec.method if method == AUTO_METHOD else method
-            return spec.sign * spec.scale_for(method) * self.directions.vector(spec.attribute, method)
+            return spec.sign * spec.scale_for(method) * self.directions.vector(spec.attribute, method, latent)
         if key in self.attributes:
-            return self.directions.vector(key, "classifier" if method == AUTO_METHOD else method)
+            return self.directions.vector(key, "classifier" if method == AUTO_METHOD else method, latent)
         raise KeyError(f"unknown edit {key!r}: use a slider label ({', '.join(s.label for s in self.sliders)}), "
                        f"a CelebA attribute name or a custom slider's name")
+
+    def method_labels(self) -> dict[str, str]:
+        """The direction methods this model's directions offer, with their UI names."""
+        offered = (AUTO_METHOD, *(self.directions.methods if self.directions is not None else ()))
+        return {k: v for k, v in METHOD_LABELS.items() if k in offered}
 
     def level_mask(self, levels: Sequence[int] | None) -> torch.Tensor | None:
         """Boolean (D,) mask of the latent levels an edit may touch; None means every level."""
@@ -530,20 +537,22 @@ class EditorService:
         return choices
 
     def edit_vectors(self, keys: Sequence[str], method: str = AUTO_METHOD, keep: Sequence[str] = (),
-                     levels: Sequence[int] | None = None,
-                     custom: Mapping[str, torch.Tensor] | None = None) -> torch.Tensor:
+                     levels: Sequence[int] | None = None, custom: Mapping[str, torch.Tensor] | None = None,
+                     latent: torch.Tensor | None = None) -> torch.Tensor:
         """(K, D) vectors the slider values multiply: restricted to the chosen levels and, for each, made
         orthogonal to the (equally restricted) directions of the kept attributes other than itself: those given
         and, for a built-in slider, those its calibration holds fixed by default; under AUTO_METHOD plus its
         calibrated counter-steer (SliderSpec.steer). The kept directions come from the
-        slider's method, or under AUTO_METHOD from the way its calibration holds them (a method or NULLSPACE)."""
+        slider's method, or under AUTO_METHOD from the way its calibration holds them (a method or NULLSPACE).
+        `latent`: the face edited, which a WITHIN_GENDER direction depends on; a batch (N, D) of them gives
+        (K, N, D)."""
         mask = self.level_mask(levels)
         rows = []
         for key in keys:
             spec = self.slider(key)
             key_method = spec.method if spec is not None and method == AUTO_METHOD else method
             hold_method = (spec.hold_method or spec.method) if spec is not None and method == AUTO_METHOD else method
-            v = self.vector(key, key_method, custom)
+            v = self.vector(key, key_method, custom, latent)
             held = list(dict.fromkeys([*keep, *(spec.keep if spec is not None else ())]))
             kept = [self.held(k, hold_method, custom) for k in held if k != key and self._attribute_of(k) !=
                     self._attribute_of(key)]
@@ -553,16 +562,22 @@ class EditorService:
                 v = v * mask
                 kept = [k * mask for k in kept]
                 steer = [s * mask for s in steer]
-            rows.append((orthogonalize(v[None], torch.cat(kept))[0] if kept else v) + sum(steer, torch.zeros_like(v)))
-        return torch.stack(rows) if rows else torch.zeros(0, self.model.latent_dim)
+            if kept:
+                v = orthogonalize(v.reshape(-1, v.shape[-1]), torch.cat(kept)).reshape(v.shape)
+            rows.append(v + sum(steer, torch.zeros_like(v)))
+        if rows:
+            return torch.stack(rows)
+        return torch.zeros(0, *([] if latent is None else latent.shape[:-1]), self.model.latent_dim)
 
     def held(self, key: str, method: str, custom: Mapping[str, torch.Tensor] | None = None) -> torch.Tensor:
         """The (k, D) directions that holding `key` fixed keeps an edit orthogonal to: its vector by `method`, or
-        under NULLSPACE a CelebA attribute's nullspace basis (Directions.held)."""
+        under NULLSPACE a CelebA attribute's nullspace basis (Directions.held). Under WITHIN_GENDER, whose
+        directions differ from face to face, its mean difference: one subspace held for every face."""
         attribute = self._attribute_of(key)
         if method == NULLSPACE and key not in (custom or {}) and attribute in self.attributes:
             return self.directions.held(attribute, NULLSPACE)
-        return self.vector(key, "classifier" if method == NULLSPACE else method, custom)[None]
+        own = {NULLSPACE: "classifier", WITHIN_GENDER: "mean_diff"}.get(method, method)
+        return self.vector(key, own, custom)[None]
 
     def _attribute_of(self, key: str) -> str:
         spec = self.slider(key)
@@ -578,9 +593,9 @@ class EditorService:
             raise ValueError(f"edit values must be finite numbers; got {[(k, active[k]) for k in bad]}")
         if not active:
             return latent
-        vectors = self.edit_vectors(list(active), method, keep, levels, custom)
+        vectors = self.edit_vectors(list(active), method, keep, levels, custom, latent)
         values = torch.tensor([self.multiplier(k, v, method) for k, v in active.items()], dtype=vectors.dtype)
-        return latent + values @ vectors
+        return latent + torch.einsum("k,k...->...", values, vectors)
 
     def multiplier(self, key: str, value: float, method: str = AUTO_METHOD) -> float:
         """What a slider's vector (edit_vectors) is multiplied by at `value`: the value itself, except on the

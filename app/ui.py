@@ -18,7 +18,7 @@ from flow_model.imaging import ImageError, to_pil
 
 from .custom_check import check_custom_slider
 from .limits import LIMITS, Deadline, LimitError, Limits
-from .service import AUTO_METHOD, METHOD_LABELS, Check, Edited, EditorService, Face, animated_gif
+from .service import AUTO_METHOD, Check, Edited, EditorService, Face, animated_gif
 
 EXTRA_SLOTS = 6  # sliders that "Add attribute" and custom directions can fill
 SLIDER_LIMIT = 2.0
@@ -383,7 +383,7 @@ class EditorUI:
                             with gr.Row():
                                 extra = [self._slider(f"extra {i + 1}", visible=False) for i in range(EXTRA_SLOTS)]
                         with gr.Column(scale=1, min_width=260):
-                            method = gr.Radio([(label, key) for key, label in METHOD_LABELS.items()],
+                            method = gr.Radio([(label, key) for key, label in self.service.method_labels().items()],
                                               value=AUTO_METHOD, label="Directions")
                             disentangle = gr.Checkbox(label="Disentangle: hold these attributes fixed", value=False)
                             local = gr.Checkbox(label="Keep each edit to its part of the face (the sliders whose "

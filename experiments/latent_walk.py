@@ -223,15 +223,16 @@ def measure(model: Path, classifier_dir: Path, data_dir: Path, faces: int, probe
         held_names = [k for k in (calibrated.keep if calibrated is not None else ()) if k != spec.attribute]
         held = [probe.attributes.index(k) for k in held_names]
         target = probe.attributes.index(spec.attribute)
-        vector = service.edit_vectors([label])[0] * service.multiplier(label, 1.0)
+        # (D,), or (N, D) for a slider whose direction depends on the face
+        vector = service.edit_vectors([label], latent=base)[0] * service.multiplier(label, 1.0)
         goal = probe.jacobian(base[:, coarse], held)[0] if held else None
         for s in strengths:
-            linear = base + s * vector[None]
+            linear = base + s * vector
             held_edit = linear.clone()
             held_edit[:, coarse] = hold(probe, linear[:, coarse], goal, held)
             walked = base.clone()
             walked[:, coarse] = walk(probe, base[:, coarse], target, spec.sign, held,
-                                     float((s * vector[coarse]).norm()), steps)
+                                     (s * vector[..., coarse]).norm(dim=-1), steps)
             for method, latents in zip(METHODS, (linear, held_edit, walked)):
                 shown, ok = decoded_or_unedited(service, face_set, latents)
                 m = measure_vector(service, classifier, face_set, vector, s, spec.attribute, spec.sign,
@@ -247,9 +248,9 @@ def measure(model: Path, classifier_dir: Path, data_dir: Path, faces: int, probe
             "rows": rows, "minutes": (time.perf_counter() - started) / 60}
 
 
-def comparisons(results: dict) -> list[dict]:
-    """Per slider: the shipped edit's flip at +1 and each method's leakage there and at TARGET_FLIP, in the issue's
-    lines."""
+def comparisons(results: dict, methods: tuple[str, ...] = METHODS) -> list[dict]:
+    """Per slider: the shipped edit's (method "linear") flip at +1, each method's leakage there and at TARGET_FLIP in
+    the issue's lines, and each method's highest flip over its strengths."""
     out = []
     for label in dict.fromkeys(r["slider"] for r in results["rows"]):
         rows = [r for r in results["rows"] if r["slider"] == label]
@@ -258,13 +259,16 @@ def comparisons(results: dict) -> list[dict]:
             continue
         lines = target_leaks(SLIDER_BY_LABEL[label].attribute)
         at = lambda flip: {method: {a: leak_at_flip([r for r in rows if r["method"] == method], flip, a)  # noqa
-                                    for a in lines} for method in METHODS}
+                                    for a in lines} for method in methods}
+        peak = {method: max((r["flip"] for r in rows if r["method"] == method), default=float("nan"))
+                for method in methods}
         out.append({"slider": label, "flip": at_one["flip"], "lines": list(lines), "leak": at(at_one["flip"]),
-                    "leak_at_target": at(TARGET_FLIP)})
+                    "leak_at_target": at(TARGET_FLIP), "peak_flip": peak})
     return out
 
 
-def plot(results: dict, path: Path) -> None:
+def plot(results: dict, path: Path, methods: tuple[str, ...] = METHODS) -> None:
+    """Per slider, leakage into Male against flip along each method's strengths."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -277,7 +281,7 @@ def plot(results: dict, path: Path) -> None:
     for ax in axes.flat[len(labels):]:
         ax.axis("off")
     for ax, label in zip(axes.flat, labels):
-        for method in METHODS:
+        for method in methods:
             rows = sorted((r for r in results["rows"] if r["slider"] == label and r["method"] == method),
                           key=lambda r: r["strength"])
             ax.plot([r["flip"] for r in rows], [r["leakage"]["Male"] for r in rows], "o-", ms=3, label=method)

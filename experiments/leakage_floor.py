@@ -139,13 +139,13 @@ def measure(model: Path, classifier_dir: Path, data_dir: Path, faces: int, boot:
     rng = np.random.default_rng(seed)
     rows = []
     for spec in service.sliders:
-        vector = service.edit_vectors([spec.label])[0]
-        p, pixel = readings(service, classifier, face_set, face_set.latents + vector[None])
+        vector = service.edit_vectors([spec.label], latent=face_set.latents)[0]  # (D,), or (N, D): one per face
+        p, pixel = readings(service, classifier, face_set, face_set.latents + vector)
         dp = (p - face_set.probs).double()
         row = {"slider": spec.label, "pixel": pixel, "held": {}}
         if basis is not None and spec.attribute != "Male":
             q, _ = readings(service, classifier, face_set,
-                            face_set.latents + orthogonalize(vector[None], basis)[0][None])
+                            face_set.latents + orthogonalize(vector.reshape(-1, vector.shape[-1]), basis))
             dq = (q - face_set.probs).double()
             target = names.index(spec.attribute)
             row["nullspace"] = {"Male": float(dq[:, col["Male"]].abs().mean()),

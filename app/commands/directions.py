@@ -22,6 +22,8 @@ def add_parser(sub) -> None:
                    help="attributes to fit a nullspace basis for, so the editor can hold them by it (default: Male "
                    "Young Smiling; none: give the flag alone)")
     p.add_argument("--nullspace-rounds", type=int, help="INLP rounds past the classifier normal (default 4)")
+    p.add_argument("--gender", help="attribute whose two groups the within-gender mean differences are taken in "
+                   "(default: Male; 'none': no within-gender differences)")
     p.add_argument("--figures", help="folder for the figures (default: the folder of --out)")
     p.add_argument("--seed", type=int, help="train/validation split (default 0)")
     p.add_argument("--workers", type=int, default=2, help="image decoding processes")
@@ -42,7 +44,10 @@ def run(args: argparse.Namespace) -> int:
             raise ValueError(f"{flag} must be >= 1, got {value}")
     given = {"val_fraction": args.val_fraction, "seed": args.seed, "C": args.C, "nullspace": args.nullspace,
              "nullspace_rounds": args.nullspace_rounds}
-    config = DirectionConfig(**{k: v for k, v in given.items() if v is not None})
+    given = {k: v for k, v in given.items() if v is not None}
+    if args.gender is not None:  # asked for by name, so it must be one of the labels
+        given["gender"] = None if args.gender.lower() == "none" else args.gender
+    config = DirectionConfig(**given)
     out = Path(args.out)
     figures = Path(args.figures) if args.figures else out.parent
 
@@ -51,9 +56,11 @@ def run(args: argparse.Namespace) -> int:
     if data.labels is None:
         raise ValueError(f"{args.data} has no attribute labels: directions need the CelebA layout "
                          "(img_align_celeba/ and list_attr_celeba.txt)")
-    unknown = [a for a in config.nullspace if a not in data.attributes]
+    unknown = [a for a in [*config.nullspace, *([config.gender] if given.get("gender") else [])]
+               if a not in data.attributes]
     if unknown:
-        raise ValueError(f"--nullspace names attributes the labels do not have: {unknown}; valid: {data.attributes}")
+        raise ValueError(f"--nullspace or --gender names attributes the labels do not have: {unknown}; valid: "
+                         f"{data.attributes}")
     if args.split:
         try:
             train = json.loads(Path(args.split).read_text())["train"]
@@ -81,7 +88,12 @@ def run(args: argparse.Namespace) -> int:
         aucs = directions.info[name]["nullspace"]["auc"]
         print(f"nullspace of {name}: {len(basis)} directions (held-out AUC of a classifier refitted with the first "
               f"1, 2, ... removed: {', '.join(f'{a:.3f}' for a in aucs)})")
-    print(f"wrote {len(directions.names)} attributes x {len(directions.vectors)} methods "
+    if directions.gender_reader is not None:
+        r = directions.gender_reader
+        own = [n for n in directions.names if not directions.info[n]["within_gender"]["fallback"]]
+        print(f"within-gender mean differences for {len(own)} attributes (by {r['attribute']}; the latent's "
+              f"reading of it right on {r['accuracy']:.1%} of the images)")
+    print(f"wrote {len(directions.names)} attributes x {len(directions.methods)} methods "
           f"({directions.latent_dim}-dim standardised latents of {len(latents)} images) to {out}")
     print(f"figures: {figures / f'{stem}_auc.png'}, {figures / f'{stem}_projections.png'} ({', '.join(shown)})")
     print(f"time: decode {decoded - started:.1f} s, encode {encoded - decoded:.1f} s, "

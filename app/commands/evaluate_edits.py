@@ -39,6 +39,10 @@ def add_parser(sub) -> None:
                         "at this many standard errors over the calibration faces that started on the other side "
                         "(default 1.645, 95%%; 0: the measured rate)")
     p.add_argument("--calibration-out", help="where --calibrate writes (default: MODEL/calibration.json)")
+    p.add_argument("--calibrate-sliders",
+                   help="with --calibrate: comma-separated slider labels to calibrate afresh, keeping the model's "
+                        "calibration of the others (its rules must agree with this run's; e.g. after the "
+                        "directions gained a method)")
     p.add_argument("--sliders", help="comma-separated slider labels to measure (default: every built-in slider)")
     p.add_argument("--no-before", dest="before", action="store_false",
                    help="skip measuring the uncalibrated sliders")
@@ -65,7 +69,7 @@ def run(args: argparse.Namespace) -> int:
     from flow_model.fileio import write_text
     from flow_model.glow import reduce_bits
 
-    from ..calibration import CALIBRATION_FILE, FLIP_BOUND_Z
+    from ..calibration import CALIBRATION_FILE, FLIP_BOUND_Z, Calibration
     from ..classifier import AttributeClassifier, load_metrics
     from ..edit_evaluation import (VALUES, Intactness, calibrate, encode_faces, evaluate_sliders, frechet_distance,
                                    plot_flip_rates, recommend_temperature, sample_quality, steer_label,
@@ -104,8 +108,15 @@ def run(args: argparse.Namespace) -> int:
     unknown = [x for x in chosen if x not in every]
     if unknown:
         raise ValueError(f"unknown slider(s) {unknown}; valid: {every}")
+    afresh = [x.strip() for x in args.calibrate_sliders.split(",") if x.strip()] if args.calibrate_sliders else []
+    if afresh and (not args.calibrate or [x for x in afresh if x not in every]):
+        raise ValueError(f"--calibrate-sliders needs --calibrate and slider labels ({', '.join(every)}), got "
+                         f"{args.calibrate_sliders!r}")
     order = lambda specs: [s for s in SLIDERS if s.label in {x.label for x in specs} and s.label in chosen]  # noqa
     shipped = service.calibration
+    if afresh and shipped is None:
+        raise ValueError(f"--calibrate-sliders keeps the model's calibration of the other sliders, but {model_dir} "
+                         "has none: calibrate every slider")
     classifier = AttributeClassifier.from_pretrained(args.classifier, device=args.device)
     size = service.image_size
     data = open_dataset(args.data)
@@ -174,13 +185,18 @@ def run(args: argparse.Namespace) -> int:
         grid = tuple(float(g) for g in args.grid.split(",") if g.strip())
         if not grid or min(grid) <= 0 or list(grid) != sorted(grid):
             raise ValueError(f"--grid must be increasing positive numbers, got {args.grid!r}")
-        calibration = calibrate(service, classifier, cal_faces, chosen, grid, keep_probe=args.keep_probe,
+        if afresh:  # the rules known before the long measurements: refuse a mismatch now, not after them
+            shipped.updated(Calibration({}, {"grid": list(grid), "faces": len(cal_faces.latents),
+                                             "flip_bound_z": flip_z, "keep_probe": args.keep_probe}), [])
+        calibration = calibrate(service, classifier, cal_faces, afresh or chosen, grid, keep_probe=args.keep_probe,
                                 geometry=check, colour=colour, flip_z=flip_z,
                                 progress=lambda label, c: print(
             f"  {label:20s} {c.method} x{c.scale:g} keep {c.keep} steer {steer_label(c.steer)} local {c.local} "
             f"default {c.default} flip {c.flip_at_1:.0%} ({time.perf_counter() - started:.0f} s)", flush=True))
         calibration.info.update(faces_from=f"validation split {split}, first half of a seed-{args.seed} "
                                 f"permutation", classifier=str(args.classifier))
+        if afresh:
+            calibration = shipped.updated(calibration, afresh)
         out_calibration = Path(args.calibration_out) if args.calibration_out else model_dir / CALIBRATION_FILE
         calibration.save(out_calibration)
         print(f"wrote {out_calibration}")

@@ -24,15 +24,14 @@ def add_parser(sub) -> None:
     p.add_argument("--out", type=Path, required=True, help="markdown report; raw JSON and plot beside it")
 
 
-def run(args: argparse.Namespace) -> int:
-    import torch
-
-    from ..latent_walk import SLIDERS, STRENGTHS, measure, write_report
-
-    sliders = [s.strip() for s in args.sliders.split(",") if s.strip()] if args.sliders is not None else SLIDERS
+def parse_sliders_and_strengths(args: argparse.Namespace, sliders: tuple[str, ...],
+                                strengths: tuple[float, ...]) -> tuple[tuple[str, ...], tuple[float, ...]]:
+    """--sliders and --strengths, or the given defaults; strengths in (0, 10] with 1, the shipped +1, among them."""
+    if args.sliders is not None:
+        sliders = tuple(s.strip() for s in args.sliders.split(",") if s.strip())
     try:
-        strengths = (tuple(float(s) for s in args.strengths.split(",") if s.strip()) if args.strengths is not None
-                     else STRENGTHS)
+        if args.strengths is not None:
+            strengths = tuple(float(s) for s in args.strengths.split(",") if s.strip())
     except ValueError:
         raise ValueError(f"--strengths must be comma-separated numbers, got {args.strengths!r}") from None
     if not sliders or not strengths or any(not 0 < s <= 10 for s in strengths):
@@ -40,6 +39,15 @@ def run(args: argparse.Namespace) -> int:
                          f"{args.strengths!r}")
     if 1.0 not in strengths:
         raise ValueError(f"--strengths must include 1 (the shipped +1 the comparison is made at), got {strengths}")
+    return sliders, strengths
+
+
+def run(args: argparse.Namespace) -> int:
+    import torch
+
+    from ..latent_walk import SLIDERS, STRENGTHS, measure, write_report
+
+    sliders, strengths = parse_sliders_and_strengths(args, SLIDERS, STRENGTHS)
     torch.set_num_threads(args.threads)
     results = measure(args.model, args.classifier, args.data, args.faces, args.probe_faces, list(sliders), strengths,
                       args.steps)

@@ -7,7 +7,8 @@ import math
 import numpy as np
 import pytest
 import torch
-from safetensors.torch import save_file
+from safetensors import safe_open
+from safetensors.torch import load_file, save_file
 
 from flow_model import Glow, GlowConfig
 from app.cli import main
@@ -299,6 +300,17 @@ def test_command_end_to_end_on_real_faces(tmp_path, tiny_model_dir, faces_dir, c
     smiling = torch.from_numpy(used.labels[:, used.attributes.index("Smiling")] > 0)
     expected = flat[smiling].mean(0) - flat[~smiling].mean(0)
     torch.testing.assert_close(d.vector("Smiling", "mean_diff").double(), expected, atol=1e-4, rtol=1e-4)
+    # and its within-gender differences those among the men and among the women, by the borrowing rule
+    male = torch.from_numpy(used.labels[:, used.attributes.index("Male")] > 0)
+    groups = {"pos": male, "neg": ~male}
+    counts = {k: [int((g & smiling).sum()), int((g & ~smiling).sum())] for k, g in groups.items()}
+    assert d.info["Smiling"]["within_gender"]["n"] == counts and "within-gender mean differences for" in printed
+    enough = [k for k in groups if min(counts[k]) >= DirectionConfig.gender_min_count]
+    for k, g in groups.items():
+        source = groups[k if k in enough else enough[0]] if enough else None
+        want = (flat[source & smiling].mean(0) - flat[source & ~smiling].mean(0)) if enough else expected
+        torch.testing.assert_close(d.within_gender[k][d.names.index("Smiling")].double(), want, atol=1e-4,
+                                   rtol=1e-4)
     assert (tmp_path / "dirs" / "celeba16_auc.png").stat().st_size > 0
     assert (tmp_path / "dirs" / "celeba16_projections.png").stat().st_size > 0
 
@@ -330,8 +342,109 @@ def test_command_fits_only_the_training_faces_of_a_split(tmp_path, tiny_model_di
     assert rc == 0 and set(load_directions(out).nullspaces) == {"Smiling"}
     rc = main(["directions", "--model", str(tiny_model_dir), "--data", str(faces_dir), "--out", str(out),
                "--nullspace", "Smiles", "--workers", "0", "--device", "cpu", "--no-progress"])
-    assert rc == 2 and "--nullspace names attributes the labels do not have: ['Smiles']" in capsys.readouterr().err
+    assert rc == 2 and "names attributes the labels do not have: ['Smiles']" in capsys.readouterr().err
+    rc = main(["directions", "--model", str(tiny_model_dir), "--data", str(faces_dir), "--out", str(out),
+               "--gender", "Hat", "--workers", "0", "--device", "cpu", "--no-progress"])
+    assert rc == 2 and "--gender names attributes the labels do not have: ['Hat']" in capsys.readouterr().err
+    rc = main(["directions", "--model", str(tiny_model_dir), "--data", str(faces_dir), "--out", str(out),
+               "--split", str(split), "--gender", "none", "--workers", "0", "--device", "cpu", "--no-progress"])
+    assert rc == 0 and load_directions(out).methods == ("mean_diff", "classifier")
     split.write_text("[]")
     rc = main(["directions", "--model", str(tiny_model_dir), "--data", str(faces_dir), "--out", str(out),
                "--split", str(split), "--workers", "0", "--device", "cpu", "--no-progress"])
     assert rc == 2 and "cannot read a 'train' list" in capsys.readouterr().err
+
+
+def _gendered(n_men: int = 200, n_women: int = 300, seed: int = 0):
+    """Coordinate 0 is gender (+1 men, -1 women) plus noise, coordinate 1 the attribute (+1 with it, 0 without):
+    a quarter of the men and two thirds of the women have it, so the pooled mean difference carries a gender gap
+    that the difference within either gender does not. Coordinate 2 is a beard only men have."""
+    rng = np.random.default_rng(seed)
+    male = np.arange(n_men + n_women) < n_men
+    has = np.where(male, rng.random(len(male)) < 0.25, rng.random(len(male)) < 2 / 3)
+    beard = male & (rng.random(len(male)) < 0.3)
+    x = np.stack([np.where(male, 1.0, -1.0) + 0.3 * rng.standard_normal(len(male)), has, beard,
+                  rng.standard_normal(len(male))], 1).astype(np.float32)
+    labels = np.where(np.stack([male, has, beard], 1), 1, -1)
+    return x, labels, male, has
+
+
+def test_within_gender_differences_carry_no_gender_gap_and_borrow_where_a_gender_lacks_faces():
+    x, labels, male, has = _gendered()
+    d = compute_directions(x, labels, ["Male", "Blond_Hair", "No_Beard"], DirectionConfig(gender_min_count=10),
+                           progress=False)
+    assert d.methods == ("mean_diff", "classifier", "within_gender")
+    j = 1
+    for key, rows in (("pos", male), ("neg", ~male)):
+        want = x[rows & has].mean(0) - x[rows & ~has].mean(0)  # exactly 1 along the attribute, noise along gender
+        assert np.allclose(d.within_gender[key][j].numpy(), want, atol=1e-5)
+        assert abs(want[0]) < 0.15 and want[1] == pytest.approx(1.0)
+    assert d.vector("Blond_Hair", "mean_diff")[0] < -0.5  # the pooled difference: more women with it
+    assert d.info["Blond_Hair"]["within_gender"]["n"]["pos"] == [int((male & has).sum()), int((male & ~has).sum())]
+    # a beard only men have: women borrow the men's difference; Male itself is the plain mean difference
+    beard = d.info["No_Beard"]["within_gender"]
+    assert beard["borrowed"] == ["neg"] and not beard["fallback"]
+    assert torch.equal(d.within_gender["neg"][2], d.within_gender["pos"][2])
+    assert d.info["Male"]["within_gender"]["fallback"]
+    assert torch.equal(d.within_gender["pos"][0], d.vector("Male", "mean_diff"))
+    assert d.methods_for("Male") == ("mean_diff", "classifier")
+    assert "within_gender" in d.methods_for("Blond_Hair")
+    assert d.gender_reader["attribute"] == "Male" and d.gender_reader["accuracy"] > 0.99
+    none = compute_directions(x, labels, ["Male", "Blond_Hair", "No_Beard"], DirectionConfig(gender=None),
+                              progress=False)
+    assert none.within_gender == {} and none.methods == ("mean_diff", "classifier")
+    with pytest.raises(ValueError, match="gender_min_count"):
+        DirectionConfig(gender_min_count=0)
+
+
+def test_a_within_gender_vector_follows_the_faces_own_gender():
+    x, labels, male, _ = _gendered()
+    d = compute_directions(x, labels, ["Male", "Blond_Hair", "No_Beard"], progress=False)
+    man, woman = torch.tensor([3.0, 0, 0, 0]), torch.tensor([-3.0, 0, 0, 0])
+    assert d.p_gender(man) > 0.99 and d.p_gender(woman) < 0.01
+    assert torch.allclose(d.vector("Blond_Hair", "within_gender", man), d.within_gender["pos"][1], atol=1e-2)
+    both = d.vector("Blond_Hair", "within_gender", torch.stack([man, woman, torch.zeros(4)]))
+    p = d.p_gender(torch.zeros(4))
+    assert both.shape == (3, 4) and torch.allclose(both[1], d.within_gender["neg"][1], atol=1e-2)
+    assert torch.allclose(both[2], p * d.within_gender["pos"][1] + (1 - p) * d.within_gender["neg"][1])
+    with pytest.raises(ValueError, match="depends on the face"):
+        d.vector("Blond_Hair", "within_gender")
+
+
+def test_within_gender_round_trips_and_a_file_without_it_says_how_to_get_it(tmp_path):
+    x, labels, _, _ = _gendered()
+    d = compute_directions(x, labels, ["Male", "Blond_Hair", "No_Beard"], progress=False)
+    path = tmp_path / "d.safetensors"
+    d.save(path)
+    back = load_directions(path)
+    assert all(torch.equal(back.within_gender[k], v) for k, v in d.within_gender.items())
+    assert back.gender_reader == d.gender_reader and back.methods == d.methods
+    old = _small_directions()
+    old.save(path)
+    with pytest.raises(KeyError, match="no within-gender differences: refit it"):
+        load_directions(path).vector("Smiling", "within_gender", torch.zeros(8))
+    d.gender_reader = {"attribute": "Hat", "coef": 1.0, "intercept": 0.0}
+    with pytest.raises(ValueError, match="gender reader must name one of the attributes"):
+        d.save(tmp_path / "bad.safetensors")
+    d.gender_reader = back.gender_reader
+    d.within_gender = {"pos": d.within_gender["pos"]}
+    with pytest.raises(ValueError, match="'pos' and 'neg'"):
+        d.save(tmp_path / "bad.safetensors")
+    assert not (tmp_path / "bad.safetensors").exists()
+
+
+def test_load_names_broken_within_gender_parts(tmp_path):
+    x, labels, _, _ = _gendered()
+    d = compute_directions(x, labels, ["Male", "Blond_Hair", "No_Beard"], progress=False)
+    good = tmp_path / "good.safetensors"
+    d.save(good)
+    with safe_open(str(good), framework="pt") as f:
+        meta = f.metadata()
+    tensors = load_file(str(good))
+    bad = tmp_path / "bad.safetensors"
+    save_file({**tensors, "within_gender_neg": torch.full((3, 4), float("nan"))}, str(bad), metadata=meta)
+    with pytest.raises(ValueError, match="non-finite"):
+        load_directions(bad)
+    save_file(tensors, str(bad), metadata={k: v for k, v in meta.items() if k != "gender_reader"})
+    with pytest.raises(ValueError, match="gender reader"):
+        load_directions(bad)

@@ -116,37 +116,42 @@ def test_calibration_judges_the_flip_by_its_bound_and_records_how(monkeypatch):
     assert edit_evaluation.flip_bound({"flip": judged.flip_at_1, "flip_n": 40}) == pytest.approx(0.6, abs=0.02)
 
 
-def _stand_in_directions(vector, nullspaces: dict | None = None) -> SimpleNamespace:
-    """Directions' interface over `vector(name, method)` and the given nullspace bases, holding attributes the way
-    Directions itself does."""
-    d = SimpleNamespace(vector=vector, nullspaces=nullspaces or {})
+def _stand_in_directions(vector, nullspaces: dict | None = None, within=None) -> SimpleNamespace:
+    """Directions' interface over `vector(name, method)`, the given nullspace bases and, given `within(name,
+    latents)`, a within-gender method with a vector per face, holding attributes the way Directions itself does."""
+    methods = ("mean_diff", "classifier", "within_gender") if within is not None else ("mean_diff", "classifier")
+    d = SimpleNamespace(nullspaces=nullspaces or {}, methods=methods, methods_for=lambda name: methods,
+                        vector=lambda name, method, latent=None: (within(name, latent) if method == "within_gender"
+                                                                  else vector(name, method)))
     d.held = functools.partial(Directions.held, d)
     return d
 
 
 def _calibrate_smiling(monkeypatch, vector, keep_probe: float = 1, nullspaces: dict | None = None,
                        label: str = "Smiling", se: float = 0.0, moved=lambda edit: 1.0,
-                       flip_z: float = 0.0, local: tuple[float, float] = (1.0, 1.0)) -> SliderCalibration:
+                       flip_z: float = 0.0, local: tuple[float, float] = (1.0, 1.0),
+                       within=None) -> SliderCalibration:
     """Smiling (or the slider `label`) calibrated on stand-ins for the directions (`vector(name, method)`,
     nullspace bases) and the measures in a 4-D latent: flip = value x (edit . e0) / 2 over 40 faces (judged at
     `flip_z`; 0 by default: the measured rate), Male drift (every face alike, so its leakage is its size) =
     0.09 x value x (edit . e1), Young drift = 0.3 x value x (edit . e3), each with standard error `se`;
     the moved share is `moved(edit)`, with standard error `se` too. An edit kept to the slider's region flips
-    local[0] times as much and leaks local[1] times as much."""
+    local[0] times as much and leaks local[1] times as much. `within(name, latents)`: a within-gender method whose
+    (N, D) vectors are measured by their mean."""
     e = torch.eye(4)
 
     def measure(service, classifier, faces, vector, value, attribute, sign, backoff=True, intact=None, edited=None,
                 mask=None):
         flip_factor, leak_factor = local if mask is not None else (1.0, 1.0)
-        flip = float(min(1.0, max(0.0, flip_factor * sign * value * float(vector @ e[0]) / 2)))
-        drift = {"Male": leak_factor * 0.09 * value * float(vector @ e[1]),
-                 "Young": leak_factor * 0.3 * value * float(vector @ e[3])}
+        flip = float(min(1.0, max(0.0, flip_factor * sign * value * float((vector @ e[0]).mean()) / 2)))
+        drift = {"Male": leak_factor * 0.09 * value * float((vector @ e[1]).mean()),
+                 "Young": leak_factor * 0.3 * value * float((vector @ e[3]).mean())}
         return {"flip": flip, "flip_n": 40, "backoff": 0.0, "leakage": {a: abs(v) for a, v in drift.items()},
                 "drift": drift, "drift_se": {"Male": se, "Young": se}, "leakage_se": {"Male": se, "Young": se},
                 "moved": moved(vector), "moved_se": se}
 
     monkeypatch.setattr(edit_evaluation, "measure_vector", measure)
-    service = SimpleNamespace(directions=_stand_in_directions(vector, nullspaces), image_size=8)
+    service = SimpleNamespace(directions=_stand_in_directions(vector, nullspaces, within), image_size=8)
     classifier = SimpleNamespace(attributes=["Male", "Young", "Smiling"])
     return edit_evaluation.calibrate(service, classifier, SimpleNamespace(latents=torch.zeros(8, 4)), [label],
                                      grid=(1, 1.5, 2, 3), keep_probe=keep_probe, flip_z=flip_z).get(label)
@@ -170,6 +175,31 @@ def test_calibration_holds_by_the_other_method_when_that_leaks_less(monkeypatch)
     assert smiling.scales["mean_diff"] == pytest.approx(1.2 / (1.25 / 1.125) ** 0.5, abs=0.01)
     with pytest.raises(ValueError, match="hold attributes by"):
         SliderCalibration("classifier", 1.0, hold="pca")
+
+
+def test_calibration_takes_the_within_gender_edit_where_it_leaks_least_and_holds_it_face_by_face(monkeypatch):
+    """Smiling's mean difference leaks into Male (e1) and its classifier normal barely flips; Male's directions are
+    both (e1 + e2) / sqrt(2), so holding Male leaves a quarter of the mean difference's leak. The within-gender
+    edit differs from face to face (e0 + 0.2 e2 for half of them, e0 - 0.2 e2 for the others): held face by face by
+    Male's mean difference, each face's edit leans along e1 one way or the other, so the mean drift cancels. It wins,
+    holds by the mean difference as its own way, and its scale is recorded beside the others."""
+    e = torch.eye(4)
+    male = (e[1] + e[2]) / 2 ** 0.5
+    vectors = {("Smiling", "classifier"): 0.2 * e[0] + e[1], ("Smiling", "mean_diff"): e[0] + 0.5 * e[1],
+               ("Male", "classifier"): male, ("Male", "mean_diff"): male,
+               ("Young", "classifier"): e[3], ("Young", "mean_diff"): e[3]}
+    signs = torch.tensor([1.0, -1.0]).repeat_interleave(4)[:, None]
+    within = lambda name, latents: e[0] + 0.2 * signs * e[2]  # noqa: E731  (8 faces)
+    smiling = _calibrate_smiling(monkeypatch, lambda name, method: vectors[name, method], within=within)
+    assert (smiling.method, smiling.hold, smiling.keep) == ("within_gender", None, ["Male"])
+    # each face's e0 + 0.2 e2 minus its projection on Male, rescaled to the old norm: e0 reads (1.04 / 1.02)^0.5
+    assert smiling.scale == pytest.approx(1.2 / (1.04 / 1.02) ** 0.5, abs=0.01)
+    assert smiling.leakage["Male"] == pytest.approx(0.0, abs=1e-6)
+    assert smiling.scales["within_gender"] == pytest.approx(smiling.scale)
+    assert "within_gender holding by mean_diff: " in smiling.reason and "within_gender holding by classifier: " in \
+        smiling.reason
+    without = _calibrate_smiling(monkeypatch, lambda name, method: vectors[name, method])
+    assert without.method == "mean_diff" and "within_gender" not in without.reason + str(without.scales)
 
 
 def test_calibration_holds_by_the_nullspace_when_the_editor_normal_misses_the_leak(monkeypatch):
@@ -706,6 +736,26 @@ def test_calibration_file_round_trip_and_bad_files(tmp_path):
         Calibration.load(tmp_path / "bad.json")
 
 
+def test_sliders_calibrated_afresh_replace_theirs_only_under_the_same_rules():
+    rules = {"grid": [1.0, 2.0], "faces": 96, "flip_bound_z": 1.645}
+    old = Calibration({"Smiling": SliderCalibration("mean_diff", 1.0), "Age": SliderCalibration("classifier", 2.0)},
+                      {**rules, "faces_from": "half one"}, temperature=0.9)
+    fresh = Calibration({"Age": SliderCalibration("within_gender", 1.5, ["Male"], scales={"within_gender": 1.5})},
+                        {**rules, "keep_probe": 2.0, "methods": ["classifier", "mean_diff", "within_gender"],
+                         "faces_from": "half one, again"})
+    both = old.updated(fresh, ["Age"])
+    assert both.sliders["Smiling"] is old.sliders["Smiling"] and both.sliders["Age"].method == "within_gender"
+    assert list(both.sliders) == ["Smiling", "Age"] and both.temperature == 0.9
+    assert both.info["recalibrated"] == {"sliders": ["Age"], "methods": ["classifier", "mean_diff", "within_gender"]}
+    assert "methods" not in both.info and both.info["faces_from"] == "half one, again"
+    with pytest.raises(ValueError, match="other rules than the rest .*faces 96, 48"):
+        old.updated(Calibration(fresh.sliders, {**fresh.info, "faces": 48}), ["Age"])
+    with pytest.raises(ValueError, match="no slider\\(s\\) \\['Smiling'\\]"):
+        old.updated(fresh, ["Smiling"])
+    with pytest.raises(ValueError, match="unknown method 'pca'"):
+        SliderCalibration("pca", 1.0)
+
+
 def test_recommended_temperature_is_the_most_realistic_that_is_mostly_undistorted():
     frechet = {0.5: 66.0, 0.6: 48.0, 0.7: 34.0, 0.8: 26.0, 0.9: 23.5, 1.0: 27.0}
     shares = {0.5: 1.0, 0.6: 0.99, 0.7: 0.95, 0.8: 0.93, 0.9: 0.88, 1.0: 0.53}
@@ -849,7 +899,8 @@ def test_evaluate_sliders_measures_the_negative_side_at_its_own_scale(service, m
     monkeypatch.setattr(edit_evaluation, "measure_vector", measure)
     service.set_calibration(Calibration({"Smiling": SliderCalibration("classifier", 2.0, minus_scale=0.5)}))
     try:
-        edit_evaluation.evaluate_sliders(service, None, None, [service.slider("Smiling")], (-1.0, 0.5, 1.0))
+        faces = SimpleNamespace(latents=torch.zeros(2, service.model.latent_dim))
+        edit_evaluation.evaluate_sliders(service, None, faces, [service.slider("Smiling")], (-1.0, 0.5, 1.0))
         full = service.edit_vectors(["Smiling"])[0]
     finally:
         service.set_calibration(None)
@@ -961,7 +1012,7 @@ def test_sample_quality_checks_geometry_on_the_samples_it_measures():
 
 
 # -- the command, end to end on a tiny model -------------------------------------------------------------
-def test_evaluate_edits_calibrates_reports_and_the_service_loads_it(faces_dir, tmp_path, monkeypatch):
+def test_evaluate_edits_calibrates_reports_and_the_service_loads_it(faces_dir, tmp_path, monkeypatch, capsys):
     from app.cli import main
     from tests.editor_support import TINY, attribute_names
 
@@ -1050,6 +1101,19 @@ def test_evaluate_edits_calibrates_reports_and_the_service_loads_it(faces_dir, t
     cal = Calibration.load(model_dir / "calibration.json")
     assert cal.info["min_intact"] is None and all(c.intact is None for c in cal.sliders.values())
     assert results["geometry"] is None and "face intact" not in text
+
+    # one slider calibrated afresh, the other kept as it was, and both reported
+    quick = args + ["--no-geometry", "--temperatures", ""]
+    assert main(quick + ["--calibrate-sliders", "Age"]) == 0
+    again = Calibration.load(model_dir / "calibration.json")
+    assert again.sliders["Smiling"] == cal.sliders["Smiling"] and again.info["recalibrated"]["sliders"] == ["Age"]
+    assert list(json.loads((out.parent / "edits.json").read_text())["after"]) == ["Smiling", "Age"]
+    capsys.readouterr()
+    assert main(quick + ["--calibrate-sliders", "Age", "--grid", "1,2"]) == 2
+    assert "other rules than the rest (earlier, now): grid [1.0, 1.25, 1.5, 2.0, 3.0], [1.0, 2.0]" in \
+        capsys.readouterr().err
+    assert main(quick + ["--calibrate-sliders", "Wings"]) == 2
+    assert "--calibrate-sliders needs --calibrate and slider labels" in capsys.readouterr().err
 
 
 def test_the_ui_edits_with_the_calibrated_defaults_and_shows_the_reading(celeba_dir, tmp_path_factory, tmp_path):

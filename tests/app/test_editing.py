@@ -1,6 +1,7 @@
 """The editing service on its own (no Gradio): exact originals, linear edits, disentangling, interpolation."""
 from __future__ import annotations
 
+import dataclasses
 import io
 
 import numpy as np
@@ -95,6 +96,40 @@ def test_a_disentangled_direction_is_orthogonal_to_the_kept_ones(service, faces)
     assert torch.equal(delta[fine], torch.zeros_like(delta[fine]))
     for k in kept:
         assert abs(delta @ service.vector(k)) < 1e-5 * delta.norm() * service.vector(k).norm()
+
+
+def _within_gender_service(service) -> EditorService:
+    """The tiny service with within-gender differences added to its random directions (Male's own the fallback)."""
+    d = service.directions
+    g = torch.Generator().manual_seed(5)
+    within = {k: torch.randn(len(d.names), d.latent_dim, generator=g) * 0.3 for k in ("pos", "neg")}
+    info = {n: {**v, "within_gender": {"fallback": n == "Male"}} for n, v in d.info.items()}
+    reader = {"attribute": "Male", "coef": 0.5, "intercept": 0.0}
+    return EditorService(service.model, dataclasses.replace(d, within_gender=within, gender_reader=reader, info=info))
+
+
+def test_a_within_gender_edit_is_each_faces_own_and_held_by_the_mean_differences(service, faces):
+    within = _within_gender_service(service)
+    assert "within_gender" in within.method_labels() and "within_gender" not in service.method_labels()
+    z = torch.stack([faces[0].latent, faces[1].latent])
+    kept = ["Male", "Age"]
+    (v,) = within.edit_vectors(["Smiling"], method="within_gender", keep=kept, latent=z[0])
+    raw = within.vector("Smiling", "within_gender", latent=z[0])
+    p = within.directions.p_gender(z[0])
+    j = within.attributes.index("Smiling")
+    own = p * within.directions.within_gender["pos"][j] + (1 - p) * within.directions.within_gender["neg"][j]
+    assert torch.allclose(raw, within.slider("Smiling").scale_for("within_gender") * own)
+    assert float(v.norm()) == pytest.approx(float(raw.norm()), rel=1e-5)
+    for k in kept:  # held by the kept attributes' mean differences, the same subspace for every face
+        u = within.vector(k, "mean_diff")
+        assert abs(v @ u) < 1e-5 * v.norm() * u.norm()
+    both = within.edit_vectors(["Smiling", "Bangs"], method="within_gender", keep=kept, latent=z)
+    assert both.shape == (2, 2, within.model.latent_dim) and torch.allclose(both[0, 0], v, atol=1e-6)
+    assert not torch.allclose(both[0, 0], both[0, 1], atol=1e-3)  # two faces, two gender readings, two edits
+    delta = within.edit_latent(z[1], {"Smiling": 0.5, "Bangs": -1.0}, method="within_gender", keep=kept) - z[1]
+    assert torch.allclose(delta, 0.5 * both[0, 1] - both[1, 1], atol=1e-5)
+    with pytest.raises(KeyError, match="no within-gender differences"):
+        service.edit_latent(z[0], {"Smiling": 1.0}, method="within_gender")
 
 
 def test_orthogonalize_drops_a_vector_inside_the_kept_span():
