@@ -39,12 +39,12 @@ from app.classifier import AttributeClassifier
 from app.directions import encode_images
 from app.edit_evaluation import (LEAK_ATTRIBUTES, decoded_or_unedited, encode_faces, measure_vector,
                                  validation_halves)
-from app.service import SLIDER_BY_LABEL, EditorService, orthogonalize
+from app.service import SLIDER_BY_LABEL, orthogonalize
 from flow_model.data import load_images, open_dataset, select
 from flow_model.fileio import write_text
 
 from .ablation import kept_account
-from .latent_walk import comparisons, plot
+from .latent_walk import comparisons, load_for_sliders, plot
 
 log = logging.getLogger(__name__)
 
@@ -130,13 +130,7 @@ def measure(model: Path, classifier_dir: Path, data_dir: Path, faces: int, slide
     """Fits the groups' differences and the gender reader on the training faces, then measures every method on
     `faces` validation faces outside calibration's and the report's; -> the results `render` writes."""
     started = time.perf_counter()
-    service = EditorService.load(model, align=False)
-    if service.directions is None:
-        raise ValueError(f"{model} has no directions: no slider to measure")
-    unknown = [s for s in sliders if s not in SLIDER_BY_LABEL]
-    if unknown:
-        raise ValueError(f"unknown slider(s) {unknown}; valid: {list(SLIDER_BY_LABEL)}")
-    split = json.loads((model / "split.json").read_text())
+    service, split = load_for_sliders(model, sliders)
     data = open_dataset(data_dir)
     if data.labels is None or "Male" not in data.attributes:
         raise ValueError(f"{data_dir} has no Male labels: the groups need them")

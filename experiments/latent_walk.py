@@ -185,19 +185,25 @@ def leak_at_flip(rows: list[dict], flip: float, attribute: str) -> float:
     return float(np.interp(flip, flips[rising], [rows[i]["leakage"][attribute] for i in rising]))
 
 
-def measure(model: Path, classifier_dir: Path, data_dir: Path, faces: int, probe_faces: int, sliders: list[str],
-            strengths: tuple[float, ...] = STRENGTHS, steps: int = 8, cfg: ProbeConfig = ProbeConfig(),
-            seed: int = 0) -> dict:
-    """Fits the probe on the coarsest level of `probe_faces` training faces, then measures every method on `faces`
-    report faces; -> the results `render` writes."""
-    started = time.perf_counter()
+def load_for_sliders(model: Path, sliders: list[str]) -> tuple[EditorService, dict]:
+    """The editor on `model` and its split, for a study of the sliders `sliders`: refused, naming the problem, where
+    the model has no directions or a label is no slider."""
     service = EditorService.load(model, align=False)
     if service.directions is None:
         raise ValueError(f"{model} has no directions: no slider to measure")
     unknown = [s for s in sliders if s not in SLIDER_BY_LABEL]
     if unknown:
         raise ValueError(f"unknown slider(s) {unknown}; valid: {list(SLIDER_BY_LABEL)}")
-    split = json.loads((model / "split.json").read_text())
+    return service, json.loads((model / "split.json").read_text())
+
+
+def measure(model: Path, classifier_dir: Path, data_dir: Path, faces: int, probe_faces: int, sliders: list[str],
+            strengths: tuple[float, ...] = STRENGTHS, steps: int = 8, cfg: ProbeConfig = ProbeConfig(),
+            seed: int = 0) -> dict:
+    """Fits the probe on the coarsest level of `probe_faces` training faces, then measures every method on `faces`
+    report faces; -> the results `render` writes."""
+    started = time.perf_counter()
+    service, split = load_for_sliders(model, sliders)
     data = open_dataset(data_dir)
     coarse = service.model.level_slices()[-1]
 

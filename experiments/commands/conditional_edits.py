@@ -7,13 +7,13 @@ from pathlib import Path
 
 from flow_model.commands import positive_int
 
+from . import add_slider_study_inputs
+
 
 def add_parser(sub) -> None:
     p = sub.add_parser("conditional-edits", help="the shipped edits against class-mean differences taken within each "
                                                  "gender, at equal flip")
-    p.add_argument("--model", type=Path, default=Path("assets/celeba64"), help="model directory with directions")
-    p.add_argument("--classifier", type=Path, default=Path("assets/attribute_classifier"))
-    p.add_argument("--data", type=Path, default=Path("../shared/data/celeba"))
+    add_slider_study_inputs(p)
     p.add_argument("--faces", type=positive_int, default=128,
                    help="validation faces of the first half past calibration's 96")
     p.add_argument("--fit-faces", type=positive_int, help="a random subset of the training faces to fit on "

@@ -7,12 +7,12 @@ from pathlib import Path
 
 from flow_model.commands import positive_int
 
+from . import add_slider_study_inputs
+
 
 def add_parser(sub) -> None:
     p = sub.add_parser("latent-walk", help="linear edits against a probe-held edit and a probe walk, at equal flip")
-    p.add_argument("--model", type=Path, default=Path("assets/celeba64"), help="model directory with directions")
-    p.add_argument("--classifier", type=Path, default=Path("assets/attribute_classifier"))
-    p.add_argument("--data", type=Path, default=Path("../shared/data/celeba"))
+    add_slider_study_inputs(p)
     p.add_argument("--faces", type=positive_int, default=256, help="report faces (evaluate-edits' second half)")
     p.add_argument("--probe-faces", type=positive_int, default=8000, help="training faces the probe is fitted on")
     p.add_argument("--sliders", help="comma-separated slider labels (default: SLIDERS in experiments/latent_walk.py, "

@@ -7,13 +7,13 @@ from pathlib import Path
 
 from flow_model.commands import positive_int
 
+from . import add_slider_study_inputs
+
 
 def add_parser(sub) -> None:
     p = sub.add_parser("leakage-floor", help="leakage of the default sliders against null edits and the "
                                              "instrument's confound")
-    p.add_argument("--model", type=Path, default=Path("assets/celeba64"), help="model directory with directions")
-    p.add_argument("--classifier", type=Path, default=Path("assets/attribute_classifier"))
-    p.add_argument("--data", type=Path, default=Path("../shared/data/celeba"))
+    add_slider_study_inputs(p)
     p.add_argument("--faces", type=positive_int, default=64, help="report faces (evaluate-edits' second half)")
     p.add_argument("--boot", type=positive_int, default=1000, help="bootstrap resamples for the confound's interval")
     p.add_argument("--nullspace-rounds", type=int, default=4,
