@@ -398,6 +398,7 @@ reconstruction| in 0-255 units; back-off = share of faces whose edit had to be s
                      "chosen pair's scale is searched again with every edit kept to that region (the edited decode "
                      "inside, the reconstruction outside, over a soft edge), and the local edit is kept where it "
                      "misses the same targets less (\"edits\" in the table)."
+                     + _within_gender_rule(calibration.info)
                      + (" Once nothing more is held, where the chosen edit still leaks into an attribute of the "
                         "issue's lines (Male, Young for Smiling) by more than 0.05 and its mean signed change of that "
                         "attribute (the drift: held orthogonal to a linear read-out, an edit can still move the "
@@ -410,7 +411,8 @@ reconstruction| in 0-255 units; back-off = share of faces whose edit had to be s
                         "kept where it misses the targets less (\"counter-steer\" in the table)."
                         if calibration.info.get("steer_step") else "")
                      + " A slider that cannot reach 30% at any "
-                     "decodable strength leaves the default set (it stays under \"More attributes\").\n\n"
+                     "decodable strength leaves the default set (it stays under \"More attributes\")."
+                     + _recalibrated(calibration.info) + "\n\n"
                      + "\n".join(rows))
     if quality:
         best = min(quality, key=lambda t: quality[t].frechet)
@@ -454,6 +456,31 @@ reconstruction| in 0-255 units; back-off = share of faces whose edit had to be s
     if account:
         text += "\n" + account
     return text
+
+
+def _within_gender_rule(info: dict) -> str:
+    """The calibration page's sentence on the within-gender method, where the calibration tried it."""
+    from ..directions import WITHIN_GENDER
+
+    tried = info.get("methods") or (info.get("recalibrated") or {}).get("methods") or []
+    if WITHIN_GENDER not in tried:
+        return ""
+    return (" Where the directions carry them, the methods include the class-mean differences within each gender "
+            "(`within_gender`, for every attribute but Male): each face is edited by the mix of the men's and the "
+            "women's difference that the latent's own reading of its gender gives, and its held attributes are held "
+            "by one of the face-independent ways, the same for every face.")
+
+
+def _recalibrated(info: dict) -> str:
+    """The calibration page's sentence on which sliders the last run calibrated afresh, where it did not do all."""
+    again = info.get("recalibrated")
+    if not again:
+        return ""
+    before = info.get("methods") or ["classifier", "mean_diff"]  # unrecorded before the within-gender method
+    new = [m for m in again["methods"] or [] if m not in before]
+    return (f" The last run calibrated {', '.join(again['sliders'])} afresh (`--calibrate-sliders`); the other "
+            "sliders keep the calibration made before it, by the same rules"
+            + (f", which did not try {', '.join(new)}." if new else "."))
 
 
 def _held_by(hold: str | None) -> str:

@@ -756,6 +756,20 @@ def test_sliders_calibrated_afresh_replace_theirs_only_under_the_same_rules():
         SliderCalibration("pca", 1.0)
 
 
+def test_the_calibration_page_says_where_the_within_gender_method_was_tried_and_what_was_calibrated_afresh():
+    from app.commands.evaluate_edits import _recalibrated, _within_gender_rule
+
+    assert _within_gender_rule({"methods": ["classifier", "mean_diff"]}) == "" == _recalibrated({})
+    assert "(`within_gender`, for every attribute but Male)" in _within_gender_rule(
+        {"methods": ["classifier", "mean_diff", "within_gender"]})
+    merged = {"recalibrated": {"sliders": ["Age", "Pale skin"], "methods": ["classifier", "mean_diff",
+                                                                            "within_gender"]}}
+    assert "within_gender" in _within_gender_rule(merged)  # the sliders calibrated afresh tried it
+    assert _recalibrated(merged).endswith("calibrated Age, Pale skin afresh (`--calibrate-sliders`); the other "
+                                          "sliders keep the calibration made before it, by the same rules, which "
+                                          "did not try within_gender.")
+
+
 def test_recommended_temperature_is_the_most_realistic_that_is_mostly_undistorted():
     frechet = {0.5: 66.0, 0.6: 48.0, 0.7: 34.0, 0.8: 26.0, 0.9: 23.5, 1.0: 27.0}
     shares = {0.5: 1.0, 0.6: 0.99, 0.7: 0.95, 0.8: 0.93, 0.9: 0.88, 1.0: 0.53}
@@ -1105,6 +1119,8 @@ def test_evaluate_edits_calibrates_reports_and_the_service_loads_it(faces_dir, t
     # one slider calibrated afresh, the other kept as it was, and both reported
     quick = args + ["--no-geometry", "--temperatures", ""]
     assert main(quick + ["--calibrate-sliders", "Age"]) == 0
+    assert "The last run calibrated Age afresh (`--calibrate-sliders`); the other sliders keep the calibration made " \
+        "before it, by the same rules." in " ".join(out.read_text().split())
     again = Calibration.load(model_dir / "calibration.json")
     assert again.sliders["Smiling"] == cal.sliders["Smiling"] and again.info["recalibrated"]["sliders"] == ["Age"]
     assert list(json.loads((out.parent / "edits.json").read_text())["after"]) == ["Smiling", "Age"]
