@@ -494,6 +494,14 @@ def _rank(r: Mapping, attribute: str) -> tuple[bool, float, float]:
     return not r["ok"], short, max([*r["bounds"].values(), 0.0])
 
 
+def held_by(spec: SliderSpec) -> str | None:
+    """How a slider holds its kept attributes where that is not by its own method's directions, as the tables say
+    it: its calibrated way, or for a within-gender slider, the mean differences; None where it is its own."""
+    if not spec.keep:
+        return None
+    return spec.hold_method or (own_hold(spec.method) if own_hold(spec.method) != spec.method else None)
+
+
 def own_hold(method: str) -> str:
     """How a slider edited by `method` holds its kept attributes unless calibrated otherwise (EditorService.held):
     by the same method's directions, or for WITHIN_GENDER, whose directions differ from face to face, by the mean
@@ -797,7 +805,7 @@ def slider_table(results: Mapping[str, list[dict]], service: EditorService, valu
         leak = r["leakage"]
         lines.append(
             f"| {label} | {spec.method} | {spec.scale:g} | {', '.join(spec.keep) or '-'}"
-            f"{f' (by {spec.hold_method})' if spec.hold_method else ''} | "
+            f"{f' (by {held_by(spec)})' if held_by(spec) else ''} | "
             f"{steer_label(spec.steer)} | "
             f"{spec.region if spec.local else 'whole face'} | {'yes' if spec.default else 'no'} | "
             f"{r['p_before']:.0%} -> {r['p_after']:.0%} | {r['shift']:+.2f} | "

@@ -277,7 +277,9 @@ def _report(args, service, classifier, metrics, faces, cal_faces, before, after,
     import numpy as np
 
     from ..calibration import CALIBRATION_FILE
-    from ..edit_evaluation import before_after_table, flip_table, percent, slider_table, steer_label, targets_summary
+    from ..directions import WITHIN_GENDER
+    from ..edit_evaluation import (before_after_table, flip_table, held_by, percent, slider_table, steer_label,
+                                   targets_summary)
     from ..face_check import BLOWN_RED, BLOWN_RED_OVER_GREEN, VIVID_BRIGHTNESS, VIVID_SATURATION
 
     floor, floor_faces = floor
@@ -298,6 +300,7 @@ Written by `python -m app evaluate-edits --model {args.model} --data DATA --face
 --calibration-faces {args.calibration_faces}{f' --calibrate --grid {args.grid}' if args.calibrate else ''}\
 {f' --keep-probe {args.keep_probe:g}' if args.calibrate and args.keep_probe else ''}\
 {f' --flip-bound-z {args.flip_bound_z:g}' if args.calibrate and args.flip_bound_z is not None else ''}\
+{f' --calibrate-sliders "{args.calibrate_sliders}"' if args.calibrate and args.calibrate_sliders else ''}\
 {'' if args.before else ' --no-before'} --samples {args.samples}{'' if args.geometry else ' --no-geometry'}\
 {f' --geometry-faces {args.geometry_faces}' if args.geometry_faces else ''} --threads {args.threads}` \
 ({seconds / 60:.0f} minutes, {args.threads} CPU thread{'s' if args.threads > 1 else ''}). Raw numbers: [{out.with_suffix('.json').name}]({out.with_suffix('.json').name}).
@@ -359,9 +362,10 @@ reconstruction| in 0-255 units; back-off = share of faces whose edit had to be s
                 "| why |", "|---|---|---|---|---|---|---|---|---|"]
         for label, c in calibration.sliders.items():
             minus = f"; negative side {c.minus_scale:g}" if c.minus_scale is not None else ""
+            within = (f", within gender {c.scales[WITHIN_GENDER]:g}" if WITHIN_GENDER in c.scales else "")
             rows.append(f"| {label} | {c.method} | {c.scale:g} (classifier {c.scales.get('classifier', 0):g}, "
-                        f"mean diff {c.scales.get('mean_diff', 0):g}{minus}) | {', '.join(c.keep) or '-'}"
-                        f"{_held_by(c.hold)} | {steer_label(c.steer)} | "
+                        f"mean diff {c.scales.get('mean_diff', 0):g}{within}{minus}) | {', '.join(c.keep) or '-'}"
+                        f"{_held_by(held_by(service.slider(label)))} | {steer_label(c.steer)} | "
                         f"{service.slider(label).region if c.local else 'whole face'} | "
                         f"{'yes' if c.default else 'no'} | {c.flip_at_1:.0%} | {c.reason} |")
         z, moved = calibration.info.get("leak_bound_z"), calibration.info.get("min_moved")

@@ -770,6 +770,18 @@ def test_the_calibration_page_says_where_the_within_gender_method_was_tried_and_
                                           "did not try within_gender.")
 
 
+def test_the_tables_say_how_a_slider_holds_where_it_is_not_by_its_own_method():
+    from app.edit_evaluation import held_by
+    from app.service import SliderSpec
+
+    within = SliderSpec("Pale skin", "Pale_Skin", method="within_gender", keep=("Male",))
+    assert held_by(within) == "mean_diff"  # a per-face method holds by the face-independent mean differences
+    assert held_by(SliderSpec("Pale skin", "Pale_Skin", method="within_gender")) is None  # nothing held
+    assert held_by(SliderSpec("Age", "Young", method="mean_diff", keep=("Male",))) is None
+    assert held_by(SliderSpec("Age", "Young", method="mean_diff", keep=("Male",), hold_method="nullspace")) == \
+        "nullspace"
+
+
 def test_recommended_temperature_is_the_most_realistic_that_is_mostly_undistorted():
     frechet = {0.5: 66.0, 0.6: 48.0, 0.7: 34.0, 0.8: 26.0, 0.9: 23.5, 1.0: 27.0}
     shares = {0.5: 1.0, 0.6: 0.99, 0.7: 0.95, 0.8: 0.93, 0.9: 0.88, 1.0: 0.53}
