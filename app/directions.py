@@ -39,6 +39,13 @@ log = logging.getLogger(__name__)
 METHODS = ("mean_diff", "classifier")
 WITHIN_GENDER = "within_gender"  # per face: the mean difference among faces of the face's own gender
 WITHIN_PREFIX = "within_gender_"  # + "pos" (faces with the gender attribute: men for Male) or "neg"
+
+
+def own_hold(method: str) -> str:
+    """The directions an edit by `method` holds its kept attributes by unless told otherwise: the same method's, or
+    for WITHIN_GENDER, whose directions differ from face to face, the mean differences (one subspace for every
+    face)."""
+    return "mean_diff" if method == WITHIN_GENDER else method
 NULLSPACE = "nullspace"  # a way to hold an attribute fixed: by its whole INLP basis rather than one direction
 NULLSPACE_PREFIX = "nullspace_"  # the file's tensor of an attribute's basis: this prefix + the attribute's name
 LATENT_KIND = "standardized"
@@ -140,9 +147,10 @@ class Directions:
 
     def held(self, name: str, method: str) -> torch.Tensor:
         """The (k, D) directions an edit is made orthogonal to so as to hold `name` fixed: its direction by
-        `method`, or under NULLSPACE its nullspace basis (its classifier normal where the file has none)."""
+        `method` (own_hold: WITHIN_GENDER holds by the mean difference), or under NULLSPACE its nullspace basis (its
+        classifier normal where the file has none)."""
         if method != NULLSPACE:
-            return self.vector(name, method)[None]
+            return self.vector(name, own_hold(method))[None]
         basis = self.nullspaces.get(name)
         return basis if basis is not None else self.vector(name, "classifier")[None]
 

@@ -25,7 +25,7 @@ from flow_model.glow import reduce_bits
 from .calibration import (FLIP_BOUND_Z, HOLDS, LEAK_BOUND_Z, MAX_LEAKAGE, METHODS, MIN_FLIP, MIN_INTACT, MIN_MOVED,
                           STEER_MAX, STEER_STEP, TARGET_FLIP, Calibration, SliderCalibration)
 from .classifier import AttributeClassifier
-from .directions import NULLSPACE, WITHIN_GENDER
+from .directions import NULLSPACE, own_hold
 from .face_check import ColourCheck, FaceGeometryCheck, GeometryResult, wilson_interval
 from .regions import composite, region_mask
 from .service import (AUTO_METHOD, BACKOFF_FRACTIONS, SLIDER_BY_LABEL, Check, EditorService, SliderSpec, checkpoint,
@@ -500,13 +500,6 @@ def held_by(spec: SliderSpec) -> str | None:
     if not spec.keep:
         return None
     return spec.hold_method or (own_hold(spec.method) if own_hold(spec.method) != spec.method else None)
-
-
-def own_hold(method: str) -> str:
-    """How a slider edited by `method` holds its kept attributes unless calibrated otherwise (EditorService.held):
-    by the same method's directions, or for WITHIN_GENDER, whose directions differ from face to face, by the mean
-    differences."""
-    return "mean_diff" if method == WITHIN_GENDER else method
 
 
 def _pair_label(method: str, hold: str) -> str:

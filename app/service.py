@@ -26,7 +26,7 @@ from flow_model.training.checkpoint import load_model
 from .align import FaceAligner, warp
 from .calibration import CALIBRATION_FILE, Calibration
 from .classifier import AttributeClassifier, describe_change, load_classifier
-from .directions import NULLSPACE, WITHIN_GENDER, Directions, load_directions
+from .directions import NULLSPACE, WITHIN_GENDER, Directions, load_directions, own_hold
 from .photo import FacePhoto, compose, crop_side, edited_photo, to_image
 from .regions import composite, union_mask
 
@@ -576,8 +576,7 @@ class EditorService:
         attribute = self._attribute_of(key)
         if method == NULLSPACE and key not in (custom or {}) and attribute in self.attributes:
             return self.directions.held(attribute, NULLSPACE)
-        own = {NULLSPACE: "classifier", WITHIN_GENDER: "mean_diff"}.get(method, method)
-        return self.vector(key, own, custom)[None]
+        return self.vector(key, "classifier" if method == NULLSPACE else own_hold(method), custom)[None]
 
     def _attribute_of(self, key: str) -> str:
         spec = self.slider(key)

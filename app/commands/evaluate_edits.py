@@ -480,7 +480,9 @@ def _recalibrated(info: dict) -> str:
     again = info.get("recalibrated")
     if not again:
         return ""
-    before = info.get("methods") or ["classifier", "mean_diff"]  # unrecorded before the within-gender method
+    from ..directions import METHODS
+
+    before = info.get("methods") or METHODS  # unrecorded before the within-gender method, the only one added since
     new = [m for m in again["methods"] or [] if m not in before]
     return (f" The last run calibrated {', '.join(again['sliders'])} afresh (`--calibrate-sliders`); the other "
             "sliders keep the calibration made before it, by the same rules"
