@@ -16,10 +16,6 @@ def add_parser(sub) -> None:
     add_slider_study_inputs(p)
     p.add_argument("--faces", type=positive_int, default=128,
                    help="validation faces of the first half past calibration's 96")
-    p.add_argument("--fit-faces", type=positive_int, help="a random subset of the training faces to fit on "
-                                                          "(default: all of them, as the directions are)")
-    p.add_argument("--min-count", type=positive_int, default=40,
-                   help="faces needed on each side of an attribute within a gender to fit that gender's difference")
     p.add_argument("--sliders", help="comma-separated slider labels (default: SLIDERS in "
                                       "experiments/conditional_edits.py, those missing a target on release 16)")
     p.add_argument("--strengths", help="comma-separated multiples of each slider's calibrated +1, 1 among them "
@@ -36,8 +32,7 @@ def run(args: argparse.Namespace) -> int:
 
     sliders, strengths = parse_sliders_and_strengths(args, SLIDERS, STRENGTHS)
     torch.set_num_threads(args.threads)
-    results = measure(args.model, args.classifier, args.data, args.faces, list(sliders), strengths, args.fit_faces,
-                      args.min_count)
+    results = measure(args.model, args.classifier, args.data, args.faces, list(sliders), strengths)
     write_report(results, args.out)
     print(f"wrote {args.out} ({results['minutes']:.0f} min)")
     return 0

@@ -1,6 +1,5 @@
-"""The within-gender edits: a group's class-mean difference carries no gap between the groups where the pooled one
-does, the matched average's weights, the gender reader and the per-face mix, a gender with too few faces, the page,
-and the CLI on bad input."""
+"""The within-gender edits study: the matched average's weights over the directions file's within-gender
+differences, the page, and the CLI on bad input."""
 from __future__ import annotations
 
 import json
@@ -9,66 +8,30 @@ import numpy as np
 import pytest
 import torch
 
+from app.directions import DirectionConfig, compute_directions
 from experiments import cli as experiments_cli
-from experiments.conditional_edits import (METHODS, GenderReader, by_gender, gender_vectors, group_differences,
-                                           matched, render, write_report)
+from experiments.conditional_edits import METHODS, matched, render, write_report
 from tests.conftest import nontrivial_model, tiny_config
+from tests.editor_support import random_directions
 
 
-def _confounded() -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """Coordinate 0 is gender (+1 men, -1 women), coordinate 1 the attribute (+1 with it, 0 without); 10 of 40 men
-    and 45 of 60 women have it, so the pooled difference picks up gender, the within-gender ones do not."""
-    male = np.array([True] * 40 + [False] * 60)
-    has = np.array([True] * 10 + [False] * 30 + [True] * 45 + [False] * 15)
-    z = np.stack([np.where(male, 1.0, -1.0), has.astype(float), np.zeros(100)], 1).astype(np.float32)
-    return z, male, has
-
-
-def test_a_groups_difference_holds_no_gender_gap_where_the_pooled_one_does():
-    z, male, has = _confounded()
-    diffs = group_differences(z, has, {"men": male, "women": ~male}, min_count=5)
-    for name, (n_pos, n_neg) in {"men": (10, 30), "women": (45, 15)}.items():
-        assert torch.allclose(diffs[name].vector, torch.tensor([0.0, 1.0, 0.0]))
-        assert (diffs[name].n_pos, diffs[name].n_neg) == (n_pos, n_neg)
-    pooled = z[has].mean(0) - z[~has].mean(0)  # with it: 10 men of 55; without: 30 men of 45
-    assert pooled[0] == pytest.approx(2 * 10 / 55 - 1 - (2 * 30 / 45 - 1))
-    # the matched average: weights 10*30/40 = 7.5 and 45*15/60 = 11.25, of two equal vectors here
-    assert torch.allclose(matched(diffs), torch.tensor([0.0, 1.0, 0.0]))
-
-
-def test_matched_weights_each_groups_difference_by_its_inverse_variance():
-    z = np.array([[1, 0], [0, 0], [0, 0], [0, 4], [0, 0], [0, 0]], dtype=np.float32)
-    has = np.array([True, False, False, True, True, False])
-    groups = {"a": np.array([True] * 3 + [False] * 3), "b": np.array([False] * 3 + [True] * 3)}
-    diffs = group_differences(z, has, groups, min_count=1)
-    assert torch.allclose(diffs["a"].vector, torch.tensor([1.0, 0.0]))
-    assert torch.allclose(diffs["b"].vector, torch.tensor([0.0, 2.0]))  # (4 + 0) / 2 - 0
-    w_a, w_b = 1 * 2 / 3, 2 * 1 / 3
-    assert torch.allclose(matched(diffs), torch.tensor([w_a, 2 * w_b]) / (w_a + w_b))
-
-
-def test_a_gender_with_too_few_faces_borrows_the_other_ones_difference():
-    z, male, has = _confounded()
-    diffs = group_differences(z, has, {"men": male, "women": ~male}, min_count=12)  # only 10 men have it
-    assert diffs["men"].vector is None and diffs["women"].vector is not None
-    men, women, borrowed = gender_vectors(diffs)
-    assert borrowed == ["men"] and torch.equal(men, women)
-    assert torch.equal(matched(diffs), diffs["women"].vector)
-    none = group_differences(z, has, {"men": male, "women": ~male}, min_count=50)
-    with pytest.raises(ValueError, match="men 10/30, women 45/15"):
-        gender_vectors(none)
-
-
-def test_the_reader_reads_gender_off_the_normal_and_the_mix_follows_it():
-    z, male, _ = _confounded()
-    z = z + np.random.default_rng(0).normal(0, 0.3, z.shape).astype(np.float32)
-    reader, accuracy = GenderReader.fit(z, male, torch.tensor([3.0, 0.0, 0.0]))
-    assert accuracy == 1.0 and torch.allclose(reader.unit, torch.tensor([1.0, 0.0, 0.0]))
-    p = reader(torch.tensor([[2.0, 0, 0], [-2.0, 0, 0], [0.0, 5, 5]]))
-    assert p[0] > 0.95 and p[1] < 0.05 and p[2] == pytest.approx(1 / (1 + np.exp(-reader.intercept)), abs=1e-6)
-    men, women = torch.tensor([1.0, 0.0]), torch.tensor([0.0, 2.0])
-    mixed = by_gender(torch.tensor([1.0, 0.0, 0.25]), men, women)
-    assert torch.allclose(mixed, torch.tensor([[1.0, 0.0], [0.0, 2.0], [0.25, 1.5]]))
+def test_matched_weights_each_genders_own_difference_by_its_inverse_variance():
+    """Coordinate 1 is the attribute, worth 1 among men and 3 among women; 10 of 40 men and 45 of 60 women have it,
+    and a beard (coordinate 2) only men have, so the women borrow the men's difference and the average is the men's."""
+    male = np.arange(100) < 40
+    has = np.r_[np.arange(40) < 10, np.arange(60) < 45]
+    beard = male & (np.arange(100) % 2 == 0)
+    x = np.stack([np.where(male, 1.0, -1.0), np.where(male, 1.0, 3.0) * has, beard, np.zeros(100)], 1)
+    labels = np.where(np.stack([male, has, beard], 1), 1, -1)
+    d = compute_directions(x.astype(np.float32), labels, ["Male", "Blond_Hair", "No_Beard"],
+                           DirectionConfig(gender_min_count=5), progress=False)
+    w_men, w_women = 10 * 30 / 40, 45 * 15 / 60
+    want = (w_men * 1.0 + w_women * 3.0) / (w_men + w_women)
+    assert torch.allclose(matched(d, "Blond_Hair"), torch.tensor([0.0, want, 0.0, 0.0]), atol=1e-5)
+    assert d.info["No_Beard"]["within_gender"]["borrowed"] == ["neg"]
+    assert torch.allclose(matched(d, "No_Beard"), d.within_gender["pos"][2])  # the men's alone
+    with pytest.raises(ValueError, match="Male has no within-gender difference of its own"):
+        matched(d, "Male")
 
 
 def _results() -> dict:
@@ -107,3 +70,9 @@ def test_cli_names_bad_strengths_and_a_model_without_directions(tmp_path, capsys
     nontrivial_model(tiny_config()).save_pretrained(model)
     assert experiments_cli.main(["conditional-edits", "--model", str(model), "--out", str(out)]) == 2
     assert f"{model} has no directions" in capsys.readouterr().err and not out.exists()
+    random_directions(["Male", "Young", "Smiling"], nontrivial_model(tiny_config()).latent_dim).save(
+        model / "directions.safetensors")
+    (model / "split.json").write_text(json.dumps({"train": [], "val": []}))
+    assert experiments_cli.main(["conditional-edits", "--model", str(model), "--sliders", "Smiling", "--out",
+                                 str(out)]) == 2
+    assert "directions have no within-gender differences: refit them" in capsys.readouterr().err
