@@ -8,6 +8,7 @@ from __future__ import annotations
 import argparse
 import json
 import logging
+from dataclasses import asdict
 from pathlib import Path
 
 
@@ -29,6 +30,12 @@ def add_parser(sub) -> None:
     p.add_argument("--threads", type=int, default=1, help="torch CPU threads")
     p.add_argument("--workers", type=int, default=1, help="image decoding processes")
     p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--balance", help="heads trained on reweighted faces so they read apart from the sliders' "
+                                     "attributes, comma separated, or 'none' (default: those of the attributes edits "
+                                     "are measured leaking into, Male, Young, Smiling, that the labels have)")
+    p.add_argument("--balance-against", help="the attributes those heads are made independent of, comma separated "
+                                             "(default: every slider's attribute that the labels have)")
+    p.add_argument("--balance-clip", type=float, default=10.0, help="largest weight (smallest: its inverse)")
 
 
 def run(args: argparse.Namespace) -> int:
@@ -37,8 +44,10 @@ def run(args: argparse.Namespace) -> int:
 
     from flow_model.data import load_images, open_dataset
 
-    from ..classifier import (CARD_NAME, ClassifierConfig, TrainSettings, accuracy_table,
-                              card_markdown, train_classifier)
+    from ..classifier import (CARD_NAME, Balance, ClassifierConfig, TrainSettings, accuracy_table,
+                              balancing_weights, card_markdown, train_classifier)
+    from ..edit_evaluation import LEAK_ATTRIBUTES
+    from ..service import SLIDERS
     from flow_model.fileio import write_text
 
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s")
@@ -51,6 +60,14 @@ def run(args: argparse.Namespace) -> int:
         val_names = set(json.loads(Path(args.split).read_text())["val"])
     except (OSError, ValueError, KeyError) as err:
         raise ValueError(f"{args.split} is not a split file with a 'val' list: {err}") from None
+    names = list(data.attributes)
+    split = lambda text: tuple(a.strip() for a in text.split(",") if a.strip())  # noqa: E731
+    heads = (tuple(a for a in LEAK_ATTRIBUTES if a in names) if args.balance is None else
+             () if args.balance.strip().lower() == "none" else split(args.balance))
+    against = (split(args.balance_against) if args.balance_against else
+               tuple(s.attribute for s in SLIDERS if s.attribute in names))
+    balance = Balance(heads, against, clip=args.balance_clip)
+    balance.check(names)  # before the long image loading
     images, data = load_images(data, args.image_size, cache=args.cache, workers=args.workers)
     is_val = np.array([n in val_names for n in data.names()])
     if not is_val.any() or is_val.all():
@@ -60,11 +77,17 @@ def run(args: argparse.Namespace) -> int:
     settings = TrainSettings(epochs=args.epochs, batch_size=args.batch_size, lr=args.lr, seed=args.seed,
                              max_minutes=args.max_minutes)
     train_idx, val_idx = np.flatnonzero(~is_val), np.flatnonzero(is_val)
-    model, info = train_classifier(images[torch.from_numpy(train_idx)], data.labels[train_idx], config, settings)
+    weights, balanced = balancing_weights(data.labels[train_idx], list(data.attributes), balance)
+    for head, b in balanced.items():
+        print(f"{head} balanced against {len(b['against'])} attributes (left out: {b['skipped'] or 'none'}); "
+              f"effective share of faces {b['effective_share']:.2f}, largest gap left {b['largest_gap']:.3f}")
+    model, info = train_classifier(images[torch.from_numpy(train_idx)], data.labels[train_idx], config, settings,
+                                   weights=weights if heads else None)
     probs, _ = model.predict(images[torch.from_numpy(val_idx)])
     table = accuracy_table(probs, data.labels[val_idx], config.attributes)
     metrics = {"validation": table, "n_train": int(len(train_idx)), "n_val": int(len(val_idx)),
-               "batch_size": args.batch_size, "threads": args.threads, "planned_epochs": args.epochs, "train": info}
+               "batch_size": args.batch_size, "threads": args.threads, "planned_epochs": args.epochs, "train": info,
+               "balance": {**asdict(balance), "heads_info": balanced}}
     model.save_pretrained(args.out, metrics)
     n_params = sum(p.numel() for p in model.parameters())
     write_text(Path(args.out) / CARD_NAME, card_markdown(metrics, config, info, n_params))

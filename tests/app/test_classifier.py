@@ -1,0 +1,109 @@
+"""The instrument's training: balancing weights that make a head's label independent of the edited attributes."""
+import json
+
+import numpy as np
+import pytest
+import torch
+
+from app.cli import main
+from app.classifier import (AttributeClassifier, Balance, ClassifierConfig, TrainSettings, balancing_weights,
+                            train_classifier)
+
+NAMES = ["Male", "Eyeglasses", "Blond_Hair", "Bald", "Smiling"]
+
+
+def _confounded_labels(n: int = 6000, seed: int = 0) -> np.ndarray:
+    """+1/-1 labels where glasses go mostly with men and blond hair with women, as in CelebA, and baldness is
+    (almost) only men's."""
+    rng = np.random.default_rng(seed)
+    male = rng.random(n) < 0.4
+    glasses = rng.random(n) < np.where(male, 0.15, 0.03)
+    blond = rng.random(n) < np.where(male, 0.03, 0.25)
+    bald = male & (rng.random(n) < 0.05)
+    bald[np.flatnonzero(~male)[:3]] = True
+    smiling = rng.random(n) < 0.5
+    return np.where(np.stack([male, glasses, blond, bald, smiling], 1), 1, -1)
+
+
+def _weighted_share(y, on, w):
+    return np.average(y[on], weights=w[on]), np.average(y[~on], weights=w[~on])
+
+
+def test_weights_make_the_head_independent_of_each_edited_attribute():
+    labels = _confounded_labels()
+    y = labels > 0
+    male = y[:, 0]
+    assert male[y[:, 1]].mean() - male[~y[:, 1]].mean() > 0.3  # the confound the weights must remove
+    weights, info = balancing_weights(labels, NAMES, Balance(("Male",), ("Eyeglasses", "Blond_Hair", "Smiling"),
+                                                             min_cell=50))
+    w = weights[:, 0].astype(float)
+    for j in (1, 2, 4):
+        with_it, without = _weighted_share(male, y[:, j], w)
+        assert abs(with_it - without) < 2e-3, NAMES[j]
+    assert np.allclose(weights[:, 1:], 1)  # the other heads learn from every face as before
+    assert w.mean() == pytest.approx(1, abs=1e-5) and w.min() > 0
+    assert info["Male"]["largest_gap"] < 2e-3 and 0.3 < info["Male"]["effective_share"] < 1
+    assert info["Male"]["against"] == ["Eyeglasses", "Blond_Hair", "Smiling"] and info["Male"]["skipped"] == {}
+
+
+def test_a_pair_too_rare_together_is_left_out_and_the_weights_stay_clipped():
+    labels = _confounded_labels()
+    weights, info = balancing_weights(labels, NAMES, Balance(("Male",), ("Bald", "Eyeglasses"), clip=4.0,
+                                                             min_cell=50))
+    assert info["Male"]["against"] == ["Eyeglasses"]
+    assert info["Male"]["skipped"] == {"Bald": "a cell of 3 faces"}
+    w = weights[:, 0]
+    assert w.max() / w.min() <= 16 + 1e-4  # each weight in [1/4, 4] before the common rescaling
+    y = labels > 0
+    with_it, without = _weighted_share(y[:, 0], y[:, 1], w.astype(float))
+    assert abs(with_it - without) < 2e-3
+
+
+def test_bad_balance_settings_and_weights_are_named():
+    labels = _confounded_labels(200)
+    with pytest.raises(ValueError, match="Wavy_Hair"):
+        balancing_weights(labels, NAMES, Balance(("Male",), ("Wavy_Hair",)))
+    with pytest.raises(ValueError, match="clip"):
+        Balance(("Male",), (), clip=1.0)
+    config = ClassifierConfig(NAMES, image_size=16, widths=[4, 8])
+    images = torch.zeros(200, 3, 16, 16, dtype=torch.uint8)
+    for bad in (np.ones((200, 2)), -np.ones(labels.shape), np.full(labels.shape, np.nan)):
+        with pytest.raises(ValueError, match="loss weights"):
+            train_classifier(images, labels, config, TrainSettings(epochs=1), weights=bad)
+
+
+def test_zero_weights_leave_a_head_untrained():
+    """The weights reach the loss: a head whose every face weighs 0 gets no gradient (weight decay aside)."""
+    labels = _confounded_labels(256)
+    config = ClassifierConfig(NAMES, image_size=16, widths=[4, 8], dropout=0.0)
+    images = torch.randint(0, 256, (256, 3, 16, 16), dtype=torch.uint8)
+    weights = np.ones(labels.shape, dtype=np.float32)
+    weights[:, 1] = 0
+    settings = TrainSettings(epochs=1, batch_size=64, weight_decay=0.0)
+    torch.manual_seed(settings.seed)
+    initial = AttributeClassifier(config).head.bias.detach().clone()
+    model, _ = train_classifier(images, labels, config, settings, weights=weights)
+    moved = (model.head.bias.detach() - initial).abs()
+    assert moved[1] == 0 and (moved[[0, 2, 3, 4]] > 0).all()
+
+
+def test_command_balances_by_default_and_says_so(tmp_path, faces_dir, capsys):
+    split = tmp_path / "split.json"
+    names = sorted(f"img_align_celeba/{p.name}" for p in (faces_dir / "img_align_celeba").glob("*.jpg"))
+    split.write_text(json.dumps({"val": names[:40]}))
+    out = tmp_path / "clf"
+    args = ["train-classifier", "--data", str(faces_dir), "--split", str(split), "--out", str(out), "--epochs", "1",
+            "--widths", "4,8", "--image-size", "16"]
+    assert main([*args, "--balance-against", "Eyeglasses,Smiling"]) == 0
+    metrics = json.loads((out / "config.json").read_text())["metrics"]
+    assert set(metrics["balance"]["heads_info"]) == {"Male", "Young", "Smiling"}
+    male = metrics["balance"]["heads_info"]["Male"]
+    assert {*male["against"], *male["skipped"]} == {"Eyeglasses", "Smiling"}  # 200 faces: small cells are left out
+    assert "Male reads apart from the edited attributes" in (out / "CARD.md").read_text()
+    assert "Male balanced against" in capsys.readouterr().out
+    assert main([*args, "--balance", "none"]) == 0
+    assert json.loads((out / "config.json").read_text())["metrics"]["balance"]["heads_info"] == {}
+    assert "reads apart" not in (out / "CARD.md").read_text()
+    capsys.readouterr()
+    assert main([*args, "--out", str(tmp_path / "not_written"), "--balance", "Not_An_Attribute"]) != 0
+    assert "Not_An_Attribute" in capsys.readouterr().err and not (tmp_path / "not_written").exists()
