@@ -839,6 +839,17 @@ def before_after_table(before: Mapping[str, list[dict]], after: Mapping[str, lis
     return "\n".join(lines)
 
 
+def target_misses(row: Mapping, attribute: str) -> list[str]:
+    """The issue's targets a slider's +1 measures (edit_measures) miss, each with its figure; [] when it meets them."""
+    fails = []
+    if row["moved"] < MIN_MOVED:
+        fails.append(f"moved {row['moved']:.0%} < {MIN_MOVED:.0%}")
+    if not row["flip"] >= TARGET_FLIP:
+        fails.append(f"flip {percent(row['flip'])} < 60%")
+    return fails + [f"{a} leak {row['leakage'][a]:.3f} > {MAX_LEAKAGE:g}" for a in target_leaks(attribute)
+                    if row["leakage"].get(a, 0) > MAX_LEAKAGE]
+
+
 def targets_summary(after: Mapping[str, list[dict]], service: EditorService) -> str:
     """The issue's targets, checked per default slider at +1."""
     out = []
@@ -847,13 +858,7 @@ def targets_summary(after: Mapping[str, list[dict]], service: EditorService) -> 
         if not spec.default:
             continue
         r = next(r for r in rows if r["value"] == 1.0)
-        fails = []
-        if r["moved"] < MIN_MOVED:
-            fails.append(f"moved {r['moved']:.0%} < {MIN_MOVED:.0%}")
-        if not r["flip"] >= TARGET_FLIP:
-            fails.append(f"flip {percent(r['flip'])} < 60%")
-        fails += [f"{a} leak {r['leakage'][a]:.3f} > {MAX_LEAKAGE:g}" for a in target_leaks(spec.attribute)
-                  if r["leakage"].get(a, 0) > MAX_LEAKAGE]
+        fails = target_misses(r, spec.attribute)
         line = f"- {label}: " + ("meets all targets" if not fails else "; ".join(fails))
         if r.get("intact", 1.0) < MIN_INTACT:  # not one of the issue's targets, but what the calibration demands
             line += f" (and only {r['intact']:.0%} of the faces stay intact)"
