@@ -30,6 +30,7 @@ CONFIG_NAME = "config.json"
 WEIGHTS_NAME = "model.safetensors"
 CARD_NAME = "CARD.md"
 KIND = "attribute_classifier"
+ENSEMBLE_KIND = "attribute_classifier_ensemble"
 
 
 @dataclass
@@ -167,6 +168,90 @@ class AttributeClassifier(nn.Module):
             raise ValueError(f"{weights} holds non-finite values in {bad[:4]}")
         model.load_state_dict({k: v.to(own[k].dtype) for k, v in state.items()}, strict=False)
         return model.to(device).eval()
+
+
+def _folder_name(name: object) -> bool:
+    """A plain folder name inside the ensemble's directory: no path separators, no way out of it."""
+    return isinstance(name, str) and name not in ("", ".", "..") and not set(name) & set("/\\")
+
+
+class ClassifierEnsemble(nn.Module):
+    """Classifiers trained alike from different seeds, read as one instrument: the mean of their probabilities.
+    One net's reading of an edit moves with its seed by as much as some of the margins the sliders are judged by
+    (experiments/instruments.md); the mean of several moves less. Features are the first member's: the Frechet
+    distance needs one feature space."""
+
+    def __init__(self, members: list[AttributeClassifier]) -> None:
+        super().__init__()
+        if len(members) < 2:
+            raise ValueError(f"an ensemble needs at least 2 members, got {len(members)}")
+        first = members[0].config
+        odd = [i for i, m in enumerate(members) if (m.config.attributes, m.config.image_size, m.config.n_bits)
+               != (first.attributes, first.image_size, first.n_bits)]
+        if odd:
+            raise ValueError(f"ensemble members {odd} read other attributes, image sizes or bit depths than member 0")
+        self.members = nn.ModuleList(members)
+
+    @property
+    def config(self) -> ClassifierConfig:
+        return self.members[0].config
+
+    @property
+    def attributes(self) -> list[str]:
+        return self.members[0].attributes
+
+    @torch.inference_mode()
+    def predict(self, images: torch.Tensor, batch_size: int = 256) -> tuple[torch.Tensor, torch.Tensor]:
+        """The members' mean P(attribute) (N, A) and the first member's features (N, F), float64 on the CPU."""
+        probs, features = self.members[0].predict(images, batch_size)
+        for m in self.members[1:]:
+            probs = probs + m.predict(images, batch_size)[0]
+        return probs / len(self.members), features
+
+    def probabilities(self, images: torch.Tensor) -> torch.Tensor:
+        return self.predict(images)[0]
+
+    def save_pretrained(self, path: str | Path, metrics: dict | None = None) -> None:
+        """Each member in its own classifier directory (member_0, ...; loadable alone), and config.json naming
+        them."""
+        path = Path(path)
+        path.mkdir(parents=True, exist_ok=True)
+        names = [f"member_{i}" for i in range(len(self.members))]
+        for name, member in zip(names, self.members):
+            member.save_pretrained(path / name)
+        doc = {"kind": ENSEMBLE_KIND, "members": names, **({"metrics": metrics} if metrics is not None else {})}
+        write_text(path / CONFIG_NAME, json.dumps(doc, indent=2) + "\n")
+
+    @classmethod
+    def from_pretrained(cls, path: str | Path, device: str | torch.device = "cpu") -> "ClassifierEnsemble":
+        path = Path(path)
+        try:
+            doc = json.loads((path / CONFIG_NAME).read_text())
+            names = doc["members"]
+            if doc.get("kind") != ENSEMBLE_KIND or not isinstance(names, list) or len(names) < 2 or not all(
+                    map(_folder_name, names)):
+                raise ValueError("not a classifier ensemble config with a list of two or more member folders")
+        except FileNotFoundError:
+            raise
+        except (OSError, ValueError, KeyError, TypeError) as err:
+            raise ValueError(f"{path / CONFIG_NAME} is not a classifier ensemble config: {err}") from None
+        return cls([AttributeClassifier.from_pretrained(path / n, device) for n in names]).eval()
+
+
+Instrument = AttributeClassifier | ClassifierEnsemble
+
+
+def load_instrument(path: str | Path, device: str | torch.device = "cpu") -> Instrument:
+    """The classifier or ensemble in `path` (its config.json says which), with the loaders' errors."""
+    try:
+        kind = json.loads((Path(path) / CONFIG_NAME).read_text()).get("kind")
+    except FileNotFoundError:
+        raise FileNotFoundError(f"{path} is not an attribute classifier directory (needs {CONFIG_NAME})") from None
+    except (OSError, ValueError, AttributeError) as err:
+        raise ValueError(f"{Path(path) / CONFIG_NAME} is not an attribute classifier config: {err}") from None
+    if kind == ENSEMBLE_KIND:
+        return ClassifierEnsemble.from_pretrained(path, device)
+    return AttributeClassifier.from_pretrained(path, device)
 
 
 def load_metrics(path: str | Path) -> dict:
@@ -335,6 +420,21 @@ def card_markdown(metrics: dict, config: ClassifierConfig, train_info: dict, n_p
         balance += ("\n  CelebA ties these to one another (most glasses-wearers are men, most blond faces women's); "
                     "a plainly fitted head learns the tie and scores an edit that adds glasses as moving gender "
                     "(`Balance` in app/classifier.py).")
+    members = metrics.get("members", [])
+    ensemble = ""
+    files = ("`config.json` (attributes, shape, these metrics), `model.safetensors` (weights). Load with\n"
+             "  `app.classifier.load_instrument(dir)`")
+    if members:
+        accs = [m["mean_accuracy"] for m in members]
+        ensemble = (f"\n- **An ensemble of {len(members)}:** trained alike from seeds "
+                    f"{', '.join(str(m['seed']) for m in members)} and read as one instrument, the mean of their "
+                    f"probabilities (one net's verdicts on an edit move with its seed: experiments/instruments.md); "
+                    f"the members' own mean accuracies are {min(accs):.3f}-{max(accs):.3f}, the table below is "
+                    f"the ensemble's.")
+        files = (f"`config.json` (the member folders, these metrics) and one classifier folder per member "
+                 f"(`member_0/` ... `member_{len(members) - 1}/`: its `config.json` and `model.safetensors`). Load "
+                 f"with\n  `app.classifier.load_instrument(dir)`")
+    per_member = " for the first member" if members else ""
     planned = metrics.get("planned_epochs")
     stopped = (f" (planned over {planned} epochs; `--max-minutes` stopped it at "
                f"{train_info['epochs'] / planned:.0%} of the schedule)" if planned and train_info["epochs"] < planned
@@ -348,14 +448,13 @@ where the directions are linear in the Glow model's latents.
 
 - **Training data:** the {metrics['n_train']:,} faces of the shipped Glow model's training split
   (`assets/celeba64/split.json`, both `img_align_celeba/` and `img_align_celeba_extra/`), CelebA crop, reduced to
-  {config.n_bits} bits like every image the model decodes; random horizontal flips.{balance}
+  {config.n_bits} bits like every image the model decodes; random horizontal flips.{balance}{ensemble}
 - **Training:** {train_info['epochs']:.1f} epochs, {train_info['steps']} steps of batch {metrics['batch_size']},
-  AdamW, one-cycle cosine learning rate{stopped}; {train_info['seconds'] / 60:.1f} minutes on
+  AdamW, one-cycle cosine learning rate{stopped}; {train_info['seconds'] / 60:.1f} minutes{per_member} on
   {metrics.get('threads', 1)} CPU thread(s) of a shared 2-core VM (`python -m app train-classifier`).
 - **Held out:** the {metrics['n_val']} validation faces of the same split, which neither the Glow model, the
   directions nor this classifier trained on. Mean accuracy **{mean_acc:.3f}**, mean AUC **{mean_auc:.3f}**.
-- **Files:** `config.json` (attributes, shape, these metrics), `model.safetensors` (weights). Load with
-  `app.classifier.AttributeClassifier.from_pretrained(dir)`; nothing is unpickled.
+- **Files:** {files}; nothing is unpickled.
 - **Reading it:** accuracy at the 0.5 threshold is close to the majority class for rare attributes (Bald,
   Blurry, Chubby, Double_Chin: the classifier rarely says P > 0.5 for them) while their AUC is high, so it ranks
   faces well but is conservative at 0.5: a flip rate (crossing 0.5) for such attributes understates the edit.
@@ -396,10 +495,11 @@ def describe_change(classifier: AttributeClassifier, before: torch.Tensor, after
     return {"edited": rows, "leak": leak, "text": "; ".join(parts)}
 
 
-def load_classifier(path: str | Path, device: str | torch.device = "cpu") -> AttributeClassifier | None:
-    """The classifier in `path`, or None (with a warning) when it cannot be read: the editor works without it."""
+def load_classifier(path: str | Path, device: str | torch.device = "cpu") -> Instrument | None:
+    """The classifier (or ensemble) in `path`, or None (with a warning) when it cannot be read: the editor works
+    without it."""
     try:
-        return AttributeClassifier.from_pretrained(path, device)
+        return load_instrument(path, device)
     except (OSError, ValueError) as err:
         log.warning("attribute classifier not loaded: %s", err)
         return None

@@ -24,7 +24,7 @@ from flow_model.glow import reduce_bits
 
 from .calibration import (FLIP_BOUND_Z, HOLDS, LEAK_BOUND_Z, MAX_LEAKAGE, METHODS, MIN_FLIP, MIN_INTACT, MIN_MOVED,
                           STEER_MAX, STEER_STEP, TARGET_FLIP, Calibration, SliderCalibration)
-from .classifier import AttributeClassifier
+from .classifier import Instrument
 from .directions import NULLSPACE, own_hold
 from .face_check import ColourCheck, FaceGeometryCheck, GeometryResult, wilson_interval
 from .regions import composite, region_mask
@@ -203,7 +203,7 @@ class Intactness:
 
 
 @torch.inference_mode()
-def encode_faces(service: EditorService, classifier: AttributeClassifier, images: torch.Tensor,
+def encode_faces(service: EditorService, classifier: Instrument, images: torch.Tensor,
                  batch_size: int = 64) -> FaceSet:
     """Model-size crops (already aligned, e.g. validation faces) -> latents, reconstructions and readings. The
     reconstruction of a flow is exact: decode(encode(x)) = x at the model's bit depth."""
@@ -238,7 +238,7 @@ def decoded_or_unedited(service: EditorService, faces: FaceSet, edited: torch.Te
     return torch.where(ok[:, None, None, None], images, faces.images), ok.double()
 
 
-def measure_vector(service: EditorService, classifier: AttributeClassifier, faces: FaceSet, vector: torch.Tensor,
+def measure_vector(service: EditorService, classifier: Instrument, faces: FaceSet, vector: torch.Tensor,
                    value: float, attribute: str, sign: float, leak: Sequence[str] = LEAK_ATTRIBUTES,
                    backoff: bool = True, intact: Intactness | None = None,
                    edited: tuple[torch.Tensor, torch.Tensor] | None = None, mask: torch.Tensor | None = None) -> dict:
@@ -263,7 +263,7 @@ def measure_vector(service: EditorService, classifier: AttributeClassifier, face
     return m
 
 
-def evaluate_sliders(service: EditorService, classifier: AttributeClassifier, faces: FaceSet,
+def evaluate_sliders(service: EditorService, classifier: Instrument, faces: FaceSet,
                      specs: Sequence[SliderSpec], values: Sequence[float] = VALUES, method: str | None = None,
                      progress=None, intact: Intactness | None = None) -> dict[str, list[dict]]:
     """Each slider at each value with the service's defaults (its calibrated method, scale, negative side's scale,
@@ -427,7 +427,7 @@ def minus_side(intact: Intactness, service: EditorService, faces: FaceSet, vecto
                          f"so the negative side stops at {found:g} gaps ({kept:.0%} intact)")
 
 
-def _fit_methods(service: EditorService, classifier: AttributeClassifier, faces: FaceSet, base: SliderSpec,
+def _fit_methods(service: EditorService, classifier: Instrument, faces: FaceSet, base: SliderSpec,
                  keep: Sequence[str], grid: Sequence[float], methods: Sequence[str],
                  intact: Intactness | None, flip_z: float, mask: torch.Tensor | None = None,
                  pairs: Sequence[tuple[str, str]] | None = None,
@@ -520,7 +520,7 @@ def _flips(rows: MeasuredLazily, probed: dict[float, dict]) -> str:
             + "".join(f" (probed at {m:g}: {_flip(row)})" for m, row in probed.items()))
 
 
-def steer_for(service: EditorService, classifier: AttributeClassifier, faces: FaceSet, base: SliderSpec,
+def steer_for(service: EditorService, classifier: Instrument, faces: FaceSet, base: SliderSpec,
               vector: torch.Tensor, scale: float, attribute: str,
               mask: torch.Tensor | None = None) -> tuple[float | None, list[tuple[float, float]], str]:
     """The counter-steer k (class-mean gaps of `attribute`'s classifier normal per gap of the slider) that cancels
@@ -547,7 +547,7 @@ def steer_for(service: EditorService, classifier: AttributeClassifier, faces: Fa
     return round(float(np.clip(k, -STEER_MAX, STEER_MAX)), 3), measured, ""
 
 
-def _steered(service: EditorService, classifier: AttributeClassifier, faces: FaceSet, base: SliderSpec,
+def _steered(service: EditorService, classifier: Instrument, faces: FaceSet, base: SliderSpec,
              keep: Sequence[str], grid: Sequence[float], methods: Sequence[str], intact: Intactness | None,
              flip_z: float, mask: torch.Tensor | None, pair: tuple[str, str],
              r: dict) -> tuple[dict, dict[str, float], list[str]]:
@@ -575,7 +575,7 @@ def _steered(service: EditorService, classifier: AttributeClassifier, faces: Fac
     return r, steer, said
 
 
-def calibrate(service: EditorService, classifier: AttributeClassifier, faces: FaceSet,
+def calibrate(service: EditorService, classifier: Instrument, faces: FaceSet,
               labels: Sequence[str] | None = None, grid: Sequence[float] = GRID,
               methods: Sequence[str] | None = None, keep_probe: float | None = None, progress=None,
               geometry: FaceGeometryCheck | None = None, colour: ColourCheck | None = None,
@@ -707,7 +707,7 @@ class SampleQuality:
 
 
 @torch.inference_mode()
-def sample_quality(service: EditorService, classifier: AttributeClassifier, real_features: torch.Tensor,
+def sample_quality(service: EditorService, classifier: Instrument, real_features: torch.Tensor,
                    temperatures: Sequence[float], n: int, seed: int = 0, batch_size: int = 64,
                    geometry: FaceGeometryCheck | None = None) -> dict[float, SampleQuality]:
     """n model samples per temperature, drawn once: the Frechet distance (classifier feature space) of their

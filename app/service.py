@@ -25,7 +25,7 @@ from flow_model.training.checkpoint import load_model
 
 from .align import FaceAligner, warp
 from .calibration import CALIBRATION_FILE, Calibration
-from .classifier import AttributeClassifier, describe_change, load_classifier
+from .classifier import Instrument, describe_change, load_classifier
 from .directions import NULLSPACE, WITHIN_GENDER, Directions, load_directions, own_hold
 from .photo import FacePhoto, compose, crop_side, edited_photo, to_image
 from .regions import composite, union_mask
@@ -643,7 +643,7 @@ class EditorService:
         return Edited(self.model.quantize(decoded), strength, (decoded - face.decoded) * 256.0)
 
     # -- what an edit did, as the attribute classifier reads it -------------------------------------
-    classifier: AttributeClassifier | None = None
+    classifier: Instrument | None = None
 
     def reading(self, face: Face, edited: Edited, edits: Mapping[str, float]) -> str:
         """"Smiling 12% -> 81%; largest other change: Male 40% -> 47%": the attribute classifier's P(attribute)

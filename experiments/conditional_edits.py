@@ -32,7 +32,7 @@ from pathlib import Path
 
 import torch
 
-from app.classifier import AttributeClassifier
+from app.classifier import load_instrument
 from app.directions import WITHIN_GENDER, Directions, own_hold
 from app.edit_evaluation import (LEAK_ATTRIBUTES, decoded_or_unedited, encode_faces, measure_vector,
                                  validation_halves)
@@ -77,7 +77,7 @@ def measure(model: Path, classifier_dir: Path, data_dir: Path, faces: int, slide
         raise ValueError(f"{model}'s directions have no within-gender differences: refit them with `python -m app "
                          "directions`")
     data = open_dataset(data_dir)
-    classifier = AttributeClassifier.from_pretrained(classifier_dir)
+    classifier = load_instrument(classifier_dir)
     first = validation_halves(split["val"], seed)[0][CALIBRATION_FACES:CALIBRATION_FACES + faces]
     if not first:
         raise ValueError(f"the first validation half has no faces past the {CALIBRATION_FACES} calibration uses")

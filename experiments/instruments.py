@@ -21,7 +21,7 @@ from typing import Mapping, Sequence
 import numpy as np
 import torch
 
-from app.classifier import AttributeClassifier
+from app.classifier import Instrument, load_instrument
 from app.edit_evaluation import (LEAK_ATTRIBUTES, edit_measures, edited_images, encode_faces, target_leaks,
                                  target_misses, validation_halves)
 from app.service import EditorService
@@ -38,8 +38,8 @@ ACCOUNT_PROMPT = "which verdicts the instrument decides, and which instrument do
 ENSEMBLE = "ensemble"
 
 
-def _load_group(paths: Sequence[Path]) -> list[AttributeClassifier]:
-    members = [AttributeClassifier.from_pretrained(p) for p in paths]
+def _load_group(paths: Sequence[Path]) -> list[Instrument]:
+    members = [load_instrument(p) for p in paths]
     if any(m.attributes != members[0].attributes for m in members):
         raise ValueError(f"the classifiers {[str(p) for p in paths]} read different attributes")
     return members

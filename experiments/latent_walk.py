@@ -38,7 +38,7 @@ from sklearn.linear_model import LogisticRegression
 from sklearn.metrics import roc_auc_score
 
 from app.calibration import TARGET_FLIP
-from app.classifier import AttributeClassifier
+from app.classifier import load_instrument
 from app.directions import encode_images
 from app.edit_evaluation import (LEAK_ATTRIBUTES, decoded_or_unedited, encode_faces, measure_vector, target_leaks,
                                  validation_halves)
@@ -217,7 +217,7 @@ def measure(model: Path, classifier_dir: Path, data_dir: Path, faces: int, probe
     log.info("probe on %d faces: held-out AUC %s", len(z), " ".join(
         f"{a} {v['probe']:.3f}/{v['linear']:.3f}" for a, v in fit["auc"].items() if a in ("Male", "Young")))
 
-    classifier = AttributeClassifier.from_pretrained(classifier_dir)
+    classifier = load_instrument(classifier_dir)
     report = validation_halves(split["val"], seed)[1][:faces]
     images, _ = load_images(select(data, report), service.image_size, workers=0, progress=False)
     face_set = encode_faces(service, classifier, images)

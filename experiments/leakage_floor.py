@@ -35,7 +35,7 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from app.classifier import AttributeClassifier
+from app.classifier import Instrument, load_instrument
 from app.directions import DirectionConfig, encode_images, nullspace_basis
 from app.edit_evaluation import LEAK_ATTRIBUTES, FaceSet, decode_with_backoff, encode_faces, validation_halves
 from app.service import EditorService, orthogonalize
@@ -67,7 +67,7 @@ def instrument_confound(probs: np.ndarray, labels: np.ndarray, attribute: int, s
     return total / weight if weight else float("nan")
 
 
-def readings(service: EditorService, classifier: AttributeClassifier, faces: FaceSet,
+def readings(service: EditorService, classifier: Instrument, faces: FaceSet,
              edited: torch.Tensor) -> tuple[torch.Tensor, float]:
     """The classifier's probabilities of the edits as the editor shows them, and their mean pixel change."""
     images, _ = decode_with_backoff(service, faces.latents, edited)
@@ -109,7 +109,7 @@ def measure(model: Path, classifier_dir: Path, data_dir: Path, faces: int, boot:
     service = EditorService.load(model, align=False)
     if service.directions is None:
         raise ValueError(f"{model} has no directions: no slider to measure")
-    classifier = AttributeClassifier.from_pretrained(classifier_dir)
+    classifier = load_instrument(classifier_dir)
     names = classifier.attributes
     col = {a: names.index(a) for a in LEAK_ATTRIBUTES}
     val = json.loads((model / "split.json").read_text())["val"]

@@ -70,7 +70,7 @@ def run(args: argparse.Namespace) -> int:
     from flow_model.glow import reduce_bits
 
     from ..calibration import CALIBRATION_FILE, FLIP_BOUND_Z, Calibration
-    from ..classifier import AttributeClassifier, load_metrics
+    from ..classifier import load_instrument, load_metrics
     from ..edit_evaluation import (VALUES, Intactness, calibrate, encode_faces, evaluate_sliders, frechet_distance,
                                    plot_flip_rates, recommend_temperature, sample_quality, steer_label,
                                    validation_halves)
@@ -117,7 +117,7 @@ def run(args: argparse.Namespace) -> int:
     if afresh and shipped is None:
         raise ValueError(f"--calibrate-sliders keeps the model's calibration of the other sliders, but {model_dir} "
                          "has none: calibrate every slider")
-    classifier = AttributeClassifier.from_pretrained(args.classifier, device=args.device)
+    classifier = load_instrument(args.classifier, device=args.device)
     size = service.image_size
     data = open_dataset(args.data)
     wanted = list(dict.fromkeys(cal_names + report_names + geo_fit_names + geo_real_names + floor_names))

@@ -11,6 +11,8 @@ import logging
 from dataclasses import asdict
 from pathlib import Path
 
+from flow_model.commands import positive_int
+
 
 def add_parser(sub) -> None:
     p = sub.add_parser("train-classifier", help="train the attribute classifier that scores edits (evaluate-edits)")
@@ -30,6 +32,10 @@ def add_parser(sub) -> None:
     p.add_argument("--threads", type=int, default=1, help="torch CPU threads")
     p.add_argument("--workers", type=int, default=1, help="image decoding processes")
     p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--members", type=positive_int, default=1,
+                   help="train this many classifiers alike (seeds --seed, --seed + 1, ...) and save them as one "
+                        "instrument that reads their mean probability (experiments/instruments.md: one net's "
+                        "verdicts move with its seed)")
     p.add_argument("--balance", help="heads trained on reweighted faces so they read apart from the sliders' "
                                      "attributes, comma separated, or 'none' (default: those of the attributes edits "
                                      "are measured leaking into, Male, Young, Smiling, that the labels have)")
@@ -44,7 +50,7 @@ def run(args: argparse.Namespace) -> int:
 
     from flow_model.data import load_images, open_dataset
 
-    from ..classifier import (CARD_NAME, Balance, ClassifierConfig, TrainSettings, accuracy_table,
+    from ..classifier import (CARD_NAME, Balance, ClassifierConfig, ClassifierEnsemble, TrainSettings, accuracy_table,
                               balancing_weights, card_markdown, train_classifier)
     from ..edit_evaluation import LEAK_ATTRIBUTES
     from ..service import SLIDERS
@@ -74,27 +80,39 @@ def run(args: argparse.Namespace) -> int:
         raise ValueError(f"the split leaves {int(is_val.sum())} validation and {int((~is_val).sum())} training faces")
     config = ClassifierConfig(attributes=list(data.attributes), image_size=args.image_size, n_bits=args.n_bits,
                               widths=widths)
-    settings = TrainSettings(epochs=args.epochs, batch_size=args.batch_size, lr=args.lr, seed=args.seed,
-                             max_minutes=args.max_minutes)
     train_idx, val_idx = np.flatnonzero(~is_val), np.flatnonzero(is_val)
     weights, balanced = balancing_weights(data.labels[train_idx], list(data.attributes), balance)
     for head, b in balanced.items():
         print(f"{head} balanced against {len(b['against'])} attributes (left out: {b['skipped'] or 'none'}); "
               f"effective share of faces {b['effective_share']:.2f}, largest gap left {b['largest_gap']:.3f}")
-    model, info = train_classifier(images[torch.from_numpy(train_idx)], data.labels[train_idx], config, settings,
-                                   weights=weights if heads else None)
-    probs, _ = model.predict(images[torch.from_numpy(val_idx)])
-    table = accuracy_table(probs, data.labels[val_idx], config.attributes)
+    members, infos, member_tables = [], [], []
+    val_images = images[torch.from_numpy(val_idx)]
+    for seed in range(args.seed, args.seed + args.members):
+        settings = TrainSettings(epochs=args.epochs, batch_size=args.batch_size, lr=args.lr, seed=seed,
+                                 max_minutes=args.max_minutes)
+        model, info = train_classifier(images[torch.from_numpy(train_idx)], data.labels[train_idx], config, settings,
+                                       weights=weights if heads else None)
+        members.append(model)
+        infos.append({**info, "seed": seed})
+        member_tables.append(accuracy_table(model.predict(val_images)[0], data.labels[val_idx], config.attributes))
+    instrument = members[0] if len(members) == 1 else ClassifierEnsemble(members)
+    table = accuracy_table(instrument.predict(val_images)[0], data.labels[val_idx], config.attributes)
     metrics = {"validation": table, "n_train": int(len(train_idx)), "n_val": int(len(val_idx)),
-               "batch_size": args.batch_size, "threads": args.threads, "planned_epochs": args.epochs, "train": info,
-               "balance": {**asdict(balance), "heads_info": balanced}}
-    model.save_pretrained(args.out, metrics)
-    n_params = sum(p.numel() for p in model.parameters())
-    write_text(Path(args.out) / CARD_NAME, card_markdown(metrics, config, info, n_params))
+               "batch_size": args.batch_size, "threads": args.threads, "planned_epochs": args.epochs,
+               "train": infos[0] if len(infos) == 1 else infos, "balance": {**asdict(balance), "heads_info": balanced}}
+    if len(members) > 1:
+        metrics["members"] = [{"seed": i["seed"], "mean_accuracy": float(np.mean([m["accuracy"] for m in t.values()])),
+                               **{a: t[a]["accuracy"] for a in ("Male", "Young", "Smiling") if a in t}}
+                              for i, t in zip(infos, member_tables)]
+    instrument.save_pretrained(args.out, metrics)
+    n_params = sum(p.numel() for p in members[0].parameters())
+    write_text(Path(args.out) / CARD_NAME, card_markdown(metrics, config, infos[0], n_params))
     mean = float(np.mean([m["accuracy"] for m in table.values()]))
-    print(f"validation accuracy (mean of {len(table)} attributes, {len(val_idx)} faces): {mean:.3f}")
+    print(f"validation accuracy (mean of {len(table)} attributes, {len(val_idx)} faces"
+          + (f", the {len(members)} members' mean probability" if len(members) > 1 else "") + f"): {mean:.3f}")
     for name in ("Smiling", "Male", "Young", "Eyeglasses", "Blond_Hair", "Bald"):
         if name in table:
             print(f"  {name:12s} acc {table[name]['accuracy']:.3f} AUC {table[name]['auc']:.3f}")
-    print(f"wrote {args.out}/ ({n_params:,} parameters, {info['seconds'] / 60:.1f} min)")
+    minutes = sum(i["seconds"] for i in infos) / 60
+    print(f"wrote {args.out}/ ({len(members)} x {n_params:,} parameters, {minutes:.1f} min)")
     return 0

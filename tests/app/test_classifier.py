@@ -6,8 +6,8 @@ import pytest
 import torch
 
 from app.cli import main
-from app.classifier import (AttributeClassifier, Balance, ClassifierConfig, TrainSettings, balancing_weights,
-                            train_classifier)
+from app.classifier import (AttributeClassifier, Balance, ClassifierConfig, ClassifierEnsemble, TrainSettings,
+                            balancing_weights, load_instrument, train_classifier)
 
 NAMES = ["Male", "Eyeglasses", "Blond_Hair", "Bald", "Smiling"]
 
@@ -107,3 +107,66 @@ def test_command_balances_by_default_and_says_so(tmp_path, faces_dir, capsys):
     capsys.readouterr()
     assert main([*args, "--out", str(tmp_path / "not_written"), "--balance", "Not_An_Attribute"]) != 0
     assert "Not_An_Attribute" in capsys.readouterr().err and not (tmp_path / "not_written").exists()
+
+
+def _net(attributes: list[str], seed: int) -> AttributeClassifier:
+    torch.manual_seed(seed)
+    net = AttributeClassifier(ClassifierConfig(attributes, image_size=16, widths=[4, 8]))
+    with torch.no_grad():
+        for p in net.parameters():
+            p.add_(0.3 * torch.randn_like(p))
+    return net.eval()
+
+
+def test_an_ensemble_reads_its_members_mean_and_round_trips(tmp_path):
+    members = [_net(["Male", "Young"], s) for s in (0, 1, 2)]
+    ensemble = ClassifierEnsemble(members)
+    x = torch.randint(0, 256, (6, 3, 16, 16), dtype=torch.uint8)
+    probs, features = ensemble.predict(x)
+    each = [m.predict(x) for m in members]
+    assert torch.allclose(probs, sum(p for p, _ in each) / 3) and torch.equal(features, each[0][1])
+    assert not torch.allclose(each[0][0], each[1][0])  # the members differ, so the mean is not any one of them
+    ensemble.save_pretrained(tmp_path, {"validation": {}})
+    back = load_instrument(tmp_path)
+    assert isinstance(back, ClassifierEnsemble) and back.attributes == ["Male", "Young"]
+    assert torch.allclose(back.predict(x)[0], probs)
+    alone = load_instrument(tmp_path / "member_1")  # each member is a classifier folder of its own
+    assert isinstance(alone, AttributeClassifier) and torch.allclose(alone.predict(x)[0], each[1][0])
+    assert not list(tmp_path.rglob("*.pt*")) and not list(tmp_path.rglob("*.bin"))
+
+
+def test_bad_ensembles_are_named(tmp_path):
+    with pytest.raises(ValueError, match="at least 2"):
+        ClassifierEnsemble([_net(["Male"], 0)])
+    with pytest.raises(ValueError, match=r"members \[1\]"):
+        ClassifierEnsemble([_net(["Male"], 0), _net(["Young"], 1)])
+    ClassifierEnsemble([_net(["Male"], 0), _net(["Male"], 1)]).save_pretrained(tmp_path)
+    config = tmp_path / "config.json"
+    doc = json.loads(config.read_text())
+    for members in (["member_0", "../elsewhere"], "member_0", []):
+        config.write_text(json.dumps({**doc, "members": members}))
+        with pytest.raises(ValueError, match="config.json"):
+            load_instrument(tmp_path)
+    config.write_text(json.dumps({**doc, "members": ["member_0", "member_7"]}))
+    with pytest.raises(FileNotFoundError, match="member_7"):
+        load_instrument(tmp_path)
+    config.write_text("{not json")
+    with pytest.raises(ValueError, match="config.json"):
+        load_instrument(tmp_path)
+    with pytest.raises(FileNotFoundError, match="missing"):
+        load_instrument(tmp_path / "missing")
+
+
+def test_command_trains_an_ensemble_of_seeds(tmp_path, faces_dir, capsys):
+    split = tmp_path / "split.json"
+    names = sorted(f"img_align_celeba/{p.name}" for p in (faces_dir / "img_align_celeba").glob("*.jpg"))
+    split.write_text(json.dumps({"val": names[:40]}))
+    out = tmp_path / "ensemble"
+    assert main(["train-classifier", "--data", str(faces_dir), "--split", str(split), "--out", str(out), "--epochs",
+                 "1", "--widths", "4,8", "--image-size", "16", "--members", "2", "--seed", "3"]) == 0
+    instrument = load_instrument(out)
+    assert isinstance(instrument, ClassifierEnsemble) and len(instrument.members) == 2
+    metrics = json.loads((out / "config.json").read_text())["metrics"]
+    assert [m["seed"] for m in metrics["members"]] == [3, 4] and len(metrics["validation"]) == 40
+    assert "An ensemble of 2" in (out / "CARD.md").read_text()
+    assert "2 members' mean probability" in capsys.readouterr().out
