@@ -83,6 +83,13 @@ def measure(model: Path, groups: Mapping[str, Sequence[Path]], data_dir: Path, f
     face_set = encode_faces(service, first, images[torch.tensor([index[n] for n in report if n in index])])
     readings = {g: [m.predict(face_set.images)[0] for m in members] for g, members in loaded.items()}
     real_probs = {g: [m.predict(real)[0].numpy() for m in members] for g, members in loaded.items()}
+    truth = labels > 0
+    accuracy = {}
+    for g, probs in real_probs.items():
+        readings_of = [*probs, np.mean(probs, axis=0)]  # each member, then the ensemble
+        accuracy[g] = {a: [float(((p[:, j] >= 0.5) == truth[:, j]).mean()) for p in readings_of]
+                       for j, a in enumerate(names) if a in LEAK_ATTRIBUTES}
+        accuracy[g]["mean"] = [float(((p >= 0.5) == truth).mean()) for p in readings_of]
     sliders = []
     for spec in service.sliders:
         vector = service.edit_vectors([spec.label], latent=face_set.latents)[0]
@@ -102,6 +109,7 @@ def measure(model: Path, groups: Mapping[str, Sequence[Path]], data_dir: Path, f
             f"{len(r['members'])}" for g, r in row["groups"].items()))
     return {"model": str(model), "faces": len(face_set.latents), "val_faces": len(real),
             "groups": {g: [str(p) for p in paths] for g, paths in groups.items()}, "sliders": sliders,
+            "accuracy": accuracy,
             "minutes": (time.perf_counter() - started) / 60}
 
 
@@ -130,6 +138,14 @@ def render(results: dict, out: Path, command: str) -> str:
              "each classifier of each group; a figure reads: mean over the group's members (smallest to largest), "
              "then the group's ensemble (mean probability). Groups:\n"]
     lines += [f"- **{g}**: " + ", ".join(f"`{p}`" for p in paths) for g, paths in groups.items()]
+    if "accuracy" in results:
+        columns = list(next(iter(results["accuracy"].values())))
+        lines += ["", f"## Held-out accuracy\n\nAt 0.5, on the {results['val_faces']} validation faces; "
+                  "\"mean\" is over every attribute.\n", "| group | " + " | ".join(columns) + " |",
+                  "|---|" + "---|" * len(columns)]
+        for g, acc in results["accuracy"].items():
+            lines.append(f"| {g} | " + " | ".join(f"{_spread(v[:-1], '.3f')}; ensemble {v[-1]:.3f}"
+                                                  for v in acc.values()) + " |")
     lines += ["", "## Verdicts\n", "Members judging the slider to meet every target of the issue, and the "
               "ensemble's verdict (what it misses).\n", "| slider | " + " | ".join(groups) + " |",
               "|---|" + "---|" * len(groups)]

@@ -36,9 +36,10 @@ def add_parser(sub) -> None:
                    help="train this many classifiers alike (seeds --seed, --seed + 1, ...) and save them as one "
                         "instrument that reads their mean probability (experiments/instruments.md: one net's "
                         "verdicts move with its seed)")
-    p.add_argument("--balance", help="heads trained on reweighted faces so they read apart from the sliders' "
-                                     "attributes, comma separated, or 'none' (default: those of the attributes edits "
-                                     "are measured leaking into, Male, Young, Smiling, that the labels have)")
+    p.add_argument("--balance", default="none",
+                   help="heads trained on reweighted faces so they read apart from the sliders' attributes, comma "
+                        "separated, 'leak' for those edits are measured leaking into (Male, Young, Smiling) or "
+                        "'none' (the shipped instrument; experiments/instruments.md measures both)")
     p.add_argument("--balance-against", help="the attributes those heads are made independent of, comma separated "
                                              "(default: every slider's attribute that the labels have)")
     p.add_argument("--balance-clip", type=float, default=10.0, help="largest weight (smallest: its inverse)")
@@ -68,8 +69,9 @@ def run(args: argparse.Namespace) -> int:
         raise ValueError(f"{args.split} is not a split file with a 'val' list: {err}") from None
     names = list(data.attributes)
     split = lambda text: tuple(a.strip() for a in text.split(",") if a.strip())  # noqa: E731
-    heads = (tuple(a for a in LEAK_ATTRIBUTES if a in names) if args.balance is None else
-             () if args.balance.strip().lower() == "none" else split(args.balance))
+    chosen = args.balance.strip().lower()
+    heads = (() if chosen == "none" else tuple(a for a in LEAK_ATTRIBUTES if a in names) if chosen == "leak"
+             else split(args.balance))
     against = (split(args.balance_against) if args.balance_against else
                tuple(s.attribute for s in SLIDERS if s.attribute in names))
     balance = Balance(heads, against, clip=args.balance_clip)

@@ -42,7 +42,8 @@ def _results() -> dict:
              "confound": {"Male": [0.1, 0.2, 0.15]}}
     return {"model": "m", "minutes": 2.0, "faces": 8, "val_faces": 10, "groups": {"plain": ["a", "b"]},
             "sliders": [{"slider": "Eyeglasses", "attribute": "Eyeglasses", "lines": ["Male"],
-                         "groups": {"plain": group}}]}
+                         "groups": {"plain": group}}],
+            "accuracy": {"plain": {"Male": [0.98, 0.96, 0.975], "mean": [0.9, 0.88, 0.91]}}}
 
 
 def test_page_counts_verdicts_gives_spreads_and_keeps_the_account(tmp_path):
@@ -50,6 +51,7 @@ def test_page_counts_verdicts_gives_spreads_and_keeps_the_account(tmp_path):
     text = render(_results(), out, "python -m experiments instruments")
     assert "| Eyeglasses | 1/2; ensemble: meets all |" in text
     assert "plain: 0-1 by a member, 1 by the ensemble" in text
+    assert "| plain | 0.970 (0.960 to 0.980); ensemble 0.975 | 0.890 (0.880 to 0.900); ensemble 0.910 |" in text
     assert ("| Eyeglasses | plain | 60% (50% to 70%) | 65% | 100% (100% to 100%) | 100% | Male | 0.050 (0.040 to 0.060) | "
             "0.045 | +0.150 (+0.100 to +0.200) | +0.150 |") in text
     out.write_text("old\n## Account\n\nours\n")
