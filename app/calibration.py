@@ -96,7 +96,7 @@ class SliderCalibration:
 
 
 # calibration.info entries that say what a calibration was measured with, not by which rules
-DESCRIPTIVE_INFO = ("faces_from", "classifier", "temperature", "recalibrated", "methods")
+DESCRIPTIVE_INFO = ("faces_from", "classifier", "classifier_fingerprint", "temperature", "recalibrated", "methods")
 
 
 @dataclass

@@ -7,6 +7,7 @@ Weights are safetensors + a JSON config; nothing is ever unpickled.
 """
 from __future__ import annotations
 
+import hashlib
 import json
 import logging
 import math
@@ -252,6 +253,18 @@ def load_instrument(path: str | Path, device: str | torch.device = "cpu") -> Ins
     if kind == ENSEMBLE_KIND:
         return ClassifierEnsemble.from_pretrained(path, device)
     return AttributeClassifier.from_pretrained(path, device)
+
+
+def instrument_fingerprint(path: str | Path) -> str:
+    """A short hash of the weights of the classifier or ensemble in `path` (every .safetensors under it, by relative
+    path): what a calibration records so that a page can tell whether the instrument measuring it now is the one
+    that calibrated, where the folder's name stays the same."""
+    path = Path(path)
+    digest = hashlib.sha256()
+    for f in sorted(path.rglob("*.safetensors")):
+        digest.update(f.relative_to(path).as_posix().encode() + b"\0")
+        digest.update(hashlib.sha256(f.read_bytes()).digest())
+    return digest.hexdigest()[:16]
 
 
 def load_metrics(path: str | Path) -> dict:

@@ -70,7 +70,7 @@ def run(args: argparse.Namespace) -> int:
     from flow_model.glow import reduce_bits
 
     from ..calibration import CALIBRATION_FILE, FLIP_BOUND_Z, Calibration
-    from ..classifier import load_instrument, load_metrics
+    from ..classifier import instrument_fingerprint, load_instrument, load_metrics
     from ..edit_evaluation import (VALUES, Intactness, calibrate, encode_faces, evaluate_sliders, frechet_distance,
                                    plot_flip_rates, recommend_temperature, sample_quality, steer_label,
                                    validation_halves)
@@ -194,7 +194,8 @@ def run(args: argparse.Namespace) -> int:
             f"  {label:20s} {c.method} x{c.scale:g} keep {c.keep} steer {steer_label(c.steer)} local {c.local} "
             f"default {c.default} flip {c.flip_at_1:.0%} ({time.perf_counter() - started:.0f} s)", flush=True))
         calibration.info.update(faces_from=f"validation split {split}, first half of a seed-{args.seed} "
-                                f"permutation", classifier=str(args.classifier))
+                                f"permutation", classifier=str(args.classifier),
+                                classifier_fingerprint=instrument_fingerprint(args.classifier))
         if afresh:
             calibration = shipped.updated(calibration, afresh)
         out_calibration = Path(args.calibration_out) if args.calibration_out else model_dir / CALIBRATION_FILE
@@ -277,7 +278,7 @@ def _report(args, service, classifier, metrics, faces, cal_faces, before, after,
     import numpy as np
 
     from ..calibration import CALIBRATION_FILE
-    from ..classifier import ClassifierEnsemble
+    from ..classifier import ClassifierEnsemble, instrument_fingerprint
     from ..directions import WITHIN_GENDER
     from ..edit_evaluation import (before_after_table, flip_table, held_by, percent, slider_table, steer_label,
                                    targets_summary)
@@ -375,7 +376,14 @@ reconstruction| in 0-255 units; back-off = share of faces whose edit had to be s
         probes, flip_z = calibration.info.get("probes"), calibration.info.get("flip_bound_z")
         judged = (f" (here and below judged by the upper end of its one-sided 95% interval: mean |dP| + {z:g} "
                   "standard errors over the calibration faces, since the report faces are others)" if z else "")
-        parts.append("## The calibration (`calibration.json`)\n\nMeasured on the calibration half only. Per slider: "
+        recorded = calibration.info.get("classifier_fingerprint")
+        other = ("" if recorded == instrument_fingerprint(args.classifier) else
+                 "**Measured with another instrument than the figures above** (the classifier "
+                 + (f"whose weights hash to {recorded}" if recorded else "that calibrated it, which "
+                    "calibration.json does not identify") + f", not the one now in `{args.classifier}`): the "
+                 "scales, holds and flip figures below are that instrument's judgement. ")
+        parts.append("## The calibration (`calibration.json`)\n\n" + other + "Measured on the calibration half only. "
+                     "Per slider: "
                      f"the leak attributes (Male, Young, Smiling) whose mean |dP| exceeds 0.05{judged} when the "
                      "classifier "
                      "normal moves " + (f"{args.keep_probe:g} class-mean gaps" if args.keep_probe else

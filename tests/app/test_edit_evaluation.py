@@ -1143,6 +1143,20 @@ def test_evaluate_edits_calibrates_reports_and_the_service_loads_it(faces_dir, t
     assert main(quick + ["--calibrate-sliders", "Wings"]) == 2
     assert "--calibrate-sliders needs --calibrate and slider labels" in capsys.readouterr().err
 
+    # the calibration records its instrument; reported with another one, the page says whose judgement it is
+    from app.classifier import instrument_fingerprint
+    recorded = Calibration.load(model_dir / "calibration.json").info["classifier_fingerprint"]
+    assert recorded == instrument_fingerprint(tmp_path / "clf") and len(recorded) == 16
+    assert "Measured with another instrument" not in out.read_text()
+    torch.manual_seed(1)
+    AttributeClassifier(ClassifierConfig(names, image_size=TINY["image_size"], widths=[4, 8])).save_pretrained(
+        tmp_path / "other")
+    assert instrument_fingerprint(tmp_path / "other") != recorded
+    report_only = [a if a != str(tmp_path / "clf") else str(tmp_path / "other") for a in quick if a != "--calibrate"]
+    assert main(report_only) == 0
+    assert (f"**Measured with another instrument than the figures above** (the classifier whose weights hash to "
+            f"{recorded}, not the one now in `{tmp_path / 'other'}`)") in " ".join(out.read_text().split())
+
 
 def test_the_ui_edits_with_the_calibrated_defaults_and_shows_the_reading(celeba_dir, tmp_path_factory, tmp_path):
     from PIL import Image
