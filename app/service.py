@@ -25,7 +25,7 @@ from flow_model.training.checkpoint import load_model
 
 from .align import FaceAligner, warp
 from .calibration import CALIBRATION_FILE, Calibration
-from .classifier import Instrument, describe_change, load_classifier
+from .classifier import CONFIG_NAME as CLASSIFIER_CONFIG, Instrument, describe_change, load_classifier
 from .directions import NULLSPACE, WITHIN_GENDER, Directions, load_directions, own_hold
 from .photo import FacePhoto, compose, crop_side, edited_photo, to_image
 from .regions import composite, union_mask
@@ -328,7 +328,7 @@ class EditorService:
         if (model_dir / CALIBRATION_FILE).is_file():
             service.set_calibration(Calibration.load(model_dir / CALIBRATION_FILE))
         for folder in (model_dir / CLASSIFIER_DIR, model_dir.parent / CLASSIFIER_DIR):
-            if (folder / "model.safetensors").is_file():
+            if (folder / CLASSIFIER_CONFIG).is_file():  # one net's folder, or an ensemble's naming its members
                 service.classifier = load_classifier(folder, device)
                 break
         return service

@@ -170,3 +170,17 @@ def test_command_trains_an_ensemble_of_seeds(tmp_path, faces_dir, capsys):
     assert [m["seed"] for m in metrics["members"]] == [3, 4] and len(metrics["validation"]) == 40
     assert "An ensemble of 2" in (out / "CARD.md").read_text()
     assert "2 members' mean probability" in capsys.readouterr().out
+
+
+def test_the_editor_finds_an_ensemble_beside_the_model_and_a_net_inside_it_first(tmp_path):
+    from app.service import CLASSIFIER_DIR, EditorService
+    from tests.conftest import nontrivial_model, tiny_config
+
+    nontrivial_model(tiny_config()).save_pretrained(tmp_path / "model")
+    ClassifierEnsemble([_net(["Male"], 0), _net(["Male"], 1)]).save_pretrained(tmp_path / CLASSIFIER_DIR)
+    assert isinstance(EditorService.load(tmp_path / "model", align=False).classifier, ClassifierEnsemble)
+    _net(["Young"], 2).save_pretrained(tmp_path / "model" / CLASSIFIER_DIR)
+    inside = EditorService.load(tmp_path / "model", align=False).classifier
+    assert isinstance(inside, AttributeClassifier) and inside.attributes == ["Young"]
+    (tmp_path / "model" / CLASSIFIER_DIR / "model.safetensors").write_bytes(b"broken")
+    assert EditorService.load(tmp_path / "model", align=False).classifier is None  # the editor works without it
