@@ -1038,20 +1038,29 @@ def test_sample_quality_checks_geometry_on_the_samples_it_measures():
 
 
 # -- the command, end to end on a tiny model -------------------------------------------------------------
-def test_evaluate_edits_calibrates_reports_and_the_service_loads_it(faces_dir, tmp_path, monkeypatch, capsys):
-    from app.cli import main
+def _evaluation_model(faces_dir, model_dir, n_val: int) -> tuple[list[str], list[str]]:
+    """A tiny model with random directions in `model_dir` whose split holds the first `n_val` faces of `faces_dir`:
+    the attribute names and the faces' file names."""
     from tests.editor_support import TINY, attribute_names
 
     model = nontrivial_model(tiny_config(image_size=TINY["image_size"]))
-    model_dir = tmp_path / "model"
     model.save_pretrained(model_dir)
     names = attribute_names(faces_dir)
     random_directions(names, model.latent_dim).save(model_dir / "directions.safetensors")
     files = sorted(p.name for p in (faces_dir / "img_align_celeba").glob("*.jpg"))
+    (model_dir / "split.json").write_text(json.dumps({"val": [f"img_align_celeba/{n}" for n in files[:n_val]]}))
+    return names, files
+
+
+def test_evaluate_edits_calibrates_reports_and_the_service_loads_it(faces_dir, tmp_path, monkeypatch, capsys):
+    from app.cli import main
+    from tests.editor_support import TINY
+
+    model_dir = tmp_path / "model"
+    # 40 validation faces: the geometry check fits on one half, and needs a few faces dlib finds at 16x16
+    names, files = _evaluation_model(faces_dir, model_dir, 40)
     attributes = {row.split()[0]: [int(v) for v in row.split()[1:]]
                   for row in (faces_dir / "list_attr_celeba.txt").read_text().splitlines()[2:] if row.strip()}
-    # 40 validation faces: the geometry check fits on one half, and needs a few faces dlib finds at 16x16
-    (model_dir / "split.json").write_text(json.dumps({"val": [f"img_align_celeba/{n}" for n in files[:40]]}))
     torch.manual_seed(0)
     AttributeClassifier(ClassifierConfig(names, image_size=TINY["image_size"], widths=[4, 8])).save_pretrained(
         tmp_path / "clf", {"validation": {}})
@@ -1214,15 +1223,10 @@ def test_evaluate_edits_refuses_a_flip_bound_that_is_not_a_number_of_standard_er
 def test_evaluate_edits_measures_with_an_ensemble_and_says_so(faces_dir, tmp_path):
     from app.classifier import ClassifierEnsemble
     from app.cli import main
-    from tests.editor_support import TINY, attribute_names
+    from tests.editor_support import TINY
 
-    model = nontrivial_model(tiny_config(image_size=TINY["image_size"]))
     model_dir = tmp_path / "model"
-    model.save_pretrained(model_dir)
-    names = attribute_names(faces_dir)
-    random_directions(names, model.latent_dim).save(model_dir / "directions.safetensors")
-    files = sorted(p.name for p in (faces_dir / "img_align_celeba").glob("*.jpg"))
-    (model_dir / "split.json").write_text(json.dumps({"val": [f"img_align_celeba/{n}" for n in files[:16]]}))
+    names, _ = _evaluation_model(faces_dir, model_dir, 16)
     members = []
     for seed in (0, 1):
         torch.manual_seed(seed)
