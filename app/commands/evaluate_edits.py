@@ -296,8 +296,8 @@ def _report(args, service, classifier, metrics, faces, cal_faces, before, after,
     mean_acc = np.mean([m["accuracy"] for m in metrics.values()]) if metrics else float("nan")
     intact = ("; face intact (the face-geometry check of the samples' section) = of the faces whose reconstruction\n"
               "passes the check, the share whose edit still passes") if geometry else ""
-    instrument = (f"the mean reading of {len(classifier.members)} small CNNs trained alike from different seeds"
-                  if isinstance(classifier, ClassifierEnsemble) else "a small CNN")
+    instrument = (f"the mean reading of {len(classifier.members)} small CNNs, each trained from its own seed"
+                  if isinstance(classifier, ClassifierEnsemble) else "a small CNN trained")
     parts = [f"""# What the sliders do, measured
 
 Written by `python -m app evaluate-edits --model {args.model} --data DATA --faces {args.faces} \\
@@ -309,7 +309,7 @@ Written by `python -m app evaluate-edits --model {args.model} --data DATA --face
 {f' --geometry-faces {args.geometry_faces}' if args.geometry_faces else ''} --threads {args.threads}` \
 ({seconds / 60:.0f} minutes, {args.threads} CPU thread{'s' if args.threads > 1 else ''}). Raw numbers: [{out.with_suffix('.json').name}]({out.with_suffix('.json').name}).
 
-**Instrument.** The attribute classifier in `{args.classifier}` (its CARD.md): {instrument} trained on the model's
+**Instrument.** The attribute classifier in `{args.classifier}` (its CARD.md): {instrument} on the model's
 training faces only, a different model from the latent-space directions. Held-out accuracy on the 726 validation
 faces: mean over the 40 attributes {mean_acc:.1%}; {accs}.
 
