@@ -483,15 +483,19 @@ where the directions are linear in the Glow model's latents.
 
 
 # -- what the user sees ----------------------------------------------------------------------------------------
-def describe_change(classifier: AttributeClassifier, before: torch.Tensor, after: torch.Tensor,
-                    edited: dict[str, float], leak_floor: float = 0.05) -> dict:
+def describe_change(classifier: Instrument, before: torch.Tensor, after: torch.Tensor,
+                    edited: dict[str, float], leak_floor: float = 0.05,
+                    before_probs: torch.Tensor | None = None) -> dict:
     """The classifier's reading of one face before and after an edit.
 
     `edited` maps each edited attribute to the intended direction (+1 / -1). Returns {"edited": [(attribute,
     P before, P after)], "leak": (attribute, P before, P after) of the largest change among the other attributes,
     "text": e.g. "Smiling 12% -> 81%; largest other change: Male 40% -> 52%"}. A leak below leak_floor is not
-    named."""
-    probs, _ = classifier.predict(torch.stack([before, after]))
+    named. `before_probs`: the classifier's (A,) reading of `before` where the caller already has it."""
+    if before_probs is None:
+        probs, _ = classifier.predict(torch.stack([before, after]))
+    else:
+        probs = torch.stack([before_probs.double(), classifier.predict(after[None])[0][0]])
     names = classifier.attributes
     rows = [(a, float(probs[0, names.index(a)]), float(probs[1, names.index(a)])) for a in edited if a in names]
     others = [j for j, a in enumerate(names) if a not in edited]

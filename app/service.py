@@ -132,6 +132,9 @@ class Face:
     photo: FacePhoto  # the photo behind it and the aligned crop at the photo's own resolution
     decoded: torch.Tensor  # (3, S, S) float: the decoder's continuous output for latent, before rounding to n bits
     notes: list[str] = field(default_factory=list)
+    # the attribute classifier's reading of `image` and which classifier (by id) read it: every slider move's
+    # note compares against it, so it is read once (EditorService.reading)
+    reading: tuple[int, torch.Tensor] | None = field(default=None, repr=False, compare=False)
 
     @property
     def crop(self) -> Image.Image:
@@ -659,7 +662,9 @@ class EditorService:
                 targets[attribute] = math.copysign(1.0, value * (spec.sign if spec is not None else 1.0))
         if not targets:
             return ""
-        return describe_change(self.classifier, face.image, edited.image, targets)["text"]
+        if face.reading is None or face.reading[0] != id(self.classifier):
+            face.reading = (id(self.classifier), self.classifier.predict(face.image[None])[0][0])
+        return describe_change(self.classifier, face.image, edited.image, targets, before_probs=face.reading[1])["text"]
 
     # -- custom directions -------------------------------------------------------------------------
     def fit_direction(self, positives: torch.Tensor, negatives: torch.Tensor,

@@ -184,3 +184,35 @@ def test_the_editor_finds_an_ensemble_beside_the_model_and_a_net_inside_it_first
     assert isinstance(inside, AttributeClassifier) and inside.attributes == ["Young"]
     (tmp_path / "model" / CLASSIFIER_DIR / "model.safetensors").write_bytes(b"broken")
     assert EditorService.load(tmp_path / "model", align=False).classifier is None  # the editor works without it
+
+
+def test_the_editor_reads_the_unedited_face_once_per_classifier():
+    from app.classifier import describe_change
+    from app.service import EditorService
+    from tests.conftest import nontrivial_model, tiny_config
+    from tests.editor_support import random_directions
+
+    model = nontrivial_model(tiny_config(image_size=16))
+    service = EditorService(model, random_directions(["Smiling", "Male"], model.latent_dim), display_size=16)
+    face = service.encode(torch.randint(0, 256, (3, 16, 16), dtype=torch.uint8))
+    first, second = (ClassifierEnsemble([_net(["Smiling", "Male"], s), _net(["Smiling", "Male"], s + 1)])
+                     for s in (0, 5))
+    sizes = []
+    for instrument in (first, second):
+        instrument.predict = _counting(instrument.predict, sizes)
+    edited = service.edit(face, {"Smiling": 1.0})
+    for instrument in (first, second, first):
+        service.classifier = instrument
+        sizes.clear()
+        text = service.reading(face, edited, {"Smiling": 1.0})
+        again = service.reading(face, edited, {"Smiling": -1.0})
+        assert sizes == [1, 1, 1]  # the face once for this classifier, then only the edits
+        assert text == describe_change(instrument, face.image, edited.image, {"Smiling": 1.0})["text"]
+        assert again == describe_change(instrument, face.image, edited.image, {"Smiling": -1.0})["text"]
+
+
+def _counting(predict, sizes: list[int]):
+    def wrapped(images, *args, **kwargs):
+        sizes.append(len(images))
+        return predict(images, *args, **kwargs)
+    return wrapped
