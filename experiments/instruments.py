@@ -38,11 +38,14 @@ ACCOUNT_PROMPT = "which verdicts the instrument decides, and which instrument do
 ENSEMBLE = "ensemble"
 
 
-def _load_group(paths: Sequence[Path]) -> list[Instrument]:
-    members = [load_instrument(p) for p in paths]
-    if any(m.attributes != members[0].attributes for m in members):
-        raise ValueError(f"the classifiers {[str(p) for p in paths]} read different attributes")
-    return members
+def load_groups(groups: Mapping[str, Sequence[Path]]) -> dict[str, list[Instrument]]:
+    """Every group's classifiers, which must all read the same attributes (within a group and across groups)."""
+    loaded = {name: [load_instrument(p) for p in paths] for name, paths in groups.items()}
+    first = next(iter(loaded.values()))[0].attributes
+    odd = [str(p) for name, paths in groups.items() for p, m in zip(paths, loaded[name]) if m.attributes != first]
+    if odd:
+        raise ValueError(f"the classifiers {odd} read different attributes than {groups[next(iter(groups))][0]}")
+    return loaded
 
 
 def scores(before: Sequence[torch.Tensor], after: Sequence[torch.Tensor], attributes: list[str], attribute: str,
@@ -68,11 +71,9 @@ def measure(model: Path, groups: Mapping[str, Sequence[Path]], data_dir: Path, f
     service = EditorService.load(model, align=False)
     if service.directions is None:
         raise ValueError(f"{model} has no directions: no slider to measure")
-    loaded = {name: _load_group(paths) for name, paths in groups.items()}
+    loaded = load_groups(groups)
     first = next(iter(loaded.values()))[0]
     names = first.attributes
-    if any(m.attributes != names for members in loaded.values() for m in members):
-        raise ValueError("the groups' classifiers read different attributes")
     val = json.loads((model / "split.json").read_text())["val"]
     data = open_dataset(data_dir)
     images, kept = load_images(select(data, val), service.image_size, workers=0, progress=False)

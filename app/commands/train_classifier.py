@@ -80,10 +80,10 @@ def run(args: argparse.Namespace) -> int:
     is_val = np.array([n in val_names for n in data.names()])
     if not is_val.any() or is_val.all():
         raise ValueError(f"the split leaves {int(is_val.sum())} validation and {int((~is_val).sum())} training faces")
-    config = ClassifierConfig(attributes=list(data.attributes), image_size=args.image_size, n_bits=args.n_bits,
+    config = ClassifierConfig(attributes=names, image_size=args.image_size, n_bits=args.n_bits,
                               widths=widths)
     train_idx, val_idx = np.flatnonzero(~is_val), np.flatnonzero(is_val)
-    weights, balanced = balancing_weights(data.labels[train_idx], list(data.attributes), balance)
+    weights, balanced = balancing_weights(data.labels[train_idx], names, balance) if heads else (None, {})
     for head, b in balanced.items():
         print(f"{head} balanced against {len(b['against'])} attributes (left out: {b['skipped'] or 'none'}); "
               f"effective share of faces {b['effective_share']:.2f}, largest gap left {b['largest_gap']:.3f}")
@@ -93,7 +93,7 @@ def run(args: argparse.Namespace) -> int:
         settings = TrainSettings(epochs=args.epochs, batch_size=args.batch_size, lr=args.lr, seed=seed,
                                  max_minutes=args.max_minutes)
         model, info = train_classifier(images[torch.from_numpy(train_idx)], data.labels[train_idx], config, settings,
-                                       weights=weights if heads else None)
+                                       weights=weights)
         members.append(model)
         infos.append({**info, "seed": seed})
         member_tables.append(accuracy_table(model.predict(val_images)[0], data.labels[val_idx], config.attributes))
@@ -101,7 +101,7 @@ def run(args: argparse.Namespace) -> int:
     table = accuracy_table(instrument.predict(val_images)[0], data.labels[val_idx], config.attributes)
     metrics = {"validation": table, "n_train": int(len(train_idx)), "n_val": int(len(val_idx)),
                "batch_size": args.batch_size, "threads": args.threads, "planned_epochs": args.epochs,
-               "train": infos[0] if len(infos) == 1 else infos, "balance": {**asdict(balance), "heads_info": balanced}}
+               "train": infos, "balance": {**asdict(balance), "heads_info": balanced}}
     if len(members) > 1:
         metrics["members"] = [{"seed": i["seed"], "mean_accuracy": float(np.mean([m["accuracy"] for m in t.values()])),
                                **{a: t[a]["accuracy"] for a in ("Male", "Young", "Smiling") if a in t}}

@@ -13,6 +13,7 @@ from experiments import cli as experiments_cli
 from experiments.conditional_edits import METHODS, matched, render, write_report
 from tests.conftest import nontrivial_model, tiny_config
 from tests.editor_support import random_directions
+from tests.experiments.support import refuses_a_model_without_directions
 
 
 def test_matched_weights_each_genders_own_difference_by_its_inverse_variance():
@@ -66,10 +67,7 @@ def test_cli_names_bad_strengths_and_a_model_without_directions(tmp_path, capsys
     assert "--strengths must include 1" in capsys.readouterr().err
     assert experiments_cli.main(["conditional-edits", "--sliders", " , ", "--out", str(out)]) == 2
     assert "need at least one slider" in capsys.readouterr().err
-    model = tmp_path / "model"
-    nontrivial_model(tiny_config()).save_pretrained(model)
-    assert experiments_cli.main(["conditional-edits", "--model", str(model), "--out", str(out)]) == 2
-    assert f"{model} has no directions" in capsys.readouterr().err and not out.exists()
+    model = refuses_a_model_without_directions("conditional-edits", tmp_path, capsys)
     random_directions(["Male", "Young", "Smiling"], nontrivial_model(tiny_config()).latent_dim).save(
         model / "directions.safetensors")
     (model / "split.json").write_text(json.dumps({"train": [], "val": []}))

@@ -8,8 +8,8 @@ import torch
 
 from app.classifier import AttributeClassifier, ClassifierConfig
 from experiments import cli as experiments_cli
-from experiments.instruments import ENSEMBLE, _load_group, render, scores, write_report
-from tests.conftest import nontrivial_model, tiny_config
+from experiments.instruments import ENSEMBLE, load_groups, render, scores, write_report
+from tests.experiments.support import refuses_a_model_without_directions
 
 NAMES = ["Eyeglasses", "Male", "Young", "Smiling"]
 
@@ -52,8 +52,8 @@ def test_page_counts_verdicts_gives_spreads_and_keeps_the_account(tmp_path):
     assert "| Eyeglasses | 1/2; ensemble: meets all |" in text
     assert "plain: 0-1 by a member, 1 by the ensemble" in text
     assert "| plain | 0.970 (0.960 to 0.980); ensemble 0.975 | 0.890 (0.880 to 0.900); ensemble 0.910 |" in text
-    assert ("| Eyeglasses | plain | 60% (50% to 70%) | 65% | 100% (100% to 100%) | 100% | Male | 0.050 (0.040 to 0.060) | "
-            "0.045 | +0.150 (+0.100 to +0.200) | +0.150 |") in text
+    assert ("| Eyeglasses | plain | 60% (50% to 70%) | 65% | 100% (100% to 100%) | 100% | Male | "
+            "0.050 (0.040 to 0.060) | 0.045 | +0.150 (+0.100 to +0.200) | +0.150 |") in text
     out.write_text("old\n## Account\n\nours\n")
     write_report(_results(), out, "cmd")
     assert out.read_text().endswith("## Account\n\nours\n")
@@ -64,12 +64,13 @@ def test_classifiers_reading_different_attributes_are_refused(tmp_path):
     for name, attributes in (("a", ["Male", "Young"]), ("b", ["Male", "Smiling"])):
         AttributeClassifier(ClassifierConfig(attributes, image_size=16, widths=[4, 8])).save_pretrained(tmp_path / name)
     with pytest.raises(ValueError, match="different attributes"):
-        _load_group([tmp_path / "a", tmp_path / "b"])
+        load_groups({"one": [tmp_path / "a", tmp_path / "b"]})
+    with pytest.raises(ValueError, match=r"\['.*b'\] read different attributes"):  # across groups too
+        load_groups({"one": [tmp_path / "a"], "two": [tmp_path / "b"]})
 
 
 def test_cli_names_bad_groups_and_a_model_without_directions(tmp_path, capsys):
-    model = tmp_path / "model"
-    nontrivial_model(tiny_config()).save_pretrained(model)
+    model = refuses_a_model_without_directions("instruments", tmp_path, capsys, "--group", f"x={tmp_path}")
     out = tmp_path / "i.md"
 
     def run(*args: str) -> int:
@@ -80,5 +81,3 @@ def test_cli_names_bad_groups_and_a_model_without_directions(tmp_path, capsys):
         assert "NAME=DIR" in capsys.readouterr().err and not out.exists()
     assert run("--group", "x=a", "--group", "x=b") == 2
     assert "group names must differ" in capsys.readouterr().err and not out.exists()
-    assert run("--group", f"x={tmp_path}") == 2
-    assert f"{model} has no directions" in capsys.readouterr().err and not out.exists()

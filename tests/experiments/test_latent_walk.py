@@ -11,7 +11,7 @@ import torch
 from experiments import cli as experiments_cli
 from experiments.latent_walk import (METHODS, LatentProbe, ProbeConfig, fit_probe, hold, leak_at_flip, render, walk,
                                      write_report)
-from tests.conftest import nontrivial_model, tiny_config
+from tests.experiments.support import refuses_a_model_without_directions
 
 
 def _probe(seed: int = 0, dim: int = 6) -> LatentProbe:
@@ -105,7 +105,4 @@ def test_cli_names_bad_strengths_and_a_model_without_directions(tmp_path, capsys
     assert "--strengths must include 1" in capsys.readouterr().err
     assert experiments_cli.main(["latent-walk", "--strengths", "1,x", "--out", str(out)]) == 2
     assert "--strengths must be comma-separated numbers" in capsys.readouterr().err
-    model = tmp_path / "model"
-    nontrivial_model(tiny_config()).save_pretrained(model)
-    assert experiments_cli.main(["latent-walk", "--model", str(model), "--out", str(out)]) == 2
-    assert f"{model} has no directions" in capsys.readouterr().err and not out.exists()
+    refuses_a_model_without_directions("latent-walk", tmp_path, capsys)

@@ -10,7 +10,7 @@ import pytest
 from app.edit_evaluation import validation_halves
 from experiments import cli as experiments_cli
 from experiments.leakage_floor import instrument_confound, null_floor, render, write_report
-from tests.conftest import nontrivial_model, tiny_config
+from tests.experiments.support import refuses_a_model_without_directions
 
 
 def _faces(groups: list[tuple[int, int, int, float]]) -> tuple[np.ndarray, np.ndarray]:
@@ -82,11 +82,8 @@ def test_page_has_one_row_per_slider_and_attribute_and_keeps_the_account(tmp_pat
 
 
 def test_cli_names_a_model_without_directions_and_a_missing_one(tmp_path, capsys):
-    model = tmp_path / "model"
-    nontrivial_model(tiny_config()).save_pretrained(model)
+    model = refuses_a_model_without_directions("leakage-floor", tmp_path, capsys)
     out = tmp_path / "f.md"
-    assert experiments_cli.main(["leakage-floor", "--model", str(model), "--out", str(out)]) == 2
-    assert f"{model} has no directions" in capsys.readouterr().err and not out.exists()
     assert experiments_cli.main(["leakage-floor", "--model", str(tmp_path / "absent"), "--out", str(out)]) == 2
     assert str(tmp_path / "absent") in capsys.readouterr().err and not out.exists()
     assert experiments_cli.main(["leakage-floor", "--model", str(model), "--nullspace-rounds", "-1",
