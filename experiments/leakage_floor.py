@@ -24,12 +24,19 @@ edit made orthogonal to all of them: if its Male leakage barely moves, what rema
 
 The faces and sliders are evaluate-edits' own: its report faces (`--faces` of the second half of a seed-0
 permutation of the model's validation split; a release measures both pages on the same 256), each slider at +1
-with the shipped calibration through the editor's checked decode.
+with the shipped calibration through the editor's checked decode, a local slider's edit kept to its region as the
+editor keeps it (so its figures are docs/edits.md's).
+
+Last, the Male leakage split by the instrument's reading of each face's gender before the edit. Leakage that comes
+from one side only (women given a beard read as men, men given make-up read as women) may be the edit, or the
+instrument reading faces its training set barely has (CelebA has almost no bearded women or made-up men): the
+split says which faces to look at.
 """
 from __future__ import annotations
 
 import json
 import logging
+import math
 import time
 from pathlib import Path
 
@@ -37,7 +44,8 @@ import numpy as np
 import torch
 from app.classifier import Instrument, load_instrument
 from app.directions import DirectionConfig, encode_images, nullspace_basis
-from app.edit_evaluation import LEAK_ATTRIBUTES, FaceSet, decode_with_backoff, encode_faces, validation_halves
+from app.edit_evaluation import (LEAK_ATTRIBUTES, FaceSet, decode_with_backoff, edit_measures, encode_faces,
+                                 validation_halves)
 from app.service import EditorService, orthogonalize
 from flow_model.data import load_images, open_dataset, select
 from flow_model.fileio import write_text
@@ -67,10 +75,30 @@ def instrument_confound(probs: np.ndarray, labels: np.ndarray, attribute: int, s
     return total / weight if weight else float("nan")
 
 
-def readings(service: EditorService, classifier: Instrument, faces: FaceSet,
-             edited: torch.Tensor) -> tuple[torch.Tensor, float]:
-    """The classifier's probabilities of the edits as the editor shows them, and their mean pixel change."""
-    images, _ = decode_with_backoff(service, faces.latents, edited)
+def by_starting_gender(before: torch.Tensor, after: torch.Tensor, target: int, direction: float,
+                       male: int) -> dict[str, dict]:
+    """The edit's measures among the faces the instrument reads as men before it (P(Male) >= 0.5) and among those
+    it reads as women: whose gender reading the edit moves, and for whom it flips the attribute. `share`: the
+    group's part of the mean |dP(Male)| over all faces."""
+    men = before[:, male] >= 0.5
+    total = float((after[:, male] - before[:, male]).abs().sum())
+    out = {}
+    for name, group in (("men", men), ("women", ~men)):
+        if not group.any():
+            out[name] = {"n": 0}
+            continue
+        m = edit_measures(before[group], after[group], target, direction, {"Male": male})
+        change = float((after[group, male] - before[group, male]).abs().sum())
+        out[name] = {"n": int(group.sum()), "flip": m["flip"], "flip_n": m["flip_n"], "abs": m["leakage"]["Male"],
+                     "signed": m["drift"]["Male"], "share": change / total if total else math.nan}
+    return out
+
+
+def readings(service: EditorService, classifier: Instrument, faces: FaceSet, edited: torch.Tensor,
+             mask: torch.Tensor | None = None) -> tuple[torch.Tensor, float]:
+    """The classifier's probabilities of the edits as the editor shows them (kept to `mask`, a local slider's
+    region), and their mean pixel change."""
+    images, _ = decode_with_backoff(service, faces.latents, edited, mask=mask, base_decoded=faces.decoded)
     return classifier.predict(images)[0], float((images.float() - faces.images.float()).abs().mean())
 
 
@@ -140,12 +168,16 @@ def measure(model: Path, classifier_dir: Path, data_dir: Path, faces: int, boot:
     rows = []
     for spec in service.sliders:
         vector = service.edit_vectors([spec.label], latent=face_set.latents)[0]  # (D,), or (N, D): one per face
-        p, pixel = readings(service, classifier, face_set, face_set.latents + vector)
+        mask = service.edit_mask([spec.label])
+        p, pixel = readings(service, classifier, face_set, face_set.latents + vector, mask)
         dp = (p - face_set.probs).double()
         row = {"slider": spec.label, "pixel": pixel, "held": {}}
+        if spec.attribute != "Male":
+            row["by_gender"] = by_starting_gender(face_set.probs, p, names.index(spec.attribute), spec.sign,
+                                                  col["Male"])
         if basis is not None and spec.attribute != "Male":
             q, _ = readings(service, classifier, face_set,
-                            face_set.latents + orthogonalize(vector.reshape(-1, vector.shape[-1]), basis))
+                            face_set.latents + orthogonalize(vector.reshape(-1, vector.shape[-1]), basis), mask)
             dq = (q - face_set.probs).double()
             target = names.index(spec.attribute)
             row["nullspace"] = {"Male": float(dq[:, col["Male"]].abs().mean()),
@@ -200,6 +232,17 @@ def render(results: dict, out: Path) -> str:
             lo, hi = h["confound_ci"]
             lines.append(f"| {r['slider']} | {r['pixel']:.1f} | {a} | {h['abs']:.3f} | {h['signed']:+.3f} ± "
                          f"{h['signed_se']:.3f} | {h['null']:.3f} | {fmt(h['confound'])} [{fmt(lo)}, {fmt(hi)}] |")
+    split = [r for r in results["sliders"] if "by_gender" in r]
+    if split:
+        lines += ["", "## Whose gender reading moves\n\nThe same edits, the faces split by the instrument's reading "
+                  "of their gender before the edit (P(Male) >= 0.5: read as men). Per group: mean |dP(Male)|, "
+                  "signed mean dP(Male), the group's part of the slider's whole Male leakage, and the flip of the "
+                  "slider's own attribute among the group's faces that started on the other side (their count).\n",
+                  "| slider | men: Male abs dP | signed | part of the leakage | flip (n) | women: Male abs dP | "
+                  "signed | part of the leakage | flip (n) |", "|---|---|---|---|---|---|---|---|---|"]
+        for r in split:
+            lines.append(f"| {r['slider']} | " + " | ".join(_gender_cells(r["by_gender"][g]) for g in ("men", "women"))
+                         + " |")
     inlp = results.get("nullspace", {})
     if inlp.get("auc"):
         lines += ["", f"## Holding Male off its linear nullspace (INLP)\n\nThe basis from {inlp['source']}: the "
@@ -215,3 +258,12 @@ def render(results: dict, out: Path) -> str:
                 lines.append(f"| {r['slider']} | {r['held']['Male']['abs']:.3f} | {h['Male']:.3f} | "
                              f"{h['Male_signed']:+.3f} | {h['shift_before']:+.3f} | {h['shift']:+.3f} |")
     return "\n".join(lines) + "\n"
+
+
+def _gender_cells(group: dict) -> str:
+    """One group's four cells of the gender table; '-' where it has no faces, or nothing to divide by."""
+    if not group["n"]:
+        return " | ".join(["-"] * 4)
+    flip = "-" if not group["flip_n"] else f"{group['flip']:.0%}"
+    share = "-" if math.isnan(group["share"]) else f"{group['share']:.0%}"
+    return f"{group['abs']:.3f} | {group['signed']:+.3f} | {share} | {flip} ({group['flip_n']})"

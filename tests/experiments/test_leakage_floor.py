@@ -9,7 +9,17 @@ import pytest
 
 from app.edit_evaluation import validation_halves
 from experiments import cli as experiments_cli
-from experiments.leakage_floor import instrument_confound, null_floor, render, write_report
+import torch
+from PIL import Image
+
+from app.classifier import AttributeClassifier, ClassifierConfig
+from app.edit_evaluation import encode_faces
+from app.regions import region_mask
+from app.service import EditorService
+from experiments.leakage_floor import (by_starting_gender, instrument_confound, null_floor, readings, render,
+                                       write_report)
+from flow_model.imaging import celeba_crop, to_tensor
+from tests.editor_support import build_assets
 from tests.experiments.support import refuses_a_model_without_directions
 
 
@@ -44,6 +54,38 @@ def test_null_floor_interpolates_in_pixel_change_and_holds_at_the_ends():
     assert null_floor(null, 1.0, "Male") == pytest.approx(0.01) and null_floor(null, 90.0, "Male") == 0.04
 
 
+def test_gender_split_puts_each_face_in_the_group_its_starting_reading_gives():
+    # columns (attribute, Male): two men (one without the attribute), three women (two without it)
+    before = torch.tensor([[0.2, 0.9], [0.7, 0.6], [0.1, 0.2], [0.3, 0.1], [0.8, 0.4]])
+    after = torch.tensor([[0.8, 0.8], [0.9, 0.6], [0.6, 0.7], [0.4, 0.4], [0.9, 0.3]])
+    split = by_starting_gender(before, after, 0, +1, 1)
+    men, women = split["men"], split["women"]
+    assert (men["n"], women["n"]) == (2, 3)
+    assert men["abs"] == pytest.approx(0.05) and men["signed"] == pytest.approx(-0.05)
+    assert women["abs"] == pytest.approx(0.3) and women["signed"] == pytest.approx(0.7 / 3)
+    assert men["share"] == pytest.approx(0.1 / 1.0) and women["share"] == pytest.approx(0.9 / 1.0)
+    assert (men["flip"], men["flip_n"]) == (1.0, 1) and (women["flip"], women["flip_n"]) == (0.5, 2)
+    # the negative side: faces that start with the attribute are the ones to flip
+    assert by_starting_gender(before, after, 0, -1, 1)["women"]["flip_n"] == 1
+    # every face read as women: the men's group is empty, not NaN-filled
+    assert by_starting_gender(before[2:], after[2:], 0, +1, 1)["men"] == {"n": 0}
+
+
+def test_a_local_sliders_edit_is_read_as_the_editor_shows_it_kept_to_its_region(celeba_dir, tmp_path):
+    service = EditorService.load(build_assets(celeba_dir, tmp_path))
+    size = service.image_size
+    files = sorted((celeba_dir / "img_align_celeba").glob("*.jpg"))[:4]
+    images = torch.stack([to_tensor(celeba_crop(Image.open(f).convert("RGB"), size)) for f in files])
+    torch.manual_seed(0)
+    classifier = AttributeClassifier(ClassifierConfig(["Male"], image_size=size, widths=[4, 8])).eval()
+    faces = encode_faces(service, classifier, images)
+    edited = faces.latents + 0.5 * torch.randn(faces.latents.shape, generator=torch.Generator().manual_seed(1))
+    _, whole = readings(service, classifier, faces, edited)
+    _, eyes = readings(service, classifier, faces, edited, region_mask("eyes", size))
+    _, nowhere = readings(service, classifier, faces, edited, torch.zeros(size, size))
+    assert whole > 1.0 and 0 < eyes < whole / 2 and nowhere < 0.05 * whole
+
+
 def test_validation_halves_are_disjoint_seeded_and_independent_of_the_listing_order():
     names = [f"{i:06d}.jpg" for i in range(11)]
     first, second = validation_halves(names, 0)
@@ -64,13 +106,17 @@ def test_page_has_one_row_per_slider_and_attribute_and_keeps_the_account(tmp_pat
     text = render(_results(), tmp_path / "floor.md")
     row = [line for line in text.splitlines() if line.startswith("| Beard |")]
     assert row == ["| Beard | 9.5 | Male | 0.080 | +0.070 ± 0.010 | 0.010 | - [-, -] |"]
-    assert "INLP" not in text  # no nullspace measured, no section
+    assert "INLP" not in text and "Whose gender" not in text  # neither measured, no section
     results = _results()
     results["nullspace"] = {"rows": 3, "source": "the model's directions file", "auc": [0.81, 0.52]}
     results["sliders"][0]["nullspace"] = {"Male": 0.075, "Male_signed": 0.07, "shift": 0.2, "shift_before": 0.25}
     text = render(results, tmp_path / "floor.md")
     assert "0.810 -> 0.520" in text and "the basis's 3 directions" in text and "from the model's directions" in text
     assert "| Beard | 0.080 | 0.075 | +0.070 | +0.250 | +0.200 |" in text.splitlines()
+    results["sliders"][0]["by_gender"] = {
+        "men": {"n": 0}, "women": {"n": 5, "flip": 0.25, "flip_n": 4, "abs": 0.2, "signed": 0.18, "share": 1.0}}
+    text = render(results, tmp_path / "floor.md")
+    assert "| Beard | - | - | - | - | 0.200 | +0.180 | 100% | 25% (4) |" in text.splitlines()
     out = tmp_path / "floor.md"
     out.write_text("old\n## Account\n\nours\n")
     write_report(_results(), out)
