@@ -84,13 +84,13 @@ def by_starting_gender(before: torch.Tensor, after: torch.Tensor, target: int, d
     total = float((after[:, male] - before[:, male]).abs().sum())
     out = {}
     for name, group in (("men", men), ("women", ~men)):
-        if not group.any():
+        n = int(group.sum())
+        if not n:
             out[name] = {"n": 0}
             continue
         m = edit_measures(before[group], after[group], target, direction, {"Male": male})
-        change = float((after[group, male] - before[group, male]).abs().sum())
-        out[name] = {"n": int(group.sum()), "flip": m["flip"], "flip_n": m["flip_n"], "abs": m["leakage"]["Male"],
-                     "signed": m["drift"]["Male"], "share": change / total if total else math.nan}
+        out[name] = {"n": n, "flip": m["flip"], "flip_n": m["flip_n"], "abs": m["leakage"]["Male"],
+                     "signed": m["drift"]["Male"], "share": m["leakage"]["Male"] * n / total if total else math.nan}
     return out
 
 

@@ -88,12 +88,11 @@ def run(args: argparse.Namespace) -> int:
         print(f"{head} balanced against {len(b['against'])} attributes (left out: {b['skipped'] or 'none'}); "
               f"effective share of faces {b['effective_share']:.2f}, largest gap left {b['largest_gap']:.3f}")
     members, infos, member_tables = [], [], []
-    val_images = images[torch.from_numpy(val_idx)]
+    train_images, val_images = images[torch.from_numpy(train_idx)], images[torch.from_numpy(val_idx)]
     for seed in range(args.seed, args.seed + args.members):
         settings = TrainSettings(epochs=args.epochs, batch_size=args.batch_size, lr=args.lr, seed=seed,
                                  max_minutes=args.max_minutes)
-        model, info = train_classifier(images[torch.from_numpy(train_idx)], data.labels[train_idx], config, settings,
-                                       weights=weights)
+        model, info = train_classifier(train_images, data.labels[train_idx], config, settings, weights=weights)
         members.append(model)
         infos.append({**info, "seed": seed})
         member_tables.append(accuracy_table(model.predict(val_images)[0], data.labels[val_idx], config.attributes))
