@@ -1237,7 +1237,8 @@ def test_evaluate_edits_measures_with_an_ensemble_and_says_so(faces_dir, tmp_pat
                  str(tmp_path / "clf"), "--faces", "4", "--calibration-faces", "4", "--samples", "4",
                  "--temperatures", "1.0", "--no-geometry", "--no-before", "--sliders", "Smiling",
                  "--out", str(out)]) == 0
-    assert "the mean reading of 2 small CNNs, each trained from its own seed on the model's training faces" in " ".join(out.read_text().split())
+    page = " ".join(out.read_text().split())
+    assert "the mean reading of 2 small CNNs, each trained from its own seed on the model's training faces" in page
 
 
 def test_a_grid_step_past_the_target_that_needs_the_back_off_is_probed_too():
