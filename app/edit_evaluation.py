@@ -22,8 +22,8 @@ import torch
 from flow_model.evaluate import mean_and_se
 from flow_model.glow import reduce_bits
 
-from .calibration import (FLIP_BOUND_Z, HOLDS, LEAK_BOUND_Z, MAX_LEAKAGE, METHODS, MIN_FLIP, MIN_INTACT, MIN_MOVED,
-                          STEER_MAX, STEER_STEP, TARGET_FLIP, Calibration, SliderCalibration)
+from .calibration import (FLIP_BOUND_Z, HOLDS, LEAK_BOUND_Z, MAX_LEAKAGE, METHODS, MIN_FLIP, MIN_GROUP, MIN_INTACT,
+                          MIN_MOVED, STEER_MAX, STEER_STEP, TARGET_FLIP, Calibration, SliderCalibration)
 from .classifier import Instrument
 from .directions import NULLSPACE, own_hold
 from .face_check import ColourCheck, FaceGeometryCheck, GeometryResult, wilson_interval
@@ -60,7 +60,10 @@ def edit_measures(before: torch.Tensor, after: torch.Tensor, target: int, direct
       (NaN when none started there); flip_n is that denominator;
     - leakage: per named attribute, mean |dP|; leakage_se: its standard error over the faces;
     - drift: per named attribute, mean dP (signed: an edit that moves it one way on average, as against jitter);
-      drift_se: its standard error.
+      drift_se: its standard error;
+    - leakage_groups: per named attribute, [mean |dP|, its standard error, faces] among the faces that started
+      with P(attribute) >= 0.5 and among the others (an average over all faces can hide that the edit turns the
+      fewer of the two groups, men for a makeup slider, into the other).
     """
     if direction == 0:
         raise ValueError("an edit needs a direction")
@@ -74,10 +77,21 @@ def edit_measures(before: torch.Tensor, after: torch.Tensor, target: int, direct
     changes = {name: (after[:, j] - before[:, j]).double() for name, j in leak.items() if j != target}
     leakage, se = _mean_and_se({name: c.abs() for name, c in changes.items()})
     drift, drift_se = _mean_and_se(changes)
+    groups = {name: [_group_leak(c.abs()[side]) for side in (before[:, leak[name]] >= 0.5,
+                                                              before[:, leak[name]] < 0.5)]
+              for name, c in changes.items()}
     moved = float((d > 0).double().mean())
     return {"shift": float(d.mean()), "moved": moved, "moved_se": math.sqrt(moved * (1 - moved) / len(d)),
             "flip": flip, "flip_n": n_other, "leakage": leakage, "leakage_se": se, "drift": drift,
-            "drift_se": drift_se}
+            "drift_se": drift_se, "leakage_groups": groups}
+
+
+def _group_leak(values: torch.Tensor) -> list[float]:
+    """[mean, standard error (0 for fewer than two faces), faces] of one group's |dP|; [0, 0, 0] for none."""
+    if not len(values):
+        return [0.0, 0.0, 0]
+    mean, se = mean_and_se(values)
+    return [mean, 0.0 if math.isnan(se) else se, len(values)]
 
 
 def _mean_and_se(values: Mapping[str, torch.Tensor]) -> tuple[dict[str, float], dict[str, float]]:
@@ -96,6 +110,15 @@ def target_leaks(attribute: str) -> tuple[str, ...]:
 def leak_bound(row: Mapping, attribute: str) -> float:
     """A measured leakage as calibration judges it: mean |dP| plus LEAK_BOUND_Z standard errors (0 if unmeasured)."""
     return row["leakage"].get(attribute, 0.0) + LEAK_BOUND_Z * row.get("leakage_se", {}).get(attribute, 0.0)
+
+
+def group_leak_bound(row: Mapping, attribute: str) -> float:
+    """A leakage as calibration ranks it: the larger of leak_bound and the same bound within each group of faces
+    on one side of 0.5 of the leaked attribute before the edit (edit_measures' leakage_groups) that holds at least
+    MIN_GROUP faces, so a slider meets the line for men and women alike, not on average over faces most of which
+    are women."""
+    groups = [m + LEAK_BOUND_Z * se for m, se, n in row.get("leakage_groups", {}).get(attribute, ()) if n >= MIN_GROUP]
+    return max([leak_bound(row, attribute), *groups])
 
 
 def moved_bound(row: Mapping) -> float:
@@ -474,7 +497,8 @@ def _fit_methods(service: EditorService, classifier: Instrument, faces: FaceSet,
         taken = {**{m: row for m, row in zip(grid, rows.taken()) if row is not None}, **probed}
         near = taken[min(taken, key=lambda m: abs(m - scale))]
         bounds = {a: leak_bound(near, a) for a in LEAK_ATTRIBUTES if a in near["leakage"]}
-        results[method, hold] = dict(scale=scale, flip=flip, judged=judged, ok=ok, bounds=bounds,
+        worst = {a: group_leak_bound(near, a) for a in bounds}
+        results[method, hold] = dict(scale=scale, flip=flip, judged=judged, ok=ok, bounds=bounds, worst=worst,
                                      moved=moved_bound(near), rows=rows, vector=v, probed=probed)
 
     def rank(p: tuple[str, str]) -> tuple:
@@ -487,9 +511,10 @@ def _fit_methods(service: EditorService, classifier: Instrument, faces: FaceSet,
 def _rank(r: Mapping, attribute: str) -> tuple[bool, float, float]:
     """How a calibrated edit of `attribute` (one of _fit_methods' results) ranks, lower first: staying in the default
     set first; then how far it misses the issue's targets (its judged flip under TARGET_FLIP, its leakage over
-    MAX_LEAKAGE in the issue's lines and its moved share under MIN_MOVED, summed), so an edit a little short of the
-    flip can win over one that reaches it by dragging another attribute along; then its largest leakage."""
-    short = sum(max(r["bounds"].get(a, 0.0) - MAX_LEAKAGE, 0.0) for a in target_leaks(attribute))
+    MAX_LEAKAGE in the issue's lines, judged in the group of faces it leaks most in (group_leak_bound), and its
+    moved share under MIN_MOVED, summed), so an edit a little short of the flip can win over one that reaches it by
+    dragging another attribute along, for some of the faces or for all; then its largest leakage."""
+    short = sum(max(r["worst"].get(a, 0.0) - MAX_LEAKAGE, 0.0) for a in target_leaks(attribute))
     short += max(TARGET_FLIP - r["judged"], 0.0) + max(MIN_MOVED - r["moved"], 0.0)
     return not r["ok"], short, max([*r["bounds"].values(), 0.0])
 
@@ -505,6 +530,13 @@ def held_by(spec: SliderSpec) -> str | None:
 def _pair_label(method: str, hold: str) -> str:
     """A slider's method and its held directions' method, as a calibration's reason names them."""
     return method + (f" holding by {hold}" if hold != method else "")
+
+
+def _bounds_text(r: Mapping) -> str:
+    """A calibrated edit's leakage and moved-share bounds as a calibration's reason gives them, each leakage with
+    its worse group's bound where that is higher."""
+    return " ".join(f"{a} {b:.3f}" + (f" (worse group {r['worst'][a]:.3f})" if r["worst"][a] > b + 5e-4 else "")
+                    for a, b in r["bounds"].items()) + f" moved {r['moved']:.1%}"
 
 
 def _flip(row: dict) -> str:
@@ -552,12 +584,13 @@ def _steered(service: EditorService, classifier: Instrument, faces: FaceSet, bas
              flip_z: float, mask: torch.Tensor | None, pair: tuple[str, str],
              r: dict) -> tuple[dict, dict[str, float], list[str]]:
     """Step 5 of `calibrate`: the calibrated edit `r` (of `pair`, its held attributes final), counter-steered
-    against each attribute of the issue's lines it still leaks into over MAX_LEAKAGE (steer_for), its scale searched
+    against each attribute of the issue's lines it still leaks into over MAX_LEAKAGE, overall or in the worse group
+    (group_leak_bound), by the mean drift over all faces (steer_for), its scale searched
     again like the pair's, and kept where it misses the targets less (_rank). Returns the edit, its steer and what
     the reason says of each try."""
     steer, said = {}, []
     for a in target_leaks(base.attribute):
-        if r["bounds"].get(a, 0.0) <= MAX_LEAKAGE or a not in classifier.attributes:
+        if r["worst"].get(a, 0.0) <= MAX_LEAKAGE or a not in classifier.attributes:
             continue
         k, measured, why = steer_for(service, classifier, faces, base, r["vector"], r["scale"], a, mask)
         drifts = ", ".join(f"{drift:+.3f} at k {at:g}" for at, drift in measured)
@@ -568,8 +601,7 @@ def _steered(service: EditorService, classifier: Instrument, faces: FaceSet, bas
                              pairs=[pair], steer={**steer, a: k})[1][pair]
         chosen = _rank(trial, base.attribute) < _rank(r, base.attribute)
         said.append(f"{a} ({drifts}): k {k:g}, scale {trial['scale']:g}, flip {trial['flip']:.0%}, "
-                    + " ".join(f"{b} {v:.3f}" for b, v in trial["bounds"].items())
-                    + f" moved {trial['moved']:.1%} ({'chosen' if chosen else 'not chosen'})")
+                    + _bounds_text(trial) + f" ({'chosen' if chosen else 'not chosen'})")
         if chosen:
             r, steer = trial, {**steer, a: k}
     return r, steer, said
@@ -598,7 +630,9 @@ def calibrate(service: EditorService, classifier: Instrument, faces: FaceSet,
        own where taking the attribute away breaks faces sooner, minus_side);
     3. method and way of holding: of the pairs that stay in the default set, the one that misses the issue's
        targets least at the grid point nearest its scale: its judged flip under TARGET_FLIP plus its leakage over
-       MAX_LEAKAGE in the issue's own lines (target_leaks: Male for a non-gender slider, Young for Smiling) plus
+       MAX_LEAKAGE in the issue's own lines (target_leaks: Male for a non-gender slider, Young for Smiling), judged
+       in whichever of the two groups of faces that started on either side of that attribute it leaks more in
+       (group_leak_bound: a makeup edit that reads men as women does not hide behind the women it leaves alone), plus
        its moved share (judged by moved_bound) under MIN_MOVED; then the one with the smallest largest leakage
        into the leak attributes; for a slider whose attribute lives in one part of the face (SliderSpec.region),
        the chosen pair's scale is searched again with its edits kept to that region (app/regions.py), and the
@@ -650,13 +684,11 @@ def calibrate(service: EditorService, classifier: Instrument, faces: FaceSet,
             final = measure_vector(service, classifier, faces, r["vector"], r["scale"], base.attribute, base.sign,
                                    backoff=False, intact=intact, mask=mask)
         flips = ", ".join(f"{_pair_label(*p)}: {_flips(results[p]['rows'], results[p]['probed'])}" for p in results)
-        bounds = ", ".join(f"{_pair_label(*p)}: " + " ".join(f"{a} {b:.3f}" for a, b in results[p]["bounds"].items())
-                           + f" moved {results[p]['moved']:.1%}" for p in results)
+        bounds = ", ".join(f"{_pair_label(*p)}: {_bounds_text(results[p])}" for p in results)
         if inside is not None:
             local = f"{_pair_label(method, hold)} kept to the {base.region}"
             flips += f", {local}: {_flips(inside['rows'], inside['probed'])}"
-            bounds += (f", {local}: " + " ".join(f"{a} {b:.3f}" for a, b in inside["bounds"].items())
-                       + f" moved {inside['moved']:.1%} ({'chosen' if mask is not None else 'not chosen'})")
+            bounds += f", {local}: {_bounds_text(inside)} ({'chosen' if mask is not None else 'not chosen'})"
         reason = (f"flip at +{'/'.join(f'{g:g}' for g in grid)} class-mean gaps: {flips}; "
                   f"leakage and moved-share bounds near the scale of each pair: {bounds}; leakage at "
                   f"{probe:g} gaps without holding anything: "
@@ -691,7 +723,7 @@ def calibrate(service: EditorService, classifier: Instrument, faces: FaceSet,
                                  "flip_bound_z": flip_z, "min_flip": MIN_FLIP, "max_leakage": MAX_LEAKAGE,
                                  "leak_bound_z": LEAK_BOUND_Z,
                                  "min_moved": MIN_MOVED, "probes": PROBES, "probes_past_backoff": True,
-                                 "pairs_by_shortfall": True, "steer_step": STEER_STEP, "steer_max": STEER_MAX,
+                                 "pairs_by_shortfall": True, "leakage_by_worse_group": MIN_GROUP, "steer_step": STEER_STEP, "steer_max": STEER_MAX,
                                  "min_intact": MIN_INTACT if intact is not None else None,
                                  "colour_thresholds": {"vivid": colour.threshold, "scalp": colour.scalp_threshold}
                                  if intact is not None and colour is not None else None})

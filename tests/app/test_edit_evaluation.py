@@ -37,6 +37,11 @@ def test_edit_measures_on_a_case_with_known_answers():
     assert up["leakage_se"]["B"] == pytest.approx(torch.tensor([0.1, 0, 0.2, 0]).std().item() / 2, rel=1e-5)
     assert up["drift"] == {"B": pytest.approx((-0.1 + 0 + 0.2 + 0) / 4)}  # signed: B moved up on average
     assert up["drift_se"]["B"] == pytest.approx(torch.tensor([-0.1, 0, 0.2, 0]).std().item() / 2, rel=1e-5)
+    # B started >= 0.5 on rows 0 and 1 (|dP| 0.1, 0), under it on rows 2 and 3 (0.2, 0)
+    (high, high_se, n_high), (low, low_se, n_low) = up["leakage_groups"]["B"]
+    assert (n_high, n_low) == (2, 2) and high == pytest.approx(0.05) and low == pytest.approx(0.1)
+    assert high_se == pytest.approx(torch.tensor([0.1, 0.0]).std().item() / 2 ** 0.5, rel=1e-5)
+    assert low_se == pytest.approx(0.1, rel=1e-5)
 
     down = edit_measures(before, after, 0, -0.5, {"B": 1})
     assert down["moved"] == pytest.approx(0.25)
@@ -45,6 +50,8 @@ def test_edit_measures_on_a_case_with_known_answers():
 
     none_other = edit_measures(torch.full((3, 1), 0.9), torch.full((3, 1), 0.95), 0, 1.0, {})
     assert math.isnan(none_other["flip"]) and none_other["flip_n"] == 0
+    one_side = edit_measures(before[:2], after[:2], 0, 1.0, {"B": 1})  # both faces start with B >= 0.5
+    assert one_side["leakage_groups"]["B"][1] == [0.0, 0.0, 0]
     with pytest.raises(ValueError):
         edit_measures(before, after, 0, 0.0, {})
 
@@ -130,14 +137,15 @@ def _stand_in_directions(vector, nullspaces: dict | None = None, within=None) ->
 def _calibrate_smiling(monkeypatch, vector, keep_probe: float = 1, nullspaces: dict | None = None,
                        label: str = "Smiling", se: float = 0.0, moved=lambda edit: 1.0,
                        flip_z: float = 0.0, local: tuple[float, float] = (1.0, 1.0),
-                       within=None) -> SliderCalibration:
+                       within=None, men: int | None = None) -> SliderCalibration:
     """Smiling (or the slider `label`) calibrated on stand-ins for the directions (`vector(name, method)`,
     nullspace bases) and the measures in a 4-D latent: flip = value x (edit . e0) / 2 over 40 faces (judged at
     `flip_z`; 0 by default: the measured rate), Male drift (every face alike, so its leakage is its size) =
     0.09 x value x (edit . e1), Young drift = 0.3 x value x (edit . e3), each with standard error `se`;
     the moved share is `moved(edit)`, with standard error `se` too. An edit kept to the slider's region flips
     local[0] times as much and leaks local[1] times as much. `within(name, latents)`: a within-gender method whose
-    (N, D) vectors are measured by their mean."""
+    (N, D) vectors are measured by their mean. `men`: of 100 faces this many read as men, and four fifths of the
+    Male leakage is theirs (leakage_groups)."""
     e = torch.eye(4)
 
     def measure(service, classifier, faces, vector, value, attribute, sign, backoff=True, intact=None, edited=None,
@@ -146,9 +154,13 @@ def _calibrate_smiling(monkeypatch, vector, keep_probe: float = 1, nullspaces: d
         flip = float(min(1.0, max(0.0, flip_factor * sign * value * float((vector @ e[0]).mean()) / 2)))
         drift = {"Male": leak_factor * 0.09 * value * float((vector @ e[1]).mean()),
                  "Young": leak_factor * 0.3 * value * float((vector @ e[3]).mean())}
-        return {"flip": flip, "flip_n": 40, "backoff": 0.0, "leakage": {a: abs(v) for a, v in drift.items()},
-                "drift": drift, "drift_se": {"Male": se, "Young": se}, "leakage_se": {"Male": se, "Young": se},
-                "moved": moved(vector), "moved_se": se}
+        row = {"flip": flip, "flip_n": 40, "backoff": 0.0, "leakage": {a: abs(v) for a, v in drift.items()},
+               "drift": drift, "drift_se": {"Male": se, "Young": se}, "leakage_se": {"Male": se, "Young": se},
+               "moved": moved(vector), "moved_se": se}
+        if men is not None:
+            leak = abs(drift["Male"]) * 100
+            row["leakage_groups"] = {"Male": [[0.8 * leak / men, se, men], [0.2 * leak / (100 - men), se, 100 - men]]}
+        return row
 
     monkeypatch.setattr(edit_evaluation, "measure_vector", measure)
     service = SimpleNamespace(directions=_stand_in_directions(vector, nullspaces, within), image_size=8)
@@ -695,6 +707,39 @@ def test_a_pair_short_of_the_flip_wins_over_one_that_reaches_it_by_leaking_more(
     reaching = _calibrate_smiling(monkeypatch, lambda name, method: vectors[name, method], label="Blond hair")
     assert (reaching.method, reaching.scale) == ("classifier", pytest.approx(1.2))
     assert reaching.leakage["Male"] == pytest.approx(0.054)
+
+
+def test_a_pair_that_moves_one_gender_reading_loses_to_one_that_leaves_both(monkeypatch):
+    """Heavy makeup's mean difference (e0 + 0.5 e1) reaches 60% at 1.2 gaps with 0.045 Male leakage at the 1 gap
+    measured, under the line, where the classifier normal (0.37 e0) reaches only 55.5% at 3 gaps. Over all faces
+    the mean difference misses nothing and wins; but four fifths of its leak falls on the 30 faces read as men
+    (0.12 each, over the line by 0.07, more than the normal's 0.045 short of the flip), so judged in its worse
+    group it loses. A group under MIN_GROUP faces is too few to judge by: with 15 men the mean difference wins."""
+    e = torch.eye(4)
+    vectors = {("Heavy_Makeup", "classifier"): 0.37 * e[0], ("Heavy_Makeup", "mean_diff"): e[0] + 0.5 * e[1],
+               ("Male", "classifier"): e[2], ("Male", "mean_diff"): e[2],
+               ("Young", "classifier"): e[3], ("Young", "mean_diff"): e[3]}
+
+    def makeup(men: int | None) -> SliderCalibration:
+        return _calibrate_smiling(monkeypatch, lambda name, method: vectors[name, method], label="Heavy makeup",
+                                  men=men)
+
+    assert makeup(None).method == "mean_diff"
+    even = makeup(30)
+    assert (even.method, even.scale, even.default) == ("classifier", 3, True)
+    assert even.flip_at_1 == pytest.approx(0.555)
+    assert "mean_diff: Male 0.045 (worse group 0.120) Young 0.000 moved 100.0%" in even.reason
+    assert "classifier: Male 0.000 Young 0.000 moved 100.0%" in even.reason
+    assert makeup(15).method == "mean_diff"
+
+
+def test_group_leak_bound_takes_the_worse_group_that_has_enough_faces():
+    row = {"leakage": {"Male": 0.05}, "leakage_se": {"Male": 0.01},
+           "leakage_groups": {"Male": [[0.12, 0.02, 25], [0.02, 0.01, 75]]}}
+    assert edit_evaluation.group_leak_bound(row, "Male") == pytest.approx(0.12 + 1.645 * 0.02)
+    row["leakage_groups"]["Male"][0][2] = 19  # under MIN_GROUP: only the other group and the whole count
+    assert edit_evaluation.group_leak_bound(row, "Male") == pytest.approx(0.05 + 1.645 * 0.01)
+    assert edit_evaluation.group_leak_bound({"leakage": {"Male": 0.05}}, "Male") == pytest.approx(0.05)
 
 
 def test_target_leaks_are_the_issues_lines_and_leak_bound_adds_the_standard_error():
