@@ -723,7 +723,8 @@ def calibrate(service: EditorService, classifier: Instrument, faces: FaceSet,
                                  "flip_bound_z": flip_z, "min_flip": MIN_FLIP, "max_leakage": MAX_LEAKAGE,
                                  "leak_bound_z": LEAK_BOUND_Z,
                                  "min_moved": MIN_MOVED, "probes": PROBES, "probes_past_backoff": True,
-                                 "pairs_by_shortfall": True, "leakage_by_worse_group": MIN_GROUP, "steer_step": STEER_STEP, "steer_max": STEER_MAX,
+                                 "pairs_by_shortfall": True, "leakage_by_worse_group": MIN_GROUP,
+                                 "steer_step": STEER_STEP, "steer_max": STEER_MAX,
                                  "min_intact": MIN_INTACT if intact is not None else None,
                                  "colour_thresholds": {"vivid": colour.threshold, "scalp": colour.scalp_threshold}
                                  if intact is not None and colour is not None else None})

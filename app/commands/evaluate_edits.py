@@ -400,7 +400,8 @@ reconstruction| in 0-255 units; back-off = share of faces whose edit had to be s
                         "the attribute away at that scale breaks more faces, the negative side gets its own smaller "
                         "scale, searched the same way"
                         if calibration.info.get("min_intact") else "") + "); "
-                     + _pair_rule(z, moved, probes, flip_z, calibration.info.get("pairs_by_shortfall", False))
+                     + _pair_rule(z, moved, probes, flip_z, calibration.info.get("pairs_by_shortfall", False),
+                                  calibration.info.get("leakage_by_worse_group"))
                      + ". The chosen edit is measured again at its "
                      "scale: a leak attribute above 0.05 there is held as well and the slider recalibrated, until "
                      "none is left to hold. The held attributes' directions may come from either method or, where "
@@ -530,12 +531,17 @@ def _reaching(flip_z: float | None) -> str:
 
 
 def _pair_rule(z: float | None, moved: float | None, probes: int | None, flip_z: float | None = None,
-               by_shortfall: bool = False) -> str:
+               by_shortfall: bool = False, worse_group: int | None = None) -> str:
     """How a calibration recorded with these settings (None or False: before each was added) chose a slider's method
     and way of holding, as the docs' rule says it."""
     flip = "its flip, so judged," if flip_z else "its flip"
     pairs = "of the pairs of method and way of holding (below) that reach it"
     lines = "into the issue's lines, Male for a non-gender slider and Young for Smiling"
+    if worse_group:
+        lines += (", judged in whichever of the two groups of faces on either side of 0.5 of that attribute before "
+                  f"the edit (for Male: the faces read as men, and as women) it leaks more in, a group counting "
+                  f"from {worse_group} faces, so a slider that reads the fewer group as the other cannot hide "
+                  "behind the faces it leaves alone")
     share = (f"its share of faces moved the intended way under {moved:.0%}, judged by the lower end of its one-sided "
              "95% interval" if moved else "")
     kept = "then the one with the smallest largest leakage into Male, Young and Smiling, is kept"

@@ -1123,10 +1123,13 @@ def test_evaluate_edits_calibrates_reports_and_the_service_loads_it(faces_dir, t
     assert "that stay in the default set, the one that misses the issue's targets least (its flip, so judged, " \
         "under 60%" in " ".join(text.split())
     assert "whether or not it reaches 60%" in text
+    assert "judged in whichever of the two groups of faces on either side of 0.5 of that attribute before the edit " \
+        "(for Male: the faces read as men, and as women) it leaks more in, a group counting from 20 faces" \
+        in " ".join(text.split())
     assert "judged by the lower end of its one-sided 95% Wilson interval (z = 1.645)" in " ".join(text.split())
     info = json.loads((model_dir / "calibration.json").read_text())["info"]
     assert info["probes"] == edit_evaluation.PROBES and info["flip_bound_z"] == 1.645 and info["probes_past_backoff"]
-    assert info["pairs_by_shortfall"]
+    assert info["pairs_by_shortfall"] and info["leakage_by_worse_group"] == edit_evaluation.MIN_GROUP
     assert "(or one that needs the back-off on more than 10% of faces) already flips 60%" in " ".join(text.split())
     assert "The same distance from 4 real faces of the first held-out half" in text  # the floor at --samples 4
     assert (out.parent / "edits_flip.png").stat().st_size > 0
