@@ -27,14 +27,14 @@ MIN_MOVED = 0.95  # +1 should move P(attribute) the intended way on at least thi
 # and a moved share by the lower end of its own: on the hundred or so calibration faces a mean |dP| of 0.04 cannot
 # be told from 0.05, nor 96% moved from 93%, and the faces the edits are reported on are others.
 LEAK_BOUND_Z = 1.645
-# Calibration ranks a way of editing by its leakage in the worse of the two groups of faces on either side of the
-# leaked attribute (men and women, for Male), counting a group only with at least this many faces: fewer give too
-# wide a bound to weigh against the other targets.
-MIN_GROUP = 20
 # And a flip rate by the lower end of its one-sided 95% Wilson interval over the faces that started on the other
 # side: a slider whose mean just reaches the target on the calibration faces falls short of it on about half of all
 # other face sets, the report's among them.
 FLIP_BOUND_Z = 1.645
+# Calibration ranks a way of editing by its leakage in the worse of the two groups of faces on either side of the
+# leaked attribute (men and women, for Male), counting a group only with at least this many faces: fewer give too
+# wide a bound to weigh against the other targets.
+MIN_GROUP = 20
 # A strength still decodes only if at least this share of the faces that pass the face checks unedited (geometry
 # and colour blow-out) still pass them edited (each side of a slider is searched on its own). Real faces that carry
 # a slider's attribute (glasses, bangs, a beard) pass about as often as faces without it (docs/edits.md), so a
