@@ -36,6 +36,7 @@ VALUES = (-1.0, -0.5, 0.5, 1.0)
 GRID = (1.0, 1.25, 1.5, 2.0, 3.0)  # multipliers of the class-mean gap that calibration tries
 DECODABLE_BACKOFF = 0.1  # a strength "still decodes" when at most this share of faces needs the back-off
 PROBES = 3  # strengths measured between the last grid point that keeps faces intact and the next, past the target
+VERDICT_Z = 1.96  # the report's intervals on the issue's figures are two-sided 95%
 
 
 # -- the arithmetic ---------------------------------------------------------------------------------------
@@ -55,7 +56,7 @@ def edit_measures(before: torch.Tensor, after: torch.Tensor, target: int, direct
 
     - shift: mean change of P(target) in the intended direction (positive = the intended way);
     - moved: share of faces whose P(target) moved the intended way (strictly); moved_se: its binomial standard
-      error;
+      error; n: the faces;
     - flip: among faces that started on the other side of 0.5, the share that ended on the intended side
       (NaN when none started there); flip_n is that denominator;
     - leakage: per named attribute, mean |dP|; leakage_se: its standard error over the faces;
@@ -81,7 +82,7 @@ def edit_measures(before: torch.Tensor, after: torch.Tensor, target: int, direct
                                                               before[:, leak[name]] < 0.5)]
               for name, c in changes.items()}
     moved = float((d > 0).double().mean())
-    return {"shift": float(d.mean()), "moved": moved, "moved_se": math.sqrt(moved * (1 - moved) / len(d)),
+    return {"shift": float(d.mean()), "moved": moved, "moved_se": math.sqrt(moved * (1 - moved) / len(d)), "n": len(d),
             "flip": flip, "flip_n": n_other, "leakage": leakage, "leakage_se": se, "drift": drift,
             "drift_se": drift_se, "leakage_groups": groups}
 
@@ -872,6 +873,51 @@ def before_after_table(before: Mapping[str, list[dict]], after: Mapping[str, lis
     return "\n".join(lines)
 
 
+class TargetFigure(NamedTuple):
+    """One of the issue's figures for a slider at +1, with its 95% interval over the faces it was measured on."""
+
+    name: str  # "moved", "flip" or "<attribute> leak"
+    value: float
+    low: float
+    high: float
+    line: float
+    at_least: bool  # the target is value >= line (moved, flip); else value <= line (leakage)
+
+    @property
+    def met(self) -> bool:
+        return self.value >= self.line if self.at_least else self.value <= self.line
+
+    @property
+    def decided(self) -> bool:
+        """Whether the line lies outside the interval: another draw of as many faces would most likely give the
+        same verdict."""
+        return not self.low <= self.line <= self.high
+
+    def text(self) -> str:
+        pct = self.name in ("moved", "flip")
+        fmt = (lambda v: f"{v:.0%}") if pct else (lambda v: f"{v:.3f}")  # noqa: E731
+        line = f"{self.line:.0%}" if pct else f"{self.line:g}"
+        compare = "" if self.met else (" < " if self.at_least else " > ") + line
+        return f"{self.name} {fmt(self.value)}{compare} ({fmt(self.low)} to {fmt(self.high)})"
+
+
+def target_figures(row: Mapping, attribute: str, z: float = VERDICT_Z) -> list[TargetFigure]:
+    """The issue's figures for a slider's +1 measures (edit_measures): the moved share and the flip rate with their
+    Wilson intervals, the leakage into the issue's lines (target_leaks) as mean +- z standard errors. A flip that
+    was not measured (no face started on the other side) is left out."""
+    moved = row["moved"]
+    figures = [TargetFigure("moved", moved, *wilson_interval(round(moved * row["n"]), row["n"], z), MIN_MOVED, True)]
+    if not math.isnan(row["flip"]):
+        n = row["flip_n"]
+        figures.append(TargetFigure("flip", row["flip"], *wilson_interval(round(row["flip"] * n), n, z), TARGET_FLIP,
+                                    True))
+    for a in target_leaks(attribute):
+        if a in row["leakage"]:
+            m, se = row["leakage"][a], row["leakage_se"][a]
+            figures.append(TargetFigure(f"{a} leak", m, max(0.0, m - z * se), m + z * se, MAX_LEAKAGE, False))
+    return figures
+
+
 def target_misses(row: Mapping, attribute: str) -> list[str]:
     """The issue's targets a slider's +1 measures (edit_measures) miss, each with its figure; [] when it meets them."""
     fails = []
@@ -884,16 +930,36 @@ def target_misses(row: Mapping, attribute: str) -> list[str]:
 
 
 def targets_summary(after: Mapping[str, list[dict]], service: EditorService) -> str:
-    """The issue's targets, checked per default slider at +1."""
-    out = []
+    """The issue's targets, checked per default slider at +1, each figure with its 95% interval; then which
+    verdicts the intervals decide and which another draw of as many faces could turn."""
+    out, verdicts = [], {}
     for label, rows in after.items():
         spec = service.slider(label)
         if not spec.default:
             continue
         r = next(r for r in rows if r["value"] == 1.0)
-        fails = target_misses(r, spec.attribute)
-        line = f"- {label}: " + ("meets all targets" if not fails else "; ".join(fails))
+        figures = target_figures(r, spec.attribute)
+        missed = [f.text() for f in figures if not f.met]
+        close = [f.text() for f in figures if f.met and not f.decided]
+        if math.isnan(r["flip"]):
+            missed.append("flip not measured (no face started on the other side)")
+        line = f"- {label}: " + ("; ".join(missed) if missed else "meets all targets")
+        if close:
+            line += "; met within noise of the line: " + "; ".join(close)
         if r.get("intact", 1.0) < MIN_INTACT:  # not one of the issue's targets, but what the calibration demands
             line += f" (and only {r['intact']:.0%} of the faces stay intact)"
         out.append(line)
+        clear_miss = math.isnan(r["flip"]) or any(not f.met and f.decided for f in figures)
+        verdicts[label] = ("misses" if clear_miss else "misses within noise" if missed
+                           else "meets within noise" if close else "meets")
+    words = {"meets": "meet every target clear of its line",
+             "meets within noise": "meet every target, at least one only within noise of its line",
+             "misses within noise": "miss targets only within noise of their lines",
+             "misses": "miss at least one target clear of its line"}
+    out.append(f"\nIn brackets, each figure's 95% interval over these faces (Wilson for the shares, mean +- "
+               f"{VERDICT_Z:g} standard errors for the leakage): where a line lies inside it, another draw of as many "
+               f"faces could give the other verdict. Of the {len(verdicts)} default sliders:")
+    for v, text in words.items():
+        names = [k for k, g in verdicts.items() if g == v]
+        out.append(f"- {len(names)} {text}" + (f": {', '.join(names)}" if names else ""))
     return "\n".join(out)

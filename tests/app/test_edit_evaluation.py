@@ -15,7 +15,7 @@ from app.calibration import Calibration, SliderCalibration
 from app.classifier import AttributeClassifier, ClassifierConfig, describe_change
 from app.directions import Directions
 from app.edit_evaluation import (choose_scale, decode_with_backoff, edit_measures, frechet_distance,
-                                 recommend_temperature, sample_quality, slider_table)
+                                 recommend_temperature, sample_quality, slider_table, target_figures, targets_summary)
 from app.face_check import GeometryResult
 from app.service import SLIDERS, UNMEASURED_TEMPERATURE, EditorService, orthogonalize
 from tests.conftest import nontrivial_model, tiny_config
@@ -29,6 +29,7 @@ def test_edit_measures_on_a_case_with_known_answers():
     up = edit_measures(before, after, 0, +1.0, {"A": 0, "B": 1})
     assert up["moved"] == pytest.approx(0.75)  # +0.5, +0.3, +0.05 up; -0.1 down
     assert up["moved_se"] == pytest.approx((0.75 * 0.25 / 4) ** 0.5)  # a binomial share's standard error
+    assert up["n"] == 4
     assert up["shift"] == pytest.approx((0.5 + 0.3 + 0.05 - 0.1) / 4)
     assert up["flip_n"] == 2 and up["flip"] == pytest.approx(0.5)  # rows 0 and 2 started below 0.5; row 0 crossed
     assert set(up["leakage"]) == {"B"}  # the edited attribute is not its own leakage
@@ -54,6 +55,58 @@ def test_edit_measures_on_a_case_with_known_answers():
     assert one_side["leakage_groups"]["B"][1] == [0.0, 0.0, 0]
     with pytest.raises(ValueError):
         edit_measures(before, after, 0, 0.0, {})
+
+
+def _plus_one(moved=1.0, flip=0.8, flip_n=100, male=0.02, male_se=0.001, n=200, young=None) -> dict:
+    leakage, se = {"Male": male}, {"Male": male_se}
+    if young is not None:
+        leakage["Young"], se["Young"] = young
+    return {"value": 1.0, "moved": moved, "n": n, "flip": flip, "flip_n": flip_n, "leakage": leakage,
+            "leakage_se": se}
+
+
+def test_target_figures_carry_95_percent_intervals_and_say_whether_they_decide_the_verdict():
+    moved, flip, male = target_figures(_plus_one(moved=0.9, n=100, flip=0.62, flip_n=50, male=0.052, male_se=0.01),
+                                       "Blond_Hair")
+    # Wilson at z = 1.96 for 90 of 100: centre (0.9 + z^2/200) / (1 + z^2/100), half-width
+    # z sqrt(0.09/100 + z^2/40000) / (1 + z^2/100)
+    z2 = 1.96 ** 2
+    centre, half = (0.9 + z2 / 200) / (1 + z2 / 100), 1.96 * math.sqrt(0.0009 + z2 / 40000) / (1 + z2 / 100)
+    assert (moved.low, moved.high) == (pytest.approx(centre - half), pytest.approx(centre + half))
+    assert not moved.met and moved.decided  # 90% (83% to 94%) is clear of the 95% line
+    assert moved.text() == "moved 90% < 95% (83% to 94%)"
+    assert flip.met and not flip.decided and flip.low < 0.6 < flip.high  # 31 of 50: the line is inside
+    assert (male.low, male.high) == (pytest.approx(0.052 - 0.0196), pytest.approx(0.052 + 0.0196))
+    assert not male.met and not male.decided and male.text() == "Male leak 0.052 > 0.05 (0.032 to 0.072)"
+    clear = target_figures(_plus_one(male=0.08, male_se=0.005, young=(0.01, 0.001)), "Smiling")
+    assert [f.name for f in clear] == ["moved", "flip", "Male leak", "Young leak"]
+    assert not clear[2].met and clear[2].decided and all(f.met and f.decided for f in clear[3:])
+    assert [f.name for f in target_figures(_plus_one(young=(0.01, 0.001)), "Male")] == ["moved", "flip"]
+    unmeasured = {**_plus_one(), "flip": math.nan, "flip_n": 0}
+    assert [f.name for f in target_figures(unmeasured, "Eyeglasses")] == ["moved", "Male leak"]
+
+
+def test_targets_summary_tells_decided_verdicts_from_those_within_noise():
+    rows = {"Clear": _plus_one(),  # every figure met, every line outside its interval
+            "Close": _plus_one(male=0.045, male_se=0.01),  # met, but 0.05 is inside 0.045 +- 0.0196
+            "Near miss": _plus_one(male=0.055, male_se=0.01),
+            "Miss": _plus_one(flip=0.3),  # 30 of 100 is far under 60%
+            "Unmeasured": {**_plus_one(), "flip": math.nan, "flip_n": 0},
+            "Extra": _plus_one(flip=0.1)}  # out of the default set: not judged
+    specs = {k: SimpleNamespace(default=k != "Extra", attribute="Smiling" if k == "Clear" else k) for k in rows}
+    service = SimpleNamespace(slider=specs.get)
+    after = {k: [{**r, "value": -1.0}, r] for k, r in rows.items()}
+    text = targets_summary(after, service)
+    assert "- Clear: meets all targets\n" in text
+    assert "- Close: meets all targets; met within noise of the line: Male leak 0.045 (0.025 to 0.065)" in text
+    assert "- Near miss: Male leak 0.055 > 0.05 (0.035 to 0.075)" in text
+    assert "- Miss: flip 30% < 60% (22% to 40%)" in text
+    assert "- Unmeasured: flip not measured" in text and "Extra" not in text
+    assert "Of the 5 default sliders:" in text
+    assert "- 1 meet every target clear of its line: Clear\n" in text
+    assert "- 1 meet every target, at least one only within noise of its line: Close\n" in text
+    assert "- 1 miss targets only within noise of their lines: Near miss\n" in text
+    assert text.endswith("- 2 miss at least one target clear of its line: Miss, Unmeasured")
 
 
 def test_frechet_distance_of_known_gaussians():
