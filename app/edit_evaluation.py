@@ -37,6 +37,7 @@ GRID = (1.0, 1.25, 1.5, 2.0, 3.0)  # multipliers of the class-mean gap that cali
 DECODABLE_BACKOFF = 0.1  # a strength "still decodes" when at most this share of faces needs the back-off
 PROBES = 3  # strengths measured between the last grid point that keeps faces intact and the next, past the target
 VERDICT_Z = 1.96  # the report's intervals on the issue's figures are two-sided 95%
+UNMEASURED_FLIP = "flip not measured (no face started on the other side)"  # a miss: the target cannot be shown met
 
 
 # -- the arithmetic ---------------------------------------------------------------------------------------
@@ -82,8 +83,8 @@ def edit_measures(before: torch.Tensor, after: torch.Tensor, target: int, direct
                                                               before[:, leak[name]] < 0.5)]
               for name, c in changes.items()}
     moved = float((d > 0).double().mean())
-    return {"shift": float(d.mean()), "moved": moved, "moved_se": math.sqrt(moved * (1 - moved) / len(d)), "n": len(d),
-            "flip": flip, "flip_n": n_other, "leakage": leakage, "leakage_se": se, "drift": drift,
+    return {"shift": float(d.mean()), "moved": moved, "moved_se": math.sqrt(moved * (1 - moved) / len(d)),
+            "n": len(d), "flip": flip, "flip_n": n_other, "leakage": leakage, "leakage_se": se, "drift": drift,
             "drift_se": drift_se, "leakage_groups": groups}
 
 
@@ -893,12 +894,14 @@ class TargetFigure(NamedTuple):
         same verdict."""
         return not self.low <= self.line <= self.high
 
-    def text(self) -> str:
+    def text(self, interval: bool = True) -> str:
+        """"Male leak 0.064 > 0.05 (0.046 to 0.082)": the figure, the line it misses, and its interval."""
         pct = self.name in ("moved", "flip")
         fmt = (lambda v: f"{v:.0%}") if pct else (lambda v: f"{v:.3f}")  # noqa: E731
         line = f"{self.line:.0%}" if pct else f"{self.line:g}"
         compare = "" if self.met else (" < " if self.at_least else " > ") + line
-        return f"{self.name} {fmt(self.value)}{compare} ({fmt(self.low)} to {fmt(self.high)})"
+        return f"{self.name} {fmt(self.value)}{compare}" + (f" ({fmt(self.low)} to {fmt(self.high)})" if interval
+                                                           else "")
 
 
 def target_figures(row: Mapping, attribute: str, z: float = VERDICT_Z) -> list[TargetFigure]:
@@ -919,14 +922,10 @@ def target_figures(row: Mapping, attribute: str, z: float = VERDICT_Z) -> list[T
 
 
 def target_misses(row: Mapping, attribute: str) -> list[str]:
-    """The issue's targets a slider's +1 measures (edit_measures) miss, each with its figure; [] when it meets them."""
-    fails = []
-    if row["moved"] < MIN_MOVED:
-        fails.append(f"moved {row['moved']:.0%} < {MIN_MOVED:.0%}")
-    if not row["flip"] >= TARGET_FLIP:
-        fails.append(f"flip {percent(row['flip'])} < 60%")
-    return fails + [f"{a} leak {row['leakage'][a]:.3f} > {MAX_LEAKAGE:g}" for a in target_leaks(attribute)
-                    if row["leakage"].get(a, 0) > MAX_LEAKAGE]
+    """The issue's targets a slider's +1 measures (edit_measures) miss, each with its figure; [] when it meets them.
+    A flip that was not measured misses."""
+    fails = [f.text(interval=False) for f in target_figures(row, attribute) if not f.met]
+    return fails + ([UNMEASURED_FLIP] if math.isnan(row["flip"]) else [])
 
 
 def targets_summary(after: Mapping[str, list[dict]], service: EditorService) -> str:
@@ -939,10 +938,8 @@ def targets_summary(after: Mapping[str, list[dict]], service: EditorService) -> 
             continue
         r = next(r for r in rows if r["value"] == 1.0)
         figures = target_figures(r, spec.attribute)
-        missed = [f.text() for f in figures if not f.met]
+        missed = [f.text() for f in figures if not f.met] + ([UNMEASURED_FLIP] if math.isnan(r["flip"]) else [])
         close = [f.text() for f in figures if f.met and not f.decided]
-        if math.isnan(r["flip"]):
-            missed.append("flip not measured (no face started on the other side)")
         line = f"- {label}: " + ("; ".join(missed) if missed else "meets all targets")
         if close:
             line += "; met within noise of the line: " + "; ".join(close)

@@ -15,7 +15,8 @@ from app.calibration import Calibration, SliderCalibration
 from app.classifier import AttributeClassifier, ClassifierConfig, describe_change
 from app.directions import Directions
 from app.edit_evaluation import (choose_scale, decode_with_backoff, edit_measures, frechet_distance,
-                                 recommend_temperature, sample_quality, slider_table, target_figures, targets_summary)
+                                 recommend_temperature, sample_quality, slider_table, target_figures, target_misses,
+                                 targets_summary)
 from app.face_check import GeometryResult
 from app.service import SLIDERS, UNMEASURED_TEMPERATURE, EditorService, orthogonalize
 from tests.conftest import nontrivial_model, tiny_config
@@ -84,6 +85,11 @@ def test_target_figures_carry_95_percent_intervals_and_say_whether_they_decide_t
     assert [f.name for f in target_figures(_plus_one(young=(0.01, 0.001)), "Male")] == ["moved", "flip"]
     unmeasured = {**_plus_one(), "flip": math.nan, "flip_n": 0}
     assert [f.name for f in target_figures(unmeasured, "Eyeglasses")] == ["moved", "Male leak"]
+    # the same verdicts in the short form other pages print, an unmeasured flip counted as a miss
+    assert target_misses(_plus_one(moved=0.9, n=100, flip=0.62, flip_n=50, male=0.052, male_se=0.01),
+                         "Blond_Hair") == ["moved 90% < 95%", "Male leak 0.052 > 0.05"]
+    assert target_misses(_plus_one(), "Eyeglasses") == []
+    assert target_misses(unmeasured, "Eyeglasses") == ["flip not measured (no face started on the other side)"]
 
 
 def test_targets_summary_tells_decided_verdicts_from_those_within_noise():
