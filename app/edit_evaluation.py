@@ -37,7 +37,6 @@ GRID = (1.0, 1.25, 1.5, 2.0, 3.0)  # multipliers of the class-mean gap that cali
 DECODABLE_BACKOFF = 0.1  # a strength "still decodes" when at most this share of faces needs the back-off
 PROBES = 3  # strengths measured between the last grid point that keeps faces intact and the next, past the target
 VERDICT_Z = 1.96  # the report's intervals on the issue's figures are two-sided 95%
-UNMEASURED_FLIP = "flip not measured (no face started on the other side)"  # a miss: the target cannot be shown met
 
 
 # -- the arithmetic ---------------------------------------------------------------------------------------
@@ -886,16 +885,19 @@ class TargetFigure(NamedTuple):
 
     @property
     def met(self) -> bool:
+        """A figure that was not measured (NaN) misses: the target cannot be shown met."""
         return self.value >= self.line if self.at_least else self.value <= self.line
 
     @property
     def decided(self) -> bool:
         """Whether the line lies outside the interval: another draw of as many faces would most likely give the
-        same verdict."""
+        same verdict (always, for a figure not measured, whose interval is NaN)."""
         return not self.low <= self.line <= self.high
 
     def text(self, interval: bool = True) -> str:
         """"Male leak 0.064 > 0.05 (0.046 to 0.082)": the figure, the line it misses, and its interval."""
+        if math.isnan(self.value):
+            return f"{self.name} not measured (no face started on the other side)"
         pct = self.name in ("moved", "flip")
         fmt = (lambda v: f"{v:.0%}") if pct else (lambda v: f"{v:.3f}")  # noqa: E731
         line = f"{self.line:.0%}" if pct else f"{self.line:g}"
@@ -907,13 +909,11 @@ class TargetFigure(NamedTuple):
 def target_figures(row: Mapping, attribute: str, z: float = VERDICT_Z) -> list[TargetFigure]:
     """The issue's figures for a slider's +1 measures (edit_measures): the moved share and the flip rate with their
     Wilson intervals, the leakage into the issue's lines (target_leaks) as mean +- z standard errors. A flip that
-    was not measured (no face started on the other side) is left out."""
-    moved = row["moved"]
-    figures = [TargetFigure("moved", moved, *wilson_interval(round(moved * row["n"]), row["n"], z), MIN_MOVED, True)]
-    if not math.isnan(row["flip"]):
-        n = row["flip_n"]
-        figures.append(TargetFigure("flip", row["flip"], *wilson_interval(round(row["flip"] * n), n, z), TARGET_FLIP,
-                                    True))
+    was not measured (no face started on the other side) is NaN with a NaN interval: a decided miss."""
+    moved, flip, n = row["moved"], row["flip"], row["flip_n"]
+    flip_interval = (math.nan, math.nan) if math.isnan(flip) else wilson_interval(round(flip * n), n, z)
+    figures = [TargetFigure("moved", moved, *wilson_interval(round(moved * row["n"]), row["n"], z), MIN_MOVED, True),
+               TargetFigure("flip", flip, *flip_interval, TARGET_FLIP, True)]
     for a in target_leaks(attribute):
         if a in row["leakage"]:
             m, se = row["leakage"][a], row["leakage_se"][a]
@@ -924,8 +924,7 @@ def target_figures(row: Mapping, attribute: str, z: float = VERDICT_Z) -> list[T
 def target_misses(row: Mapping, attribute: str) -> list[str]:
     """The issue's targets a slider's +1 measures (edit_measures) miss, each with its figure; [] when it meets them.
     A flip that was not measured misses."""
-    fails = [f.text(interval=False) for f in target_figures(row, attribute) if not f.met]
-    return fails + ([UNMEASURED_FLIP] if math.isnan(row["flip"]) else [])
+    return [f.text(interval=False) for f in target_figures(row, attribute) if not f.met]
 
 
 def targets_summary(after: Mapping[str, list[dict]], service: EditorService) -> str:
@@ -938,7 +937,7 @@ def targets_summary(after: Mapping[str, list[dict]], service: EditorService) -> 
             continue
         r = next(r for r in rows if r["value"] == 1.0)
         figures = target_figures(r, spec.attribute)
-        missed = [f.text() for f in figures if not f.met] + ([UNMEASURED_FLIP] if math.isnan(r["flip"]) else [])
+        missed = [f.text() for f in figures if not f.met]
         close = [f.text() for f in figures if f.met and not f.decided]
         line = f"- {label}: " + ("; ".join(missed) if missed else "meets all targets")
         if close:
@@ -946,7 +945,7 @@ def targets_summary(after: Mapping[str, list[dict]], service: EditorService) -> 
         if r.get("intact", 1.0) < MIN_INTACT:  # not one of the issue's targets, but what the calibration demands
             line += f" (and only {r['intact']:.0%} of the faces stay intact)"
         out.append(line)
-        clear_miss = math.isnan(r["flip"]) or any(not f.met and f.decided for f in figures)
+        clear_miss = any(not f.met and f.decided for f in figures)
         verdicts[label] = ("misses" if clear_miss else "misses within noise" if missed
                            else "meets within noise" if close else "meets")
     words = {"meets": "meet every target clear of its line",

@@ -84,7 +84,9 @@ def test_target_figures_carry_95_percent_intervals_and_say_whether_they_decide_t
     assert not clear[2].met and clear[2].decided and all(f.met and f.decided for f in clear[3:])
     assert [f.name for f in target_figures(_plus_one(young=(0.01, 0.001)), "Male")] == ["moved", "flip"]
     unmeasured = {**_plus_one(), "flip": math.nan, "flip_n": 0}
-    assert [f.name for f in target_figures(unmeasured, "Eyeglasses")] == ["moved", "Male leak"]
+    no_flip = target_figures(unmeasured, "Eyeglasses")[1]  # not measured: a miss no other draw is shown to turn
+    assert no_flip.name == "flip" and not no_flip.met and no_flip.decided
+    assert no_flip.text() == "flip not measured (no face started on the other side)"
     # the same verdicts in the short form other pages print, an unmeasured flip counted as a miss
     assert target_misses(_plus_one(moved=0.9, n=100, flip=0.62, flip_n=50, male=0.052, male_se=0.01),
                          "Blond_Hair") == ["moved 90% < 95%", "Male leak 0.052 > 0.05"]
